@@ -1,0 +1,1 @@
+"""Plexus pipelines."""
