@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -119,10 +121,32 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
         data = loaded
     apply_overrides(data, overrides)
     try:
-        return from_dict(cls, data)
+        return from_dict(cls, expand_env(data))
     except ConfigError as exc:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{exc}") from exc.__cause__
+
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(data: Any) -> Any:
+    """Replace `${NAME}` / `${NAME:-default}` in every string value; an unset NAME without a default fails."""
+    if isinstance(data, dict):
+        return {k: expand_env(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_env(v) for v in data]
+    if not isinstance(data, str):
+        return data
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name, default)
+        if value is None:
+            raise ConfigError(f"environment variable {name} is not set (used in {data!r}); set it or give ${{{name}:-default}}")
+        return value
+
+    return _ENV_PATTERN.sub(substitute, data)
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:

@@ -54,3 +54,48 @@ def bucketize_ids(ids: np.ndarray, seed: int, num_buckets: int) -> np.ndarray:
     mixed_seed = splitmix64(np.uint64(seed))
     return (splitmix64(np.asarray(ids).astype(np.uint64, copy=False) ^ mixed_seed)
             % np.uint64(num_buckets)).astype(np.int64)
+
+
+# --- The in-model hash: 32-bit arithmetic only, so torch and ONNX reproduce it bit for bit. ---
+
+_M32 = np.uint64(0xFFFFFFFF)
+LOWBIAS32_MUL1 = 0x7FEB352D
+LOWBIAS32_MUL2 = 0x846CA68B
+MAX_HASH_BUCKETS = 1 << 31
+
+
+def lowbias32(x: np.ndarray) -> np.ndarray:
+    """Wellons' `lowbias32` integer mixer (hash-prospector), a bijection on uint32."""
+    z = np.asarray(x, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        z = z ^ (z >> np.uint32(16))
+        z = z * np.uint32(LOWBIAS32_MUL1)
+        z = z ^ (z >> np.uint32(15))
+        z = z * np.uint32(LOWBIAS32_MUL2)
+        return z ^ (z >> np.uint32(16))
+
+
+def seed_halves(seed: int) -> tuple[int, int]:
+    """The (low, high) 32-bit halves of a 64-bit seed, e.g. of `feature_seed(name, probe)`."""
+    seed &= 0xFFFFFFFFFFFFFFFF
+    return seed & 0xFFFFFFFF, seed >> 32
+
+
+def hash_bucket(ids: np.ndarray, seed: int, num_buckets: int) -> np.ndarray:
+    """Map raw 64-bit ids to `[0, num_buckets)` inside a model: the reference of the torch twin.
+
+    `h = lowbias32(lowbias32(lo(id) ^ lo(seed)) ^ hi(id) ^ hi(seed)) % num_buckets`, with `lo`/`hi`
+    the 32-bit halves of the two's-complement id and all arithmetic mod 2^32. It is built from
+    32-bit products only so that `plexus.models.layers.hashing.hash_bucket` (torch int64 ops that
+    export to ONNX and run in onnxruntime) gives identical results for every int64, negative or
+    huge. Used by the hashing, multiplexed and unified embeddings with `feature_seed(name, probe)`.
+    """
+    if not 0 < num_buckets <= MAX_HASH_BUCKETS:
+        raise ValueError(f"num_buckets must be in [1, 2**31], got {num_buckets}")
+    u = np.asarray(ids).astype(np.int64, copy=False).view(np.uint64)
+    lo = (u & _M32).astype(np.uint32)
+    hi = (u >> np.uint64(32)).astype(np.uint32)
+    seed_lo, seed_hi = seed_halves(seed)
+    h = lowbias32(lo ^ np.uint32(seed_lo))
+    h = lowbias32(h ^ hi ^ np.uint32(seed_hi))
+    return (h % np.uint32(num_buckets)).astype(np.int64)

@@ -1,0 +1,56 @@
+# Two entry points: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.plexus-installed
+export RAY_AUTH_MODE ?= disabled
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= true
+export PLEXUS_DATA ?= $(abspath ../shared/data)
+
+.PHONY: demo test test-slow test-all lint typecheck bench-ingest bench-train bench-quality clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt fbgemm-gpu-cpu tensordict torchmetrics==1.0.3 tqdm pyre-extensions
+	$(BIN)/pip install -q --no-deps -c constraints.txt torchrec
+	$(BIN)/pip install -q -c constraints.txt -e '.[train,export,serve,dev]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/plexus data synth --format criteo --rows 200000 --out runs/synthetic/criteo_200k.tsv
+	$(BIN)/plexus run synthetic
+	@echo
+	@echo "Look at the run:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  (then open http://127.0.0.1:5000)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check platform models pipelines serving tests
+	$(BIN)/ruff format --check platform models pipelines serving tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy platform/plexus serving/plexus --explicit-package-bases
+
+bench-ingest: $(STAMP)
+	$(BIN)/plexus bench ingest --out runs/bench/ingest
+
+bench-train: $(STAMP)
+	$(BIN)/plexus bench train --out runs/bench/train
+
+bench-quality: $(STAMP)
+	$(BIN)/plexus bench quality --out runs/bench/quality --data-root $(PLEXUS_DATA)
+
+clean:
+	rm -rf runs mlflow.db mlartifacts .pytest_cache

@@ -1,0 +1,191 @@
+"""The embedding-table interface every embedding method implements, and its config.
+
+An embedding method turns a batch of sparse ids (a TorchRec `KeyedJaggedTensor`, one key per
+feature) into one pooled vector per feature (a `KeyedTensor`, keys in feature order). Backbones
+only see this interface, so full tables, the hashing trick, feature multiplexing and Unified
+Embedding (and later OptEmbed, DNIS, ...) are interchangeable from the job config.
+
+Initialisation: every table is drawn from N(0, 0.01^2) (`EMBEDDING_INIT_STD`), the range used by
+DeepFM/FuxiCTR-style CTR models. PyTorch's N(0, 1) default makes FM's pairwise term and the
+cross layers of DCN-v2 start far from zero and slows or destabilises training.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from collections.abc import Sequence
+
+import torch
+from plexus.platform.errors import ConfigError
+from plexus.platform.feature_spec import Feature
+from torch import nn
+from torchrec import KeyedJaggedTensor, KeyedTensor, PoolingType
+
+EMBEDDING_INIT_STD = 0.01
+
+
+class EmbeddingMethod(str, enum.Enum):  # noqa: UP042  (str mixin, as FeatureKind)
+    """Registry keys of the embedding methods (`embedding.method` in a job config)."""
+
+    FULL = "full"
+    HASHING = "hashing"
+    MULTIPLEXED = "multiplexed"
+    UNIFIED = "unified"
+
+
+_POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EmbeddingConfig:
+    """The `embedding:` section of a job config.
+
+    `dim` is the width of one lookup (for `unified`, of one chunk). `budget` is the fraction of
+    the full per-field tables' parameters (`full_table_parameters`) that the compressed methods
+    may use; the table sizes follow from it. Method options:
+
+    * `probes` (multiplexed): lookups per feature into the shared table, summed.
+    * `chunks` (unified): chunks per feature, concatenated (feature width `chunks * dim`);
+      `feature_chunks` overrides it per feature name; `num_tables`: physical tables the chunks
+      are spread over round-robin.
+    """
+
+    method: EmbeddingMethod = EmbeddingMethod.FULL
+    dim: int = 16
+    budget: float = 1.0
+    pooling: str = "sum"
+    probes: int = 1
+    chunks: int = 1
+    feature_chunks: dict[str, int] = dataclasses.field(default_factory=dict, hash=False)
+    num_tables: int = 1
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "method", EmbeddingMethod(self.method))
+        except ValueError:
+            choices = ", ".join(m.value for m in EmbeddingMethod)
+            raise ConfigError(
+                f"embedding.method={self.method!r} is unknown; use one of: {choices}"
+            ) from None
+        if self.dim < 1:
+            raise ConfigError(f"embedding.dim={self.dim} must be a positive integer (e.g. 16)")
+        if not 0.0 < self.budget <= 1.0:
+            raise ConfigError(
+                f"embedding.budget={self.budget} must be in (0, 1]: it is the fraction of the "
+                "full per-field tables' parameters"
+            )
+        if self.method is EmbeddingMethod.FULL and self.budget != 1.0:
+            raise ConfigError(
+                f"embedding.budget={self.budget} has no effect with method 'full'; "
+                "use method hashing, multiplexed or unified for a smaller budget"
+            )
+        if self.pooling not in _POOLING:
+            raise ConfigError(f"embedding.pooling={self.pooling!r} must be 'sum' or 'mean'")
+        for key in ("probes", "chunks", "num_tables"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"embedding.{key}={getattr(self, key)} must be >= 1")
+        bad = {k: v for k, v in self.feature_chunks.items() if not isinstance(v, int) or v < 1}
+        if bad:
+            raise ConfigError(f"embedding.feature_chunks: chunk counts must be ints >= 1: {bad}")
+        self._check_options_used()
+
+    def _check_options_used(self) -> None:
+        uses = {
+            "probes": (self.probes != 1, EmbeddingMethod.MULTIPLEXED),
+            "chunks": (self.chunks != 1, EmbeddingMethod.UNIFIED),
+            "feature_chunks": (bool(self.feature_chunks), EmbeddingMethod.UNIFIED),
+            "num_tables": (self.num_tables != 1, EmbeddingMethod.UNIFIED),
+        }
+        for key, (is_set, method) in uses.items():
+            if is_set and self.method is not method:
+                raise ConfigError(
+                    f"embedding.{key} applies only to method '{method.value}', not "
+                    f"'{self.method.value}'; remove it or set embedding.method={method.value}"
+                )
+
+    @property
+    def pooling_type(self) -> PoolingType:
+        return _POOLING[self.pooling]
+
+
+class EmbeddingTables(nn.Module, abc.ABC):
+    """Sparse ids of F features -> one pooled vector per feature.
+
+    `forward(features)` takes a `KeyedJaggedTensor` holding (at least) the keys `feature_names`
+    with raw vocabulary ids, batch size B, and returns a `KeyedTensor` whose keys are
+    `feature_names` in order, with `values()` of shape (B, sum(output_dims())).
+
+    `forward_padded(ids, lengths)` computes the same values from padded dense tensors with plain
+    gathers, hashing included: the path to export to ONNX, where the served graph takes raw ids.
+    """
+
+    feature_names: tuple[str, ...]
+
+    def __init__(self, config: EmbeddingConfig, features: Sequence[Feature]) -> None:
+        super().__init__()
+        self.features = sparse_features(features)
+        self.feature_names = tuple(f.name for f in self.features)
+        self.config = config
+
+    @abc.abstractmethod
+    def output_dims(self) -> dict[str, int]:
+        """Width of each feature's pooled output, in feature order."""
+
+    @abc.abstractmethod
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor: ...
+
+    @abc.abstractmethod
+    def forward_padded(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Export path: ids (B, F, L) int64 (feature f's bag in `ids[:, f, :lengths[:, f]]`,
+        features in `feature_names` order), lengths (B, F) -> (B, sum(output_dims())), equal to
+        `forward(kjt).values()` for the same bags."""
+
+    def num_parameters(self) -> int:
+        """Trainable embedding parameters (what the budget is measured against)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def sparse_features(features: Sequence[Feature]) -> tuple[Feature, ...]:
+    """The sparse features, checked to have a usable id range."""
+    sparse = tuple(f for f in features if f.is_sparse)
+    if not sparse:
+        raise ConfigError("embedding tables need at least one sparse (categorical) feature")
+    for f in sparse:
+        if f.cardinality < 1:
+            raise ConfigError(
+                f"feature {f.name!r} has cardinality {f.cardinality}; rebuild the spec"
+            )
+    names = [f.name for f in sparse]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"feature names must be unique, got {names}")
+    return sparse
+
+
+def full_table_parameters(features: Sequence[Feature], dim: int) -> int:
+    """Parameters of one full `cardinality x dim` table per sparse feature: the budget's 1.0."""
+    return sum(f.cardinality for f in sparse_features(features)) * dim
+
+
+def budget_rows(features: Sequence[Feature], budget: float) -> int:
+    """Rows of `dim` width a method may use in total: `round(budget * sum(cardinality))`."""
+    total = sum(f.cardinality for f in sparse_features(features))
+    return max(1, int(budget * total + 0.5))
+
+
+def pool_padded(rows: torch.Tensor, lengths: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool looked-up vectors of padded bags like TorchRec does: (..., L, D) with lengths (...)
+    -> (..., D); positions past a bag's length are ignored and an empty bag pools to zeros."""
+    positions = torch.arange(rows.shape[-2], device=rows.device)
+    mask = (positions < lengths.unsqueeze(-1)).to(rows.dtype)  # (..., L)
+    pooled = (rows * mask.unsqueeze(-1)).sum(dim=-2)
+    if pooling == "mean":
+        pooled = pooled / lengths.clamp(min=1).unsqueeze(-1).to(rows.dtype)
+    return pooled
+
+
+def init_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The shared embedding initialiser, N(0, EMBEDDING_INIT_STD^2) in place."""
+    with torch.no_grad():
+        return nn.init.normal_(weight, mean=0.0, std=EMBEDDING_INIT_STD)

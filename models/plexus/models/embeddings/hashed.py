@@ -1,0 +1,243 @@
+"""Shared machinery of the hashed methods: raw ids -> (feature, probe) keys -> TorchRec tables.
+
+Hashing, multiplexing and Unified Embedding differ only in their probe plan: which (feature,
+probe) lookups exist, which physical table each goes to, and how a feature's probes are combined
+(summed or concatenated). `HashedEmbeddingTables` turns a plan into
+
+1. one vectorised `hash_bucket` call over every id of every probe (seed = `feature_seed(feature,
+   probe)`, bucket count = the probe's table rows), building a `KeyedJaggedTensor` whose keys are
+   the probes (`"<feature>#<probe>"`) with the feature's lengths;
+2. one `EmbeddingBagCollection` in which several probe keys share a table
+   (`EmbeddingBagConfig(feature_names=[...])`), pooling within each probe;
+3. a fixed column gather that groups each feature's probes and sums or concatenates them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from plexus.models.embeddings.base import EmbeddingTables, init_weight, pool_padded
+from plexus.models.layers.hashing import check_buckets, hash_bucket, seed_tensors
+from plexus.platform.errors import ConfigError
+from plexus.platform.hashing import feature_seed
+from torch.nn import functional
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, KeyedTensor
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One lookup of `feature` (its `index`-th probe) into physical table `table`.
+
+    `identity`: the table has a row per id, so ids are used as rows unhashed.
+    """
+
+    feature: str
+    index: int
+    table: str
+    identity: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.feature}#{self.index}"
+
+
+def split_rows(total: int, weights: Sequence[int], minimum: int = 1) -> list[int]:
+    """Split `total` rows in proportion to `weights` (largest remainder), each >= `minimum`
+    and <= its weight, summing exactly to `total`."""
+    n = len(weights)
+    if total < minimum * n:
+        raise ValueError(f"{total} rows cannot give {n} tables {minimum} row(s) each")
+    whole = sum(weights)
+    quotas = [total * w / whole for w in weights]
+    rows = [min(w, max(minimum, int(q))) for q, w in zip(quotas, weights, strict=True)]
+    by_remainder = sorted(
+        range(n), key=lambda i: (quotas[i] - int(quotas[i]), weights[i]), reverse=True
+    )
+    while sum(rows) < total:
+        grew = False
+        for i in by_remainder:
+            if sum(rows) == total:
+                break
+            if rows[i] < weights[i]:
+                rows[i] += 1
+                grew = True
+        if not grew:
+            raise ValueError(f"{total} rows exceed the weights' sum {whole}")
+    while sum(rows) > total:
+        i = max(range(n), key=lambda j: rows[j] - quotas[j] if rows[j] > minimum else float("-inf"))
+        rows[i] -= 1
+    return rows
+
+
+class HashedEmbeddingTables(EmbeddingTables):
+    """Base of methods that hash ids into (possibly shared) tables; subclasses give the plan.
+
+    Subclasses call `_build(probes, table_rows, combine)` at the end of `__init__`, with
+    `combine` "sum" (every feature has the same number of probes, output width `dim`) or
+    "concat" (output width `num_probes(feature) * dim`).
+    """
+
+    def _build(self, probes: Sequence[Probe], table_rows: dict[str, int], combine: str) -> None:
+        dim = self.config.dim
+        keys = [p.key for p in probes]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"duplicate probes in plan: {keys}")
+        for table, rows in table_rows.items():
+            try:
+                check_buckets(rows)
+            except ValueError as exc:
+                raise ConfigError(f"embedding table {table!r}: {exc}") from exc
+        # TorchRec returns pooled outputs table by table, so order the probes that way.
+        order = list(table_rows)
+        probes = sorted(probes, key=lambda p: order.index(p.table))
+        self.probes = tuple(probes)
+        self.combine = combine
+        self.ebc = EmbeddingBagCollection(
+            tables=[
+                EmbeddingBagConfig(
+                    name=table,
+                    embedding_dim=dim,
+                    num_embeddings=rows,
+                    feature_names=[p.key for p in probes if p.table == table],
+                    pooling=self.config.pooling_type,
+                    init_fn=init_weight,
+                )
+                for table, rows in table_rows.items()
+            ]
+        )
+        self.table_rows = dict(table_rows)
+        self._probes_per_table = {t: sum(p.table == t for p in probes) for t in table_rows}
+        feature_index = {name: i for i, name in enumerate(self.feature_names)}
+        seed_lo, seed_hi = seed_tensors([feature_seed(p.feature, p.index) for p in probes])
+        as_long = lambda xs: torch.tensor(xs, dtype=torch.int64)  # noqa: E731
+        # Plan tensors are buffers (not state): they follow .to(device) but are rebuilt from config.
+        self.register_buffer(
+            "_probe_feature", as_long([feature_index[p.feature] for p in probes]), persistent=False
+        )
+        self.register_buffer("_seed_lo", seed_lo, persistent=False)
+        self.register_buffer("_seed_hi", seed_hi, persistent=False)
+        self.register_buffer(
+            "_buckets", as_long([table_rows[p.table] for p in probes]), persistent=False
+        )
+        self.register_buffer(
+            "_identity", torch.tensor([p.identity for p in probes]), persistent=False
+        )
+        # Probes regrouped by feature (probe index order) for the output.
+        position = {p.key: i for i, p in enumerate(probes)}
+        order: list[int] = []
+        self._widths: dict[str, int] = {}
+        for name in self.feature_names:
+            mine = sorted((p for p in probes if p.feature == name), key=lambda p: p.index)
+            if not mine:
+                raise ValueError(f"feature {name!r} has no probe")
+            order.extend(position[p.key] for p in mine)
+            self._widths[name] = dim if combine == "sum" else len(mine) * dim
+        counts = {sum(p.feature == name for p in probes) for name in self.feature_names}
+        if combine == "sum" and len(counts) != 1:
+            raise ValueError("combine='sum' needs the same number of probes for every feature")
+        self._probes_per_feature = max(counts)
+        self._reorder = order != list(range(len(order)))
+        self.register_buffer("_probe_order", as_long(order), persistent=False)
+
+    def output_dims(self) -> dict[str, int]:
+        return dict(self._widths)
+
+    def remap(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """Raw ids (one key per feature) -> hashed rows (one key per probe), same lengths."""
+        keys = features.keys()
+        batch = features.stride()
+        try:
+            source = torch.tensor(
+                [keys.index(n) for n in self.feature_names], device=self._buckets.device
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"input lacks a feature: needs {self.feature_names}, got {keys}"
+            ) from exc
+        lengths = features.lengths().view(len(keys), batch).to(torch.int64)
+        key_lengths = lengths.sum(1)
+        key_starts = torch.cumsum(key_lengths, 0) - key_lengths
+        src = source[self._probe_feature]  # (P,) input key of each probe
+        seg_len = key_lengths[src]
+        out_starts = torch.cumsum(seg_len, 0) - seg_len
+        total = int(seg_len.sum())
+        shift = torch.repeat_interleave(key_starts[src] - out_starts, seg_len, output_size=total)
+        ids = features.values()[shift + torch.arange(total, device=shift.device)]
+        expand = lambda t: torch.repeat_interleave(t, seg_len, output_size=total)  # noqa: E731
+        rows = hash_bucket(ids, expand(self._seed_lo), expand(self._seed_hi), expand(self._buckets))
+        if bool(self._identity.any()):
+            rows = torch.where(expand(self._identity), ids, rows)
+        return KeyedJaggedTensor(
+            keys=[p.key for p in self.probes],
+            values=rows,
+            lengths=lengths[src].flatten().to(features.lengths().dtype),
+            stride=batch,
+        )
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        probes = self.remap(features)
+        if type(self.ebc) is EmbeddingBagCollection:
+            pooled = self._pool_per_table(probes)  # (P, B, dim)
+        else:  # sharded by DistributedModelParallel: let TorchRec's kernels do the lookups
+            flat = self.ebc(probes).values()  # (B, P * dim)
+            pooled = flat.view(flat.shape[0], len(self.probes), -1).transpose(0, 1)
+        return KeyedTensor(
+            keys=list(self.feature_names),
+            length_per_key=[self._widths[n] for n in self.feature_names],
+            values=self._combine(pooled),
+        )
+
+    def _pool_per_table(self, probes: KeyedJaggedTensor) -> torch.Tensor:
+        """What `self.ebc(probes).values()` computes, as (P, B, dim), with one `embedding_bag` per
+        table instead of one per probe key: the unsharded EBC's per-key calls each build a dense
+        gradient of the whole shared table, which made multiplexing 2-4x slower than full tables.
+        """
+        batch = probes.stride()
+        lengths = probes.lengths().to(torch.int64)
+        offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+        values = probes.values()
+        pooled, first = [], 0
+        for table, count in self._probes_per_table.items():
+            start, stop = offsets[first * batch], offsets[(first + count) * batch]
+            bags = functional.embedding_bag(
+                values[start:stop],
+                self.ebc.embedding_bags[table].weight,
+                offsets[first * batch : (first + count) * batch + 1] - start,
+                mode=self.config.pooling,
+                include_last_offset=True,
+            )  # (count * B, dim), probe-major
+            pooled.append(bags.view(count, batch, -1))
+            first += count
+        return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=0)
+
+    def forward_padded(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        pooled = []
+        for table in self.table_rows:  # same column order as the EBC: table by table
+            index = [i for i, p in enumerate(self.probes) if p.table == table]
+            feature = self._probe_feature[index]  # (Pt,)
+            raw = ids[:, feature, :]  # (B, Pt, L)
+            rows = hash_bucket(
+                raw,
+                self._seed_lo[index].unsqueeze(1),
+                self._seed_hi[index].unsqueeze(1),
+                self.table_rows[table],
+            )
+            if any(self.probes[i].identity for i in index):
+                rows = torch.where(self._identity[index].unsqueeze(1), raw, rows)
+            weight = self.ebc.embedding_bags[table].weight
+            vectors = functional.embedding(rows, weight)  # (B, Pt, L, dim)
+            pooled.append(pool_padded(vectors, lengths[:, feature], self.config.pooling))
+        return self._combine(torch.cat(pooled, dim=1).transpose(0, 1))  # (P, B, dim)
+
+    def _combine(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(P, B, dim) probe outputs in table order -> (B, sum(output_dims)): each feature's
+        probes summed ("sum") or concatenated in probe order ("concat")."""
+        if self._reorder:
+            pooled = pooled.index_select(0, self._probe_order)
+        batch = pooled.shape[1]
+        if self.combine == "sum":
+            fields = pooled.reshape(len(self.feature_names), self._probes_per_feature, batch, -1)
+            return fields.sum(1).transpose(0, 1).reshape(batch, -1)
+        return pooled.transpose(0, 1).reshape(batch, -1)

@@ -1,0 +1,46 @@
+"""Registry of embedding methods: `embedding.method` in a job config -> an `EmbeddingTables` class."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod, EmbeddingTables
+from plexus.platform.errors import ConfigError
+from plexus.platform.feature_spec import Feature
+
+_REGISTRY: dict[EmbeddingMethod, type[EmbeddingTables]] = {}
+
+
+def register_embedding(method: EmbeddingMethod) -> Callable[[type], type]:
+    """Class decorator: make an `EmbeddingTables` subclass selectable as `method`."""
+
+    def decorate(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, EmbeddingTables)):
+            raise TypeError(f"{cls!r} must subclass EmbeddingTables to be registered")
+        if method in _REGISTRY and _REGISTRY[method] is not cls:
+            raise ValueError(f"embedding method {method.value!r} is already registered")
+        _REGISTRY[method] = cls
+        return cls
+
+    return decorate
+
+
+def registered_methods() -> tuple[EmbeddingMethod, ...]:
+    """Every method with an implementation, in enum order."""
+    return tuple(m for m in EmbeddingMethod if m in _REGISTRY)
+
+
+def build_embedding_tables(config: EmbeddingConfig, features: Sequence[Feature]) -> EmbeddingTables:
+    """The tables of `config.method` for the sparse `features` (dense ones are ignored).
+
+    Example:
+        >>> tables = build_embedding_tables(EmbeddingConfig(method="hashing", budget=0.25), spec.sparse)
+        >>> tables(batch.sparse).values().shape   # (B, sum(tables.output_dims().values()))
+    """
+    cls = _REGISTRY.get(config.method)
+    if cls is None:
+        raise ConfigError(
+            f"embedding.method={config.method.value!r} has no implementation; "
+            f"available: {', '.join(m.value for m in registered_methods())}"
+        )
+    return cls(config, features)

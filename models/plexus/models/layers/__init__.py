@@ -1,0 +1,1 @@
+"""Shared model layers grouped by role: hashing, MLP blocks, interactions, linear terms."""

@@ -1,0 +1,74 @@
+"""Typed configs of the retrieval models (frozen, keyword-only, validated on construction)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from plexus.platform.errors import ConfigError
+
+
+class LossKind(str, enum.Enum):
+    """`cosine_contrastive`: SimpleX's CCL (margin on negatives); `sampled_softmax`: InfoNCE."""
+
+    COSINE_CONTRASTIVE = "cosine_contrastive"
+    SAMPLED_SOFTMAX = "sampled_softmax"
+
+
+class QueryVariant(str, enum.Enum):
+    """kNN-Embed component queries: `shared` = the user vector for every interest;
+    `per_cluster` = the user vector mixed with the mean of the user's items in that interest."""
+
+    SHARED = "shared"
+    PER_CLUSTER = "per_cluster"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TwoTowerConfig:
+    """Two-tower / MF shape. User vector = normalize(g * e_user + (1 - g) * W mean(e_history)),
+    with g = `user_weight` (only the parts present are mixed); items = normalize(e_item)."""
+
+    dim: int = 64
+    history_len: int = 50
+    user_weight: float = 0.5
+    use_user_id: bool = True
+    use_history: bool = True
+    init_std: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.dim < 1:
+            raise ConfigError(f"model.dim: must be >= 1, got {self.dim}")
+        if self.history_len < 1:
+            raise ConfigError(f"model.history_len: must be >= 1, got {self.history_len}")
+        if not 0.0 <= self.user_weight <= 1.0:
+            raise ConfigError(f"model.user_weight: must be in [0, 1], got {self.user_weight}")
+        if not (self.use_user_id or self.use_history):
+            raise ConfigError("model: set use_user_id or use_history (or both) to true")
+        if self.init_std <= 0:
+            raise ConfigError(f"model.init_std: must be > 0, got {self.init_std}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KnnEmbedConfig:
+    """kNN-Embed: `num_clusters` spherical k-means interests; each user's interest distribution
+    is mixed with the mean of its `neighbors` nearest users' with weight `smoothing`."""
+
+    num_clusters: int = 64
+    kmeans_iters: int = 25
+    neighbors: int = 10
+    smoothing: float = 0.3
+    query_variant: QueryVariant = QueryVariant.PER_CLUSTER
+    component_mix: float = 0.3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_clusters < 1:
+            raise ConfigError(f"knn_embed.num_clusters: must be >= 1, got {self.num_clusters}")
+        if self.kmeans_iters < 1:
+            raise ConfigError(f"knn_embed.kmeans_iters: must be >= 1, got {self.kmeans_iters}")
+        if self.neighbors < 1:
+            raise ConfigError(f"knn_embed.neighbors: must be >= 1, got {self.neighbors}")
+        if not 0.0 <= self.smoothing <= 1.0:
+            raise ConfigError(f"knn_embed.smoothing: must be in [0, 1], got {self.smoothing}")
+        if not 0.0 <= self.component_mix <= 1.0:
+            raise ConfigError(f"knn_embed.component_mix: must be in [0, 1], got {self.component_mix}")

@@ -1,0 +1,1 @@
+"""Benchmarks of the Plexus pipelines (ingest throughput, ...); each writes a results.json."""

@@ -1,0 +1,170 @@
+"""The `plexus` command line: data, ingest, train, evaluate, run, bench.
+
+Every job verb takes a config (a YAML path or the name of a bundled one, e.g. `criteo`) followed
+by `key=value` overrides, e.g. `plexus run criteo data.path=day_0.tsv train.epochs=3`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from plexus.platform.errors import PlexusError
+
+
+def _job(args: argparse.Namespace):  # -> JobConfig
+    from plexus.pipelines.config import bundled_config, load_job_config
+
+    path = Path(args.config)
+    if not path.exists() and "/" not in args.config and not args.config.endswith(".yaml"):
+        path = bundled_config(args.config)
+    return load_job_config(path, args.overrides)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from plexus.pipelines.data import synth
+
+    out = Path(args.out)
+    if args.format == "criteo":
+        path = synth.synth_criteo(out, rows=args.rows, seed=args.seed, malformed=args.malformed)
+    else:
+        path = synth.synth_movielens(out, ratings=args.rows, seed=args.seed)
+    print(path)
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from plexus.pipelines.jobs import run_ingest
+
+    result = run_ingest(_job(args))
+    print(f"[plexus] rows: {result.rows}  rejects: {result.rejects or 'none'}")
+    print(result.output)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from plexus.pipelines.jobs import run_ingest
+    from plexus.pipelines.train.job import train
+
+    job = _job(args)
+    result = train(job, run_ingest(job), force=args.force)
+    print(f"[plexus] MLflow run: {result.run_id}")
+    print(result.metrics_path)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from plexus.pipelines.train.evaluate import evaluate, iter_batches
+    from plexus.pipelines.train.job import load_model
+    from plexus.platform.feature_spec import FeatureSpec
+
+    model, job = load_model(args.model)
+    data = Path(args.data)
+    shards = sorted((data / args.split).glob("*.parquet"))
+    if not shards:
+        raise PlexusError(f"no {args.split!r} shards under {data}; pass the folder `plexus ingest` printed")
+    spec = FeatureSpec.load(data)
+    metrics = evaluate(model, iter_batches(shards, spec, job.train.eval_batch_size))
+    print(json.dumps({f"{args.split}_{k}": v for k, v in metrics.items()}))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from plexus.pipelines.jobs import run_job
+
+    result = run_job(_job(args), force=args.force)
+    print(f"[plexus] MLflow run: {result.run_id}")
+    print(result.metrics_path)
+
+
+def cmd_bench_ingest(args: argparse.Namespace) -> None:
+    from plexus.pipelines.bench.ingest import bench_ingest
+
+    bench_ingest(Path(args.out), rows=args.rows, seed=args.seed)
+
+
+def cmd_bench_train(args: argparse.Namespace) -> None:
+    from plexus.pipelines.bench.train import bench_train
+
+    bench_train(Path(args.out), rows=args.rows, seed=args.seed)
+
+
+def cmd_bench_quality(args: argparse.Namespace) -> None:
+    from plexus.pipelines.bench.quality import bench_quality
+
+    bench_quality(Path(args.out), data_root=Path(args.data_root), backbones=args.backbones.split(","),
+                  datasets=args.datasets.split(","), seeds=args.seeds)
+
+
+def _add_job_args(parser: argparse.ArgumentParser, *, force: bool = True) -> None:
+    parser.add_argument("config", help="job YAML path or bundled config name (criteo, avazu, movielens, synthetic)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
+    if force:
+        parser.add_argument("--force", action="store_true", help="redo work even if an identical run finished")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plexus", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    data = verbs.add_parser("data", help="data utilities").add_subparsers(dest="data_verb", required=True)
+    synth = data.add_parser("synth", help="write a synthetic dataset with planted signal")
+    synth.add_argument("--format", choices=("criteo", "movielens"), default="criteo")
+    synth.add_argument("--rows", type=int, default=100_000, help="rows (criteo) or ratings (movielens)")
+    synth.add_argument("--out", required=True, help="output file (criteo) or folder (movielens)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--malformed", type=int, default=0, help="malformed lines to plant (criteo)")
+    synth.set_defaults(func=cmd_synth)
+
+    for name, func, helptext, force in (
+        ("ingest", cmd_ingest, "raw logs -> Parquet shards + feature spec", False),
+        ("train", cmd_train, "train a model on ingested shards (ingesting first if needed)", True),
+        ("run", cmd_run, "ingest -> train -> evaluate as one tracked MLflow run", True),
+    ):
+        sub = verbs.add_parser(name, help=helptext)
+        _add_job_args(sub, force=force)
+        sub.set_defaults(func=func)
+
+    evaluate = verbs.add_parser("evaluate", help="AUC and logloss of a trained model on a split")
+    evaluate.add_argument("--model", required=True, help="a run's model/ folder")
+    evaluate.add_argument("--data", required=True, help="an ingested data folder")
+    evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    bench = verbs.add_parser("bench", help="benchmarks that print figures and ratios").add_subparsers(
+        dest="bench_verb", required=True
+    )
+    b = bench.add_parser("ingest", help="full ingest vs bare polars.read_csv on synthetic Criteo")
+    b.add_argument("--out", required=True)
+    b.add_argument("--rows", type=int, default=1_000_000)
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=cmd_bench_ingest)
+    b = bench.add_parser("train", help="DeepFM through the pipeline vs a bare PyTorch loop")
+    b.add_argument("--out", required=True)
+    b.add_argument("--rows", type=int, default=200_000)
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=cmd_bench_train)
+    b = bench.add_parser("quality", help="test AUC/logloss of each backbone on the real samples")
+    b.add_argument("--out", required=True)
+    b.add_argument("--data-root", default="../shared/data", help="folder holding the shared datasets")
+    b.add_argument("--backbones", default="lr,fm,deepfm,dcnv2")
+    b.add_argument("--datasets", default="movielens,criteo,avazu")
+    b.add_argument("--seeds", type=int, default=1)
+    b.set_defaults(func=cmd_bench_quality)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from plexus.pipelines.runtime import quiet_environment
+
+    quiet_environment()
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except PlexusError as exc:
+        print(f"plexus: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The job config: one YAML file per dataset, validated into typed sections.
+
+Example (`pipelines/configs/criteo.yaml`), any key overridable as `section.key=value`:
+
+    name: criteo
+    data: {format: criteo, path: data/train.txt, min_count: 2}
+    model: {backbone: deepfm, hidden: [400, 400]}
+    embedding: {method: full, dim: 16}
+    train: {batch_size: 2048, epochs: 10, lr: 0.001}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from plexus.models.backbones import ModelConfig
+from plexus.models.embeddings import EmbeddingConfig
+from plexus.pipelines.ingest import DataConfig
+from plexus.platform import config as config_io
+from plexus.platform.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimisation and the Ray Train set-up."""
+
+    batch_size: int = 2048
+    eval_batch_size: int = 8192
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 2  # epochs without a better validation AUC before stopping
+    seed: int = 0
+    workers: int = 1  # Ray Train workers (data parallel)
+    threads_per_worker: int = 0  # torch intra-op threads; 0 = cores / workers
+    shuffle_buffer: int = 100_000  # rows in the local shuffle buffer of each worker
+    max_failures: int = 1  # worker restarts from the last checkpoint before the job fails
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "eval_batch_size", "epochs", "workers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.patience < 0 or self.threads_per_worker < 0 or self.max_failures < 0:
+            raise ConfigError("train.patience, threads_per_worker and max_failures must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrackingConfig:
+    """Where runs are tracked: `uri` None means MLFLOW_TRACKING_URI or the embedded SQLite store."""
+
+    uri: str | None = None
+    experiment: str = "plexus"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobConfig:
+    """A CTR job: ingest -> train -> evaluate."""
+
+    name: str
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output: str | None = None  # runs folder; None -> ./runs (or PLEXUS_RUNS_DIR)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name must be a non-empty string without '/', got {self.name!r}")
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short hash of the given sections (all if none): equal hashes mean the same work."""
+        data = config_io.to_dict(self)
+        if sections:
+            data = {key: data[key] for key in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def load_job_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Load a job YAML plus `key=value` overrides; errors name the file and the key."""
+    return config_io.load(JobConfig, path, overrides)
+
+
+def bundled_config(name: str) -> Path:
+    """The path of an example config shipped with Plexus (`criteo`, `avazu`, `movielens`, ...)."""
+    path = Path(__file__).parent / "configs" / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"no bundled config {name!r}; available: {', '.join(available)}")
+    return path

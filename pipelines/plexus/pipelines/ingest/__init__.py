@@ -1,0 +1,26 @@
+"""Ingest: raw Criteo / Avazu / MovieLens / Parquet inputs -> encoded Parquet shards + FeatureSpec.
+
+Example:
+    >>> from plexus.pipelines.ingest import DataConfig, DataFormat, ingest
+    >>> result = ingest(DataConfig(format=DataFormat.CRITEO, path="train.txt"), output=Path("out"))
+    >>> result.rows, result.rejects
+"""
+
+from plexus.pipelines.ingest.config import DataConfig, DataFormat, ParquetSchema, SplitConfig
+from plexus.pipelines.ingest.encode import arrow_schema, encode, fit_spec
+from plexus.pipelines.ingest.job import IngestResult, ingest
+from plexus.pipelines.ingest.readers import RawTable, read_input
+
+__all__ = [
+    "DataConfig",
+    "DataFormat",
+    "IngestResult",
+    "ParquetSchema",
+    "RawTable",
+    "SplitConfig",
+    "arrow_schema",
+    "encode",
+    "fit_spec",
+    "ingest",
+    "read_input",
+]

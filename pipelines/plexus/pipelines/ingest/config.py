@@ -1,0 +1,126 @@
+"""The `data:` section of a job config: which files, which format, how to split and encode."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from plexus.platform.errors import ConfigError
+
+
+class DataFormat(str, enum.Enum):
+    """Input layouts the ingest job reads."""
+
+    CRITEO = "criteo"
+    AVAZU = "avazu"
+    MOVIELENS = "movielens"
+    PARQUET = "parquet"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SplitConfig:
+    """How rows are split when no given splits exist: seeded random, or by time (last = test)."""
+
+    valid: float = 0.1
+    test: float = 0.1
+    seed: int = 0
+    by: str = "random"
+
+    def __post_init__(self) -> None:
+        for key in ("valid", "test"):
+            value = getattr(self, key)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"data.split.{key}: must be in [0, 1), got {value!r}")
+        if self.valid + self.test >= 1.0:
+            raise ConfigError(
+                f"data.split: valid + test must leave rows for training, got "
+                f"{self.valid} + {self.test} >= 1"
+            )
+        if self.by not in ("random", "time"):
+            raise ConfigError(f"data.split.by: must be 'random' or 'time', got {self.by!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ParquetSchema:
+    """Declared roles of the columns of a Parquet input; unlisted columns are ignored."""
+
+    label: str
+    categorical: tuple[str, ...] = ()
+    multi_categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    time: str | None = None
+
+    def __post_init__(self) -> None:
+        names = [*self.categorical, *self.multi_categorical, *self.numeric]
+        if not names:
+            raise ConfigError("data.schema: declare at least one categorical, multi_categorical or numeric column")
+        seen: set[str] = set()
+        for name in names:
+            if name in seen or name == self.label:
+                raise ConfigError(f"data.schema: column {name!r} is declared twice (or is the label)")
+            seen.add(name)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Feature columns in spec order: numeric, categorical, then multi-valued."""
+        return (*self.numeric, *self.categorical, *self.multi_categorical)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Input files, format, split and encoding options of the ingest job.
+
+    Example (YAML):
+        data:
+          format: criteo
+          path: /data/criteo/train.txt
+          valid_path: /data/criteo/dev.txt
+          hash_buckets: {C3: 100000}
+          min_count: 5
+    """
+
+    format: DataFormat
+    path: str
+    valid_path: str | None = None
+    test_path: str | None = None
+    output: str | None = None
+    split: SplitConfig = SplitConfig()
+    min_count: int = 1
+    hash_buckets: dict[str, int] = dataclasses.field(default_factory=dict)
+    numeric: str = "bucketize"
+    max_reject_ratio: float = 0.01
+    rows_per_shard: int = 1_000_000
+    schema: ParquetSchema | None = None
+    compression: str = "zstd"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.format, DataFormat):
+            try:
+                object.__setattr__(self, "format", DataFormat(self.format))
+            except ValueError:
+                choices = ", ".join(repr(f.value) for f in DataFormat)
+                raise ConfigError(f"data.format: must be one of {choices}, got {self.format!r}") from None
+        if not self.path:
+            raise ConfigError("data.path: give the input file (or MovieLens/Parquet folder)")
+        if self.test_path is not None and self.valid_path is None:
+            raise ConfigError("data.test_path: given without data.valid_path; give both or neither")
+        if self.min_count < 1:
+            raise ConfigError(f"data.min_count: must be >= 1, got {self.min_count}")
+        for feature, buckets in self.hash_buckets.items():
+            if not isinstance(buckets, int) or buckets < 1:
+                raise ConfigError(f"data.hash_buckets.{feature}: must be a positive integer, got {buckets!r}")
+        if self.numeric not in ("bucketize", "normalize"):
+            raise ConfigError(f"data.numeric: must be 'bucketize' or 'normalize', got {self.numeric!r}")
+        if not 0.0 <= self.max_reject_ratio <= 1.0:
+            raise ConfigError(f"data.max_reject_ratio: must be in [0, 1], got {self.max_reject_ratio}")
+        if self.rows_per_shard < 1:
+            raise ConfigError(f"data.rows_per_shard: must be >= 1, got {self.rows_per_shard}")
+        if self.compression not in ("zstd", "snappy", "lz4", "gzip", "none"):
+            raise ConfigError(
+                f"data.compression: must be zstd, snappy, lz4, gzip or none, got {self.compression!r}"
+            )
+        if self.format is DataFormat.PARQUET and self.schema is None:
+            raise ConfigError("data.schema: required for format=parquet (declare label and feature columns)")
+        if self.format is not DataFormat.PARQUET and self.schema is not None:
+            raise ConfigError(f"data.schema: only used with format=parquet, not {self.format.value}")

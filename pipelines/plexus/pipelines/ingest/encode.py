@@ -1,0 +1,175 @@
+"""Fit a FeatureSpec on the training split and encode any split with it.
+
+Categorical and multi-valued features get a vocabulary (values seen >= `min_count` times in
+training, most frequent first, ties by value; id 0 = OOV/missing) or, when listed in
+`hash_buckets`, a stable hash into N buckets. Numeric features are bucketized
+(`floor(log(x)^2)`, the Criteo-winning transform) or normalized with training mean/std. The id
+conventions are those of `plexus.platform.feature_spec`. All work is vectorized polars.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+from plexus.pipelines.ingest.config import DataConfig, ParquetSchema
+from plexus.platform.errors import ConfigError
+from plexus.platform.feature_spec import Encoding, Feature, FeatureKind, FeatureSpec
+from plexus.platform.hashing import bucketize_ids, feature_seed, hash_strings
+
+LABEL = "label"
+
+
+def fit_spec(
+    frame: pl.DataFrame | pl.LazyFrame,
+    roles: ParquetSchema,
+    config: DataConfig,
+    *,
+    name: str,
+    source: Mapping[str, Any],
+    splits: Mapping[str, int],
+    train: pl.Expr | None = None,
+) -> FeatureSpec:
+    """Learn every feature's encoding from the training rows only (no valid/test leakage).
+
+    `train` selects the training rows of `frame` (default: all rows); the rows are never
+    copied out, every statistic is a masked aggregation.
+    """
+    lazy = frame.lazy()
+    where = pl.lit(True) if train is None else train
+    unknown = sorted(set(config.hash_buckets) - set(roles.categorical) - set(roles.multi_categorical))
+    if unknown:
+        valid = ", ".join((*roles.categorical, *roles.multi_categorical))
+        raise ConfigError(
+            f"data.hash_buckets.{unknown[0]}: not a categorical feature of this dataset; valid: {valid}"
+        )
+    vocab_cols = [c for c in (*roles.categorical, *roles.multi_categorical) if c not in config.hash_buckets]
+    vocabs = dict(zip(vocab_cols, _vocabularies(lazy, where, vocab_cols, roles, config.min_count), strict=True))
+    numeric_stats = _numeric_stats(lazy, where, roles.numeric, config.numeric)
+    features: list[Feature] = []
+    for col in roles.features:
+        if col in roles.numeric:
+            features.append(numeric_stats[col])
+            continue
+        kind = FeatureKind.MULTI_CATEGORICAL if col in roles.multi_categorical else FeatureKind.CATEGORICAL
+        max_length = 1
+        if kind is FeatureKind.MULTI_CATEGORICAL:
+            max_length = int(lazy.select(pl.col(col).list.len().filter(where).max()).collect().item() or 1)
+        if col in config.hash_buckets:
+            features.append(
+                Feature(name=col, kind=kind, encoding=Encoding.HASH, cardinality=config.hash_buckets[col],
+                        seed=feature_seed(col), max_length=max_length)  # fmt: skip
+            )
+        else:
+            vocab = vocabs[col]
+            features.append(
+                Feature(name=col, kind=kind, encoding=Encoding.VOCAB, cardinality=len(vocab) + 1,
+                        vocabulary=vocab, min_count=config.min_count, max_length=max_length)  # fmt: skip
+            )
+    return FeatureSpec(name=name, label=LABEL, features=tuple(features), source=dict(source), splits=dict(splits))
+
+
+def _vocabularies(
+    frame: pl.LazyFrame, where: pl.Expr, cols: list[str], roles: ParquetSchema, min_count: int
+) -> list[tuple[str, ...]]:
+    queries = []
+    for col in cols:
+        rows = frame.select(pl.col(col).alias("v"), where.alias("w"))
+        if col in roles.multi_categorical:
+            rows = rows.explode("v")
+        queries.append(
+            rows.group_by("v")
+            .agg(pl.col("w").sum().alias("n"))
+            .filter(pl.col("v").is_not_null() & (pl.col("n") >= min_count))
+            .sort(["n", "v"], descending=[True, False])
+            .select("v")
+        )
+    return [tuple(frame.to_series().to_list()) for frame in pl.collect_all(queries)]
+
+
+def _bucket(x: pl.Expr) -> pl.Expr:
+    """floor(log(x)^2) for x > 2, else floor(max(x, 0)): the Criteo numeric transform."""
+    return pl.when(x > 2).then((x.log() ** 2).floor()).otherwise(x.clip(lower_bound=0).floor())
+
+
+def _numeric_stats(frame: pl.LazyFrame, where: pl.Expr, cols: tuple[str, ...], mode: str) -> dict[str, Feature]:
+    if not cols:
+        return {}
+    if mode == "bucketize":
+        row = frame.select(
+            [_bucket(pl.col(c).cast(pl.Float64)).filter(where).max().alias(c) for c in cols]
+        ).collect().row(0, named=True)
+        return {
+            c: Feature(name=c, kind=FeatureKind.NUMERIC, encoding=Encoding.BUCKETIZE,
+                       cardinality=int(row[c] or 0) + 2)  # fmt: skip
+            for c in cols
+        }
+    stats = frame.select(
+        [pl.col(c).cast(pl.Float64).filter(where).mean().alias(f"m_{c}") for c in cols]
+        + [pl.col(c).cast(pl.Float64).filter(where).std().alias(f"s_{c}") for c in cols]
+    ).collect().row(0, named=True)
+    out = {}
+    for c in cols:
+        mean, std = stats[f"m_{c}"], stats[f"s_{c}"]
+        mean = 0.0 if mean is None or not math.isfinite(mean) else float(mean)
+        std = 1.0 if std is None or not math.isfinite(std) or std <= 0 else float(std)
+        out[c] = Feature(name=c, kind=FeatureKind.NUMERIC, encoding=Encoding.NORMALIZE, mean=mean, std=std)
+    return out
+
+
+def _feature_expr(frame: pl.DataFrame, f: Feature) -> pl.Expr:
+    col = pl.col(f.name)
+    if f.encoding is Encoding.BUCKETIZE:
+        x = col.cast(pl.Float64)
+        ids = 1 + _bucket(x).clip(upper_bound=f.cardinality - 2)
+        return pl.when(x.is_null() | x.is_nan()).then(0).otherwise(ids).cast(pl.Int64).alias(f.name)
+    if f.encoding is Encoding.NORMALIZE:
+        x = col.cast(pl.Float64)
+        return ((x - f.mean) / f.std).fill_nan(None).fill_null(0.0).cast(pl.Float32).alias(f.name)
+    if f.encoding is Encoding.VOCAB:
+        # An Enum over the vocabulary: its physical code + 1 is the id; unknown values -> null -> 0.
+        enum = pl.Enum(list(f.vocabulary))
+        if f.is_multi_valued:
+            mapped = (pl.element().cast(enum, strict=False).to_physical().cast(pl.Int64) + 1).fill_null(0)
+            return col.list.eval(mapped).fill_null(pl.lit([], pl.List(pl.Int64))).alias(f.name)
+        return (col.cast(enum, strict=False).to_physical().cast(pl.Int64) + 1).fill_null(0).alias(f.name)
+    else:
+        values = col.explode() if f.is_multi_valued else col
+        keys = frame.select(values.drop_nulls().unique(maintain_order=True)).to_series().sort()
+        ids = pl.Series(bucketize_ids(hash_strings(keys.to_list()), f.seed, f.cardinality))
+        default = int(bucketize_ids(hash_strings([""]), f.seed, f.cardinality)[0])
+    if f.is_multi_valued:
+        mapped = pl.element().replace_strict(keys, ids, default=default, return_dtype=pl.Int64)
+        return col.list.eval(mapped).fill_null(pl.lit([], pl.List(pl.Int64))).alias(f.name)
+    return col.replace_strict(keys, ids, default=default, return_dtype=pl.Int64).fill_null(default).alias(f.name)
+
+
+def arrow_schema(spec: FeatureSpec, fingerprint: str | None = None) -> pa.Schema:
+    """The Arrow schema of encoded shards: label float32, then one column per feature.
+
+    `fingerprint` (the spec's, stored as schema metadata) is computed when not given.
+    """
+    fields = [pa.field(LABEL, pa.float32(), nullable=False)]
+    for f in spec.features:
+        if not f.is_sparse:
+            typ = pa.float32()
+        elif f.is_multi_valued:
+            typ = pa.list_(pa.int64())
+        else:
+            typ = pa.int64()
+        fields.append(pa.field(f.name, typ, nullable=False))
+    return pa.schema(fields, metadata={"plexus.feature_spec": fingerprint or spec.fingerprint})
+
+
+def encode(frame: pl.DataFrame, spec: FeatureSpec, *, keep: tuple[str, ...] = ()) -> pl.DataFrame:
+    """Encode raw rows `(B, ...)` into `(B, 1 + F)` columns with the spec's ids (+ `keep` columns)."""
+    exprs = [pl.col(LABEL).cast(pl.Float32)] + [_feature_expr(frame, f) for f in spec.features]
+    return frame.select(*exprs, *keep)
+
+
+def to_arrow(encoded: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+    """The encoded frame as an Arrow table with the shard schema (`list<int64>`, not nullable)."""
+    return encoded.select(schema.names).to_arrow().cast(schema)

@@ -1,0 +1,173 @@
+"""One reader per input format, each returning a RawTable: typed raw columns plus rejects.
+
+A RawTable's frame holds `label` (float32 in {0, 1}), the feature columns in spec order
+(numeric as numbers, categorical as strings, multi-valued as list[str]), `__line` (1-based
+source line) and, where the data has time, `__time` (int64, for time splits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import polars as pl
+from plexus.pipelines.ingest.config import DataFormat, ParquetSchema
+from plexus.pipelines.ingest.delimited import LINE, Column, empty_rejects, read_delimited
+from plexus.platform.errors import DataError
+
+TIME = "__time"
+CRITEO_NUMERIC = tuple(f"I{i}" for i in range(1, 14))
+CRITEO_CATEGORICAL = tuple(f"C{i}" for i in range(1, 27))
+AVAZU_COLUMNS = (
+    "id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id",
+    "app_domain", "app_category", "device_id", "device_ip", "device_model", "device_type",
+    "device_conn_type", "C14", "C15", "C16", "C17", "C18", "C19", "C20", "C21",
+)  # fmt: skip
+_BINARY = (pl.col("label").is_in([0, 1]), "bad_label")
+
+
+@dataclasses.dataclass(frozen=True)
+class RawTable:
+    """Parsed rows of one input (before splitting and encoding) and the lines set aside."""
+
+    frame: pl.DataFrame
+    roles: ParquetSchema
+    rejects: pl.DataFrame
+    lines: int
+    files: tuple[Path, ...]
+
+    @property
+    def has_time(self) -> bool:
+        return TIME in self.frame.columns
+
+
+def source_files(fmt: DataFormat, path: Path) -> list[Path]:
+    """The files a reader will open for `path` (for fingerprints); DataError if none exist."""
+    if fmt is DataFormat.MOVIELENS:
+        from plexus.pipelines.ingest.movielens import movielens_files
+
+        return movielens_files(path)
+    if fmt is DataFormat.PARQUET and path.is_dir():
+        files = sorted(path.glob("*.parquet"))
+        if not files:
+            raise DataError(f"no *.parquet files in folder {path}")
+        return files
+    if not path.is_file():
+        raise DataError(f"input file not found: {path}")
+    return [path]
+
+
+def read_criteo(path: Path, *, data: bytes | None = None) -> RawTable:
+    """Criteo display-ads TSV: label, I1..I13 (integers), C1..C26 (hex strings); no header."""
+    columns = [Column("label", "int", required=True, check=_BINARY, bad="bad_label")]
+    columns += [Column(c, "int") for c in CRITEO_NUMERIC] + [Column(c, "str") for c in CRITEO_CATEGORICAL]
+    parsed = read_delimited(path, columns, separator="\t", header=False, data=data)
+    frame = parsed.frame.with_columns(pl.col("label").cast(pl.Float32))
+    roles = ParquetSchema(label="label", numeric=CRITEO_NUMERIC, categorical=CRITEO_CATEGORICAL)
+    return RawTable(frame=frame, roles=roles, rejects=parsed.rejects, lines=parsed.lines, files=(path,))
+
+
+def read_avazu(path: Path, *, data: bytes | None = None) -> RawTable:
+    """Avazu CSV (24 columns, header optional and detected); `hour` (YYMMDDHH) becomes the time.
+
+    Features: hour of day and weekday derived from `hour`, then every column but id/click/hour
+    as a categorical string.
+    """
+    hour_ok = (pl.col("hour").is_between(0, 99_12_31_23) & (pl.col("hour") % 100 < 24), "bad_hour")
+    columns = [
+        Column("click", "int", required=True, check=(pl.col("click").is_in([0, 1]), "bad_label"), bad="bad_label"),
+        Column("hour", "int", required=True, check=hour_ok, bad="bad_hour"),
+    ]
+    columns = [Column("id")] + columns + [Column(c) for c in AVAZU_COLUMNS[3:]]
+    parsed = read_delimited(path, columns, separator=",", header=None, data=data)
+    hour = pl.col("hour")
+    day = pl.date(2000 + hour // 1_000_000, hour // 10_000 % 100, hour // 100 % 100)
+    frame = parsed.frame.select(
+        pl.col("click").cast(pl.Float32).alias("label"),
+        (hour % 100).cast(pl.String).alias("hour_of_day"),
+        day.dt.weekday().cast(pl.String).alias("weekday"),
+        *AVAZU_COLUMNS[3:],
+        LINE,
+        hour.alias(TIME),
+    )
+    roles = ParquetSchema(label="label", categorical=("hour_of_day", "weekday", *AVAZU_COLUMNS[3:]))
+    return RawTable(frame=frame, roles=roles, rejects=parsed.rejects, lines=parsed.lines, files=(path,))
+
+
+def read_parquet(path: Path, schema: ParquetSchema) -> RawTable:
+    """Parquet file(s) with declared column roles; rows whose label is not 0/1 are rejected.
+
+    Line numbers are 1-based row numbers within each file.
+    """
+    files = source_files(DataFormat.PARQUET, path)
+    frames, rejects, lines = [], [], 0
+    wanted = [schema.label, *schema.features] + ([schema.time] if schema.time else [])
+    for file in files:
+        try:
+            frame = pl.read_parquet(file)
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise DataError(f"{file}: not a readable Parquet file: {exc}") from exc
+        missing = [c for c in wanted if c not in frame.columns]
+        if missing:
+            raise DataError(f"{file}: declared column {missing[0]!r} not found; columns: {frame.columns}")
+        lines += frame.height
+        frame = frame.with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64))
+        label = pl.col(schema.label).cast(pl.Float64, strict=False)
+        ok = label.is_in([0.0, 1.0]).fill_null(False)
+        bad = frame.filter(~ok)
+        if bad.height:
+            rejects.append(
+                bad.select(
+                    pl.lit(str(file)).alias("file"),
+                    pl.col(LINE).alias("line"),
+                    pl.lit("bad_label").alias("reason"),
+                    pl.lit(schema.label).alias("column"),
+                    pl.Series("raw", [json.dumps(r, default=str) for r in bad.drop(LINE).to_dicts()]),
+                )
+            )
+        frames.append(_cast_parquet(file, frame.filter(ok), schema))
+    roles = ParquetSchema(
+        label="label", numeric=schema.numeric, categorical=schema.categorical,
+        multi_categorical=schema.multi_categorical,
+    )  # fmt: skip
+    return RawTable(
+        frame=pl.concat(frames),
+        roles=roles,
+        rejects=pl.concat(rejects) if rejects else empty_rejects(),
+        lines=lines,
+        files=tuple(files),
+    )
+
+
+def _cast_parquet(file: Path, frame: pl.DataFrame, schema: ParquetSchema) -> pl.DataFrame:
+    exprs = [pl.col(schema.label).cast(pl.Float32).alias("label")]
+    exprs += [pl.col(c).cast(pl.Float64) for c in schema.numeric]
+    exprs += [pl.col(c).cast(pl.String) for c in schema.categorical]
+    exprs += [pl.col(c).cast(pl.List(pl.String)) for c in schema.multi_categorical]
+    exprs.append(pl.col(LINE))
+    if schema.time:
+        exprs.append(pl.col(schema.time).cast(pl.Int64).alias(TIME))
+    try:
+        return frame.select(exprs)
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(f"{file}: a declared column has the wrong type: {exc}") from exc
+
+
+def read_input(
+    fmt: DataFormat, path: Path, schema: ParquetSchema | None = None, *, data: bytes | None = None
+) -> RawTable:
+    """Read one input (file, or folder for MovieLens/Parquet) in format `fmt`.
+
+    `data`: the file's bytes when the caller has already read them (Criteo and Avazu).
+    """
+    if fmt is DataFormat.CRITEO:
+        return read_criteo(path, data=data)
+    if fmt is DataFormat.AVAZU:
+        return read_avazu(path, data=data)
+    if fmt is DataFormat.MOVIELENS:
+        from plexus.pipelines.ingest.movielens import read_movielens
+
+        return read_movielens(path)
+    assert schema is not None
+    return read_parquet(path, schema)

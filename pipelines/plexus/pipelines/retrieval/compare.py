@@ -1,0 +1,87 @@
+"""kNN-Embed against single-vector retrieval on the same embeddings: recall, NDCG, diversity.
+
+Both methods run over all test users in batches. Single-vector retrieval is exact (the bundle's
+index is exact for these catalog sizes, see `export.default_nprobe`); kNN-Embed runs the very
+query-time code of the service (`plexus.serving.bundle.search_mixture`) on the torch query model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from plexus.models.retrieval import KnnEmbedQuery, KnnEmbedState
+from plexus.pipelines.retrieval.data import Interactions
+from plexus.pipelines.retrieval.evaluate import (
+    _csr_rows,
+    diversity,
+    exact_topk,
+    ranking_metrics,
+    test_users,
+)
+from plexus.serving import index as item_index
+from plexus.serving.bundle import search_mixture
+from plexus.serving.knn_embed import AllocationConfig
+
+METHODS = ("single", "knn_embed")
+
+
+@torch.no_grad()
+def compare_retrieval(
+    module: KnnEmbedQuery,
+    state: KnnEmbedState,
+    data: Interactions,
+    *,
+    ks: Sequence[int] = (20, 50, 100, 200),
+    allocation: AllocationConfig = AllocationConfig(),
+    batch_size: int = 512,
+) -> list[dict[str, Any]]:
+    """One row per (method, k): recall, ndcg, distinct_clusters, intra_list_distance (means over
+    test users), plus `users`. Train items are excluded from both methods' lists."""
+    module.eval()
+    ks = sorted(set(int(k) for k in ks))
+    items = module.model.all_item_vectors()
+    item_np = items.numpy().astype(np.float32)
+    clusters = state.item_clusters.numpy().astype(np.int64)
+    index = item_index.build_cluster_index(
+        item_np[1:], clusters[1:], state.centroids.numpy(), np.arange(1, data.num_items + 1)
+    )
+    histories = torch.from_numpy(data.histories(module.model.config.history_len))
+    users = test_users(data)
+    sums: dict[tuple[str, int], dict[str, float]] = {}
+
+    def add(method: str, k: int, values: dict[str, np.ndarray]) -> None:
+        row = sums.setdefault((method, k), {})
+        for key, value in values.items():
+            row[key] = row.get(key, 0.0) + float(value.sum())
+
+    for lo in range(0, users.size, batch_size):
+        chunk = users[lo : lo + batch_size]
+        u = torch.from_numpy(chunk)
+        hist = histories[u]
+        query, mixture, components = module(u, hist, (hist > 0).float())
+        single = exact_topk(query, items, data, chunk, max(ks))
+        rows, seen = _csr_rows(data.train_indptr, data.train_items, chunk)
+        for k in ks:
+            knn, _ = search_mixture(
+                index,
+                clusters,
+                mixture.numpy(),
+                components.numpy(),
+                k,
+                (rows, seen),
+                allocation,
+            )
+            for method, top in (("single", single[:, :k]), ("knn_embed", knn)):
+                metrics = ranking_metrics(top, data, chunk, (k,))
+                add(method, k, {"recall": metrics[f"recall@{k}"], "ndcg": metrics[f"ndcg@{k}"]})
+                add(method, k, diversity(top, item_np, clusters, k))
+    n = max(users.size, 1)
+    return [
+        {"method": method, "k": k, **{key: v / n for key, v in sums[(method, k)].items()}, "users": int(users.size)}
+        for method in METHODS
+        for k in ks
+    ]

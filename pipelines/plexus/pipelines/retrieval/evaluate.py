@@ -1,0 +1,110 @@
+"""Full-ranking evaluation (train items excluded) and the diversity measures of retrieved lists.
+
+Recall@K = hits in the top K / number of test items of the user; NDCG@K with binary gains and the
+ideal DCG over min(K, |test|) items (the LightGCN protocol). Averaged over users with test items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from plexus.models.retrieval import TwoTower
+from plexus.pipelines.retrieval.data import Interactions
+
+
+def test_users(data: Interactions) -> np.ndarray:
+    """Internal ids of users with at least one test item, ordered by training-list length
+    (so that evaluation batches hold users with similar exclusion counts)."""
+    users = np.nonzero(np.diff(data.test_indptr) > 0)[0]
+    return users[np.argsort(np.diff(data.train_indptr)[users], kind="stable")]
+
+
+def _csr_rows(indptr: np.ndarray, items: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row position, item) pairs of the CSR lists of `rows`."""
+    counts = indptr[rows + 1] - indptr[rows]
+    pos = np.repeat(np.arange(rows.size), counts)
+    offsets = np.arange(pos.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    return pos, items[np.repeat(indptr[rows], counts) + offsets]
+
+
+def ranking_metrics(
+    top: np.ndarray, data: Interactions, users: np.ndarray, ks: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Per-user recall@k and ndcg@k of ranked internal ids top (B, >= max k) (-1 = empty)."""
+    pos, items = _csr_rows(data.test_indptr, data.test_items, users)
+    stride = data.num_items + 2
+    truth = pos * stride + items
+    kmax = max(ks)
+    keys = np.arange(users.size)[:, None] * stride + top[:, :kmax]
+    hit = np.isin(keys, truth) & (top[:, :kmax] >= 0)
+    n_test = np.bincount(pos, minlength=users.size)
+    out: dict[str, np.ndarray] = {}
+    discount = 1.0 / np.log2(np.arange(2, kmax + 2))
+    for k in ks:
+        out[f"recall@{k}"] = hit[:, :k].sum(1) / n_test
+        dcg = (hit[:, :k] * discount[:k]).sum(1)
+        ideal = np.cumsum(discount[:k])[np.minimum(n_test, k) - 1]
+        out[f"ndcg@{k}"] = dcg / ideal
+    return out
+
+
+def diversity(
+    top: np.ndarray, item_vectors: np.ndarray, item_clusters: np.ndarray, k: int
+) -> dict[str, np.ndarray]:
+    """Per-user distinct clusters and intra-list distance (mean pairwise 1 - cosine) in the top k."""
+    ids = top[:, :k]
+    valid = ids > 0
+    clusters = np.where(valid, item_clusters[np.maximum(ids, 0)], -1)
+    sorted_c = np.sort(clusters, axis=1)
+    distinct = ((sorted_c[:, 1:] != sorted_c[:, :-1]) & (sorted_c[:, 1:] >= 0)).sum(1)
+    distinct = distinct + (sorted_c[:, 0] >= 0)
+    vecs = item_vectors[np.maximum(ids, 0)] * valid[..., None]
+    n = valid.sum(1).astype(np.float64)
+    s = vecs.sum(1)
+    pair_cos = ((s * s).sum(1) - n) / np.maximum(n * (n - 1), 1.0)
+    return {"distinct_clusters": distinct.astype(np.float64), "intra_list_distance": 1.0 - pair_cos}
+
+
+@torch.no_grad()
+def exact_topk(
+    user_vectors: torch.Tensor,
+    item_vectors: torch.Tensor,
+    data: Interactions,
+    users: np.ndarray,
+    k: int,
+) -> np.ndarray:
+    """Exact top-k internal item ids (B, k) by inner product with the users' training items
+    and the padding item excluded. user_vectors (B, D), item_vectors (N + 1, D)."""
+    scores = user_vectors @ item_vectors.T
+    scores[:, 0] = -torch.inf
+    pos, items = _csr_rows(data.train_indptr, data.train_items, users)
+    scores[torch.from_numpy(pos), torch.from_numpy(items)] = -torch.inf
+    return torch.topk(scores, min(k, data.num_items), dim=1).indices.numpy()
+
+
+@torch.no_grad()
+def evaluate_tower(
+    model: TwoTower,
+    data: Interactions,
+    *,
+    ks: Sequence[int] = (20, 50, 100, 200),
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Full-ranking Recall@k / NDCG@k of the two-tower model over all test users."""
+    model.eval()
+    histories = torch.from_numpy(data.histories(model.config.history_len))
+    items = model.all_item_vectors()
+    users = test_users(data)
+    sums: dict[str, float] = {}
+    for lo in range(0, users.size, batch_size):
+        chunk = users[lo : lo + batch_size]
+        u = torch.from_numpy(chunk)
+        hist = histories[u]
+        vecs = model.user_vectors(u, hist, (hist > 0).float())
+        top = exact_topk(vecs, items, data, chunk, max(ks))
+        for key, values in ranking_metrics(top, data, chunk, ks).items():
+            sums[key] = sums.get(key, 0.0) + float(values.sum())
+    return {key: value / max(users.size, 1) for key, value in sums.items()}

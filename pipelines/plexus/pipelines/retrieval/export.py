@@ -1,0 +1,202 @@
+"""Export: the kNN-Embed query side to ONNX (checked against torch) and the bundle folder.
+
+The query model is exported with the TorchScript-based exporter (`dynamo=False`): plain Gather,
+MatMul and TopK ops with dynamic batch and history length, no EmbeddingBag offsets.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from plexus.models.retrieval import KnnEmbedQuery, KnnEmbedState
+from plexus.pipelines.retrieval.data import Interactions
+from plexus.platform.feature_spec import Encoding, Feature, FeatureKind, FeatureSpec
+from plexus.serving import index as item_index
+from plexus.serving.bundle import ONNX_INPUTS, ONNX_OUTPUTS, write_bundle
+from plexus.serving.knn_embed import AllocationConfig
+
+__all__ = ["export_query_model", "onnx_parity", "write_retrieval_bundle", "default_nprobe"]
+
+
+def export_query_model(module: KnnEmbedQuery, path: str | Path, *, history_len: int) -> Path:
+    """Write `module` as ONNX with inputs user (B,), history (B, L), history_mask (B, L)."""
+    module = module.eval()
+    example = (
+        torch.tensor([1, 0], dtype=torch.int64),
+        torch.ones(2, history_len, dtype=torch.int64),
+        torch.ones(2, history_len, dtype=torch.float32),
+    )
+    dynamic = {"user": {0: "batch"}, "history": {0: "batch", 1: "length"}}
+    dynamic["history_mask"] = {0: "batch", 1: "length"}
+    for name in ONNX_OUTPUTS:
+        dynamic[name] = {0: "batch"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            input_names=list(ONNX_INPUTS),
+            output_names=list(ONNX_OUTPUTS),
+            dynamic_axes=dynamic,
+            opset_version=17,
+            dynamo=False,
+        )
+    return Path(path)
+
+
+def onnx_parity(
+    module: KnnEmbedQuery,
+    onnx_path: str | Path,
+    *,
+    num_users: int,
+    num_items: int,
+    history_len: int,
+    batch: int = 64,
+    seed: int = 0,
+) -> float:
+    """Max abs difference between torch and onnxruntime on random inputs (known, unknown and
+    history-only users, random padding). The export is trusted when this is <= 1e-5."""
+    import onnxruntime as ort
+
+    gen = torch.Generator().manual_seed(seed)
+    user = torch.randint(0, num_users + 1, (batch,), generator=gen)
+    user[: batch // 4] = 0
+    history = torch.randint(1, num_items + 1, (batch, history_len), generator=gen)
+    lengths = torch.randint(0, history_len + 1, (batch,), generator=gen)
+    lengths[batch // 4 : batch // 2] = history_len
+    mask = (torch.arange(history_len) < lengths.unsqueeze(1)).float()
+    history = history * mask.long()
+    with torch.no_grad():
+        expected = module.eval()(user, history, mask)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(
+        None, {"user": user.numpy(), "history": history.numpy(), "history_mask": mask.numpy()}
+    )
+    return float(max(np.abs(g - e.numpy()).max() for g, e in zip(got, expected, strict=True)))
+
+
+def default_nprobe(num_items: int, num_clusters: int, *, exact_below: int = 200_000) -> int:
+    """All lists (exact) for catalogs below `exact_below` items; else a quarter of the lists."""
+    return num_clusters if num_items < exact_below else max(1, num_clusters // 4)
+
+
+def write_retrieval_bundle(
+    directory: str | Path,
+    *,
+    name: str,
+    module: KnnEmbedQuery,
+    state: KnnEmbedState,
+    data: Interactions,
+    history_len: int,
+    allocation: AllocationConfig,
+    nprobe: int | None = None,
+    metrics: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    recall_queries: int = 1000,
+) -> tuple[Path, dict[str, Any]]:
+    """Export, check and write the whole bundle; returns (folder, export info: parity, index recall).
+
+    Raises if the ONNX model differs from torch by more than 1e-5.
+    """
+    from plexus.platform.errors import RegistryError
+
+    out = Path(directory)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_query_model(module, Path(tmp) / "query.onnx", history_len=history_len)
+        parity = onnx_parity(
+            module,
+            onnx_path,
+            num_users=data.num_users,
+            num_items=data.num_items,
+            history_len=history_len,
+        )
+        if parity > 1e-5:
+            raise RegistryError(f"ONNX export differs from torch by {parity:.2e} (> 1e-5); not written")
+        with torch.no_grad():
+            vectors = module.model.all_item_vectors()[1:].numpy().astype(np.float32)
+        centroids = state.centroids.numpy().astype(np.float32)
+        clusters = state.item_clusters.numpy().astype(np.int64)
+        ids = np.arange(1, data.num_items + 1, dtype=np.int64)
+        index = item_index.build_cluster_index(vectors, clusters[1:], centroids, ids)
+        num_clusters = centroids.shape[0]
+        probe = nprobe or default_nprobe(data.num_items, num_clusters)
+        users = state.user_table.numpy()[1:]
+        pick = np.random.default_rng(0).choice(len(users), min(recall_queries, len(users)), replace=False)
+        recall = {
+            str(k): item_index.index_recall(index, vectors, ids, users[pick], k, nprobe=probe)
+            for k in (20, 100)
+            if k <= data.num_items
+        }
+        spec = FeatureSpec(
+            name=f"{name}-retrieval",
+            label="",
+            features=(
+                Feature(
+                    name="user_id",
+                    kind=FeatureKind.CATEGORICAL,
+                    encoding=Encoding.VOCAB,
+                    cardinality=data.num_users + 1,
+                ),
+                Feature(
+                    name="history",
+                    kind=FeatureKind.MULTI_CATEGORICAL,
+                    encoding=Encoding.VOCAB,
+                    cardinality=data.num_items + 1,
+                    max_length=history_len,
+                ),
+            ),
+            source={"data": data.name},
+            splits={"train": int(data.train_items.size), "test": int(data.test_items.size)},
+        )
+        digest = hashlib.sha256(onnx_path.read_bytes() + vectors.tobytes()).hexdigest()[:16]
+        info = {"onnx_max_abs_diff": parity, "index_recall_vs_exact": recall, "nprobe": probe}
+        manifest = {
+            "name": name,
+            "bundle_id": digest,
+            "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "dim": int(vectors.shape[1]),
+            "history_len": int(history_len),
+            "num_clusters": int(num_clusters),
+            "scoring": "cosine",
+            "retrieval": {"nprobe": int(probe), "allocation": _asdict(allocation)},
+            "index": {"kind": "ivf_flat_clusters", "nlist": int(num_clusters), "recall_vs_exact": recall},
+            "export": {"onnx_max_abs_diff": parity},
+            "metrics": metrics or {},
+        }
+        arrays = {
+            "item_ids": data.item_ids,
+            "item_clusters": clusters,
+            "item_popularity": data.item_popularity(),
+            "user_ids": data.user_ids,
+            "seen_indptr": data.train_indptr,
+            "seen_items": data.train_items,
+        }
+        write_bundle(
+            out,
+            onnx_model=onnx_path,
+            index=index,
+            arrays=arrays,
+            manifest=manifest,
+            extra_files={
+                "feature_spec.json": spec.to_json(),
+                "config.json": json.dumps(config or {}, indent=1, sort_keys=True),
+                "metrics.json": json.dumps(metrics or {}, indent=1, sort_keys=True),
+            },
+        )
+    return out, info
+
+
+def _asdict(allocation: AllocationConfig) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(allocation)

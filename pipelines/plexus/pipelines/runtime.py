@@ -1,0 +1,63 @@
+"""Process-level set-up shared by jobs: quiet, local-first defaults for Ray and friends."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Tools that phone home or write into $HOME unless told otherwise (see DEPENDENCIES.md).
+_QUIET_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_TRAIN_V2_ENABLED": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def quiet_environment() -> None:
+    """Set the environment defaults above unless the user already chose otherwise."""
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's per-operator progress bars flood job logs; Plexus prints its own progress."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def ensure_ray(*, num_cpus: int | None = None, address: str | None = None) -> None:
+    """Start (or connect to) Ray once per process.
+
+    `address` (or `RAY_ADDRESS`) joins an existing cluster; otherwise a local Ray starts with
+    `num_cpus` (default: all cores) and a modest object store, logging to the terminal only.
+    """
+    quiet_environment()
+    import ray
+
+    quiet_ray_data()
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        object_store_memory=1 << 30,
+        include_dashboard=False,
+        log_to_driver=True,
+        configure_logging=False,
+        runtime_env={"env_vars": dict(_QUIET_ENV)},
+    )
+
+
+def default_runs_dir() -> Path:
+    """Where jobs write outputs unless configured: `./runs` (or `PLEXUS_RUNS_DIR`)."""
+    return Path(os.environ.get("PLEXUS_RUNS_DIR", "runs")).resolve()

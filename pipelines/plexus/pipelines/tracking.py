@@ -1,0 +1,98 @@
+"""MLflow glue: the embedded default store, runs, and figures.
+
+On one machine the default is a SQLite file `./mlflow.db` with artifacts in `./mlartifacts`;
+past one machine `MLFLOW_TRACKING_URI` (or the job's `tracking.uri`) points at an MLflow server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from plexus.pipelines.runtime import quiet_environment
+
+ARTIFACTS_DIRNAME = "mlartifacts"
+
+
+def default_uri() -> str:
+    """`sqlite:///<cwd>/mlflow.db`: the embedded store used when nothing else is configured."""
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def configure(uri: str | None = None) -> str:
+    """Point MLflow's tracking and registry at `uri`, `MLFLOW_TRACKING_URI` or the default."""
+    quiet_environment()
+    import mlflow
+
+    resolved = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+    mlflow.set_tracking_uri(resolved)
+    mlflow.set_registry_uri(resolved)
+    return resolved
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment `name`, created on first use.
+
+    With a local SQLite store, artifacts go beside the database (`mlartifacts/`) rather than
+    MLflow's relative `./mlruns`, so runs from any working directory land in one place.
+    """
+    import mlflow
+
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    location = None
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIRNAME).as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+@contextlib.contextmanager
+def run(
+    experiment: str,
+    run_name: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    nested: bool = False,
+) -> Iterator[Any]:
+    """Start an MLflow run (nested under the active one if `nested`), logging `params` first."""
+    import mlflow
+
+    with mlflow.start_run(
+        experiment_id=experiment_id(experiment), run_name=run_name, nested=nested, tags=dict(tags or {})
+    ) as active:
+        if params:
+            log_params(params)
+        yield active
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log params in chunks (MLflow caps a batch at 100) with values stringified and truncated."""
+    import mlflow
+
+    items = [(k, "" if v is None else str(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        mlflow.log_params(dict(items[start : start + 100]))
+
+
+def log_figure(figure: Any, artifact_file: str, *, also_to: Path | None = None) -> Path | None:
+    """Log a matplotlib figure as a PNG artifact and optionally write the same PNG to `also_to`."""
+    import mlflow
+
+    written = None
+    if also_to is not None:
+        also_to.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(also_to, dpi=110, bbox_inches="tight")
+        written = also_to
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        parent = str(Path(artifact_file).parent)
+        mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
+    return written

@@ -1,0 +1,1 @@
+"""Training and evaluation of CTR models through Ray Train."""

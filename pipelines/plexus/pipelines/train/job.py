@@ -1,0 +1,202 @@
+"""The training job (driver side): Ray Train fit, test evaluation, MLflow logging, outputs.
+
+Outputs go to `<runs>/<name>/train-<hash>/`, the hash covering the data, model, embedding and
+train sections. A finished folder (`metrics.json` present) is reused unless `force`; an
+unfinished one (a crash) resumes from its last checkpoint and continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from plexus.models.backbones import build_ctr_model
+from plexus.pipelines import plots, tracking
+from plexus.pipelines.config import JobConfig
+from plexus.pipelines.ingest import IngestResult
+from plexus.pipelines.runtime import default_runs_dir, ensure_ray
+from plexus.pipelines.train.evaluate import evaluate, iter_batches
+from plexus.pipelines.train.loop import STATE_FILE, train_loop
+from plexus.platform import config as config_io
+from plexus.platform.errors import PlexusError
+
+METRICS_FILE = "metrics.json"
+MODEL_DIR = "model"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    output: Path  # the run's output folder
+    run_id: str  # MLflow run id
+    metrics: dict[str, float]  # test_auc, test_logloss, valid_auc, ... params
+    history: list[dict[str, float]]
+    skipped: bool = False
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.output / METRICS_FILE
+
+
+def run_output_dir(job: JobConfig) -> Path:
+    runs = Path(job.output).resolve() if job.output else default_runs_dir()
+    return runs / job.name / f"train-{job.fingerprint('data', 'model', 'embedding', 'train')}"
+
+
+def train(job: JobConfig, data: IngestResult, *, force: bool = False, nested: bool = False) -> TrainResult:
+    """Train `job`'s model on ingested `data`, evaluate on the test split, track it all in MLflow."""
+    out = run_output_dir(job)
+    if (out / METRICS_FILE).is_file() and not force:
+        saved = json.loads((out / METRICS_FILE).read_text())
+        print(f"[plexus] reusing finished training run {out} (pass --force to retrain)")
+        return TrainResult(out, saved["run_id"], saved, saved.get("history", []), skipped=True)
+    if force and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    uri = tracking.configure(job.tracking.uri)
+    import mlflow
+
+    previous = _read_json(out / "run.json")
+    with mlflow.start_run(
+        run_id=previous.get("run_id"),
+        experiment_id=None if previous else tracking.experiment_id(job.tracking.experiment),
+        run_name=f"{job.name}-train",
+        nested=nested,
+    ) as active:
+        run_id = active.info.run_id
+        _write_json(out / "run.json", {"run_id": run_id})
+        if not previous:
+            tracking.log_params(config_io.flatten(job))
+            mlflow.log_param("data.fingerprint", data.spec.fingerprint)
+            mlflow.log_artifact(str(data.output / "feature_spec.json"), artifact_path=MODEL_DIR)
+        result = _fit(job, data, out, uri, run_id)
+        history, best_state = _load_final_state(result)
+
+        model = build_ctr_model(job.model, job.embedding, data.spec)
+        model.load_state_dict(best_state)
+        metrics = _final_metrics(job, data, model, history)
+        mlflow.log_metrics(metrics)
+        _save_model(out / MODEL_DIR, job, data, model)
+        mlflow.log_artifacts(str(out / MODEL_DIR), artifact_path=MODEL_DIR)
+        figure = plots.training_curves(history, title=f"{job.name}: {job.model.backbone.value}")
+        tracking.log_figure(figure, "plots/training_curves.png", also_to=out / "training_curves.png")
+
+        summary = {**metrics, "run_id": run_id, "history": history}
+        _write_json(out / METRICS_FILE, summary)
+        mlflow.log_artifact(str(out / METRICS_FILE))
+    return TrainResult(out, run_id, summary, history)
+
+
+def _fit(job: JobConfig, data: IngestResult, out: Path, uri: str, run_id: str) -> Any:
+    ensure_ray()
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    def dataset(split: str) -> ray.data.Dataset:
+        shards = data.shards(split)
+        if not shards:
+            raise PlexusError(f"ingested data at {data.output} has no {split!r} shards; re-run ingest")
+        return ray.data.read_parquet([str(p) for p in shards])
+
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "job": job,
+            "spec_path": str(data.output / "feature_spec.json"),
+            "tracking_uri": uri,
+            "mlflow_run_id": run_id,
+            "resume_from": _latest_checkpoint(out / "ray"),
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=job.train.workers, use_gpu=False),
+        run_config=ray.train.RunConfig(
+            name="ray",
+            storage_path=str(out),
+            failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": dataset("train"), "valid": dataset("valid")},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    return trainer.fit()
+
+
+def _latest_checkpoint(storage: Path) -> str | None:
+    """The newest checkpoint folder a previous (crashed) attempt left, if any."""
+    candidates = sorted(storage.glob("**/checkpoint_*/" + STATE_FILE)) if storage.exists() else []
+    if not candidates:
+        return None
+    newest = max(candidates, key=lambda p: (torch.load(p, weights_only=False)["loop"]["epoch"], str(p)))
+    return str(newest.parent)
+
+
+def _load_final_state(result: Any) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
+    if result.checkpoint is None:
+        raise PlexusError(f"training produced no checkpoint: {getattr(result, 'error', None)}")
+    with result.checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+    return saved["loop"]["history"], saved["best_model"]
+
+
+def _final_metrics(
+    job: JobConfig, data: IngestResult, model: torch.nn.Module, history: list[dict[str, float]]
+) -> dict[str, float]:
+    torch.set_num_threads(os.cpu_count() or 1)
+    batch = job.train.eval_batch_size
+    valid = evaluate(model, iter_batches(data.shards("valid"), data.spec, batch))
+    test = evaluate(model, iter_batches(data.shards("test"), data.spec, batch))
+    best = max(history, key=lambda h: h["valid_auc"])
+    return {
+        "test_auc": test["auc"],
+        "test_logloss": test["logloss"],
+        "best_valid_auc": valid["auc"],
+        "best_valid_logloss": valid["logloss"],
+        "best_epoch": best["epoch"],
+        "epochs_run": float(len(history)),
+        "train_examples_per_s": sum(h["examples_per_s"] for h in history) / len(history),
+        "embedding_parameters": float(model.embeddings.num_parameters()),
+        "parameters": float(sum(p.numel() for p in model.parameters())),
+    }
+
+
+def _save_model(folder: Path, job: JobConfig, data: IngestResult, model: torch.nn.Module) -> None:
+    """A self-describing model folder: weights, the job config and the feature spec."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(model.state_dict(), tmp / "model.pt")
+    (tmp / "job.yaml").write_text(yaml.safe_dump(config_io.to_dict(job), sort_keys=False))
+    shutil.copy2(data.output / "feature_spec.json", tmp / "feature_spec.json")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+
+
+def load_model(folder: str | Path) -> tuple[torch.nn.Module, JobConfig]:
+    """Rebuild a trained model from the folder `train` wrote (or its MLflow `model/` artifact)."""
+    from plexus.pipelines.config import load_job_config
+    from plexus.platform.feature_spec import FeatureSpec
+
+    folder = Path(folder)
+    if not (folder / "model.pt").is_file():
+        raise PlexusError(f"{folder} is not a Plexus model folder (no model.pt); pass the run's model/ folder")
+    job = load_job_config(folder / "job.yaml")
+    model = build_ctr_model(job.model, job.embedding, FeatureSpec.load(folder))
+    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    return model, job
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)

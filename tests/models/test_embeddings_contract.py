@@ -1,0 +1,217 @@
+"""One contract every registered embedding method passes, at tiny sizes (10 rows, dim 4)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from plexus.models.embeddings import (
+    EmbeddingConfig,
+    EmbeddingMethod,
+    budget_rows,
+    build_embedding_tables,
+    full_table_parameters,
+    registered_methods,
+)
+from plexus.platform.config import from_dict, to_dict
+from plexus.platform.errors import ConfigError
+from tiny_ctr_data import random_kjt, sparse_features
+from torchrec import KeyedJaggedTensor
+
+DIM = 4
+# Extra option sets per method; every registered method also runs with its defaults.
+OPTIONS: dict[EmbeddingMethod, list[dict]] = {
+    EmbeddingMethod.FULL: [{"pooling": "mean"}],
+    EmbeddingMethod.HASHING: [
+        {"budget": 0.3, "pooling": "mean"},
+        {"budget": 0.9},
+    ],  # 0.9: identity rows
+    EmbeddingMethod.MULTIPLEXED: [{"budget": 0.3, "probes": 2}],
+    EmbeddingMethod.UNIFIED: [
+        {"budget": 0.4, "chunks": 2, "num_tables": 2},
+        {
+            "budget": 0.5,
+            "feature_chunks": {"user": 3, "hour": 1},
+            "num_tables": 3,
+            "pooling": "mean",
+        },
+    ],
+}
+
+
+def _cases() -> list:
+    cases = []
+    for method in registered_methods():
+        base = {"method": method.value, "dim": DIM}
+        if method is not EmbeddingMethod.FULL:
+            base["budget"] = 0.5
+        for options in [{}, *OPTIONS.get(method, [])]:
+            config = from_dict(EmbeddingConfig, {**base, **options})
+            label = "-".join([method.value, *(f"{k}={v}" for k, v in options.items())])
+            cases.append(pytest.param(config, id=label))
+    return cases
+
+
+CASES = _cases()
+
+
+def _build(config: EmbeddingConfig):
+    torch.manual_seed(0)
+    return build_embedding_tables(config, sparse_features())
+
+
+def test_every_enum_member_is_registered() -> None:
+    assert set(registered_methods()) == set(EmbeddingMethod)
+
+
+@pytest.mark.parametrize("config", CASES)
+def test_shapes_and_keys(config: EmbeddingConfig) -> None:
+    tables = _build(config)
+    names = tuple(f.name for f in sparse_features())
+    assert tables.feature_names == names
+    dims = tables.output_dims()
+    assert list(dims) == list(names) and all(d % DIM == 0 for d in dims.values())
+    out = tables(random_kjt(batch=5))
+    assert out.keys() == list(names)
+    assert out.length_per_key() == [dims[n] for n in names]
+    assert out.values().shape == (5, sum(dims.values()))
+    assert torch.isfinite(out.values()).all()
+
+
+@pytest.mark.parametrize("config", CASES)
+def test_input_key_order_does_not_matter(config: EmbeddingConfig) -> None:
+    tables = _build(config)
+    kjt = random_kjt(batch=4, seed=3)
+    reversed_keys = kjt.permute(list(reversed(range(len(kjt.keys())))))
+    torch.testing.assert_close(tables(reversed_keys).values(), tables(kjt).values())
+
+
+@pytest.mark.parametrize("config", CASES)
+def test_backward_reaches_every_table(config: EmbeddingConfig) -> None:
+    tables = _build(config)
+    tables(random_kjt(batch=64, empty_bags=False)).values().pow(2).sum().backward()
+    params = list(tables.parameters())
+    assert params
+    for p in params:
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("config", CASES)
+def test_num_parameters_matches_the_budget(config: EmbeddingConfig) -> None:
+    tables = _build(config)
+    features = sparse_features()
+    counted = sum(p.numel() for p in tables.parameters())
+    assert tables.num_parameters() == counted
+    if config.method is EmbeddingMethod.FULL:
+        assert counted == full_table_parameters(features, DIM) == (10 + 10 + 10 + 3) * DIM
+    else:
+        assert counted == budget_rows(features, config.budget) * DIM
+        assert counted == math.floor(config.budget * 33 + 0.5) * DIM  # rows rounded half up
+
+
+@pytest.mark.parametrize("config", CASES)
+def test_state_dict_round_trip_reproduces_outputs(config: EmbeddingConfig) -> None:
+    tables = _build(config)
+    kjt = random_kjt(batch=8, seed=1)
+    expected = tables(kjt).values()
+    torch.manual_seed(123)  # different init: only the loaded state may make them agree
+    fresh = build_embedding_tables(config, sparse_features())
+    assert not torch.equal(fresh(kjt).values(), expected)
+    fresh.load_state_dict(tables.state_dict())
+    torch.testing.assert_close(fresh(kjt).values(), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("config", CASES)
+def test_multi_valued_pooling(config: EmbeddingConfig) -> None:
+    """A bag pools its ids' lookups: sum = sum of singles, mean = their average; empty -> 0."""
+    tables = _build(config)
+    names = [f.name for f in sparse_features()]
+    ones = {n: ([1, 1, 1], [1, 1, 1]) for n in names}
+
+    def run(tags_values: list[int], tags_lengths: list[int]) -> torch.Tensor:
+        values, lengths = [], []
+        for n in names:
+            v, lens = (tags_values, tags_lengths) if n == "tags" else ones[n]
+            values += v
+            lengths += lens
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=names, values=torch.tensor(values), lengths=torch.tensor(lengths)
+        )
+        return tables(kjt).to_dict()["tags"]
+
+    # rows: bag {2, 7}, single 2, single 7 ... and an empty bag
+    out = run([2, 7, 2, 7], [2, 1, 1])
+    expected = out[1] + out[2] if config.pooling == "sum" else (out[1] + out[2]) / 2
+    torch.testing.assert_close(out[0], expected)
+    empty = run([2], [0, 1, 0])
+    assert torch.count_nonzero(empty[0]) == 0 and torch.count_nonzero(empty[2]) == 0
+
+
+def test_full_rejects_a_budget_and_options_name_their_method() -> None:
+    with pytest.raises(ConfigError, match="embedding.budget"):
+        EmbeddingConfig(method=EmbeddingMethod.FULL, budget=0.5)
+    with pytest.raises(ConfigError, match="embedding.probes"):
+        EmbeddingConfig(method=EmbeddingMethod.HASHING, budget=0.5, probes=2)
+    with pytest.raises(ConfigError, match="method"):
+        from_dict(EmbeddingConfig, {"method": "hashed"})
+    with pytest.raises(ConfigError, match="embedding.method"):
+        EmbeddingConfig(method="hashed")
+    with pytest.raises(ConfigError, match="embedding.pooling"):
+        EmbeddingConfig(pooling="max")
+
+
+# --- Determinism across processes: the same state and ids give the same outputs elsewhere. ---
+
+_CHILD = """
+import json, sys, torch
+from plexus.models.embeddings import EmbeddingConfig, build_embedding_tables
+from plexus.platform.config import from_dict
+sys.path.insert(0, sys.argv[2])
+from tiny_ctr_data import sparse_features
+saved = torch.load(sys.argv[1], weights_only=False)
+outputs = []
+for config, state, kjt in zip(saved["configs"], saved["states"], saved["inputs"]):
+    tables = build_embedding_tables(from_dict(EmbeddingConfig, json.loads(config)), sparse_features())
+    tables.load_state_dict(state)
+    outputs.append(tables(kjt).values())
+torch.save(outputs, sys.argv[1] + ".out")
+"""
+
+
+@pytest.fixture(scope="module")
+def child_outputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, list]:
+    """Outputs of every case computed here and in one fresh Python process (other hash seed)."""
+    path = tmp_path_factory.mktemp("determinism") / "saved.pt"
+    configs = [c.values[0] for c in CASES]
+    states, inputs, outputs = [], [], []
+    for config in configs:
+        tables = _build(config)
+        kjt = random_kjt(batch=16, seed=7)
+        states.append(tables.state_dict())
+        inputs.append(kjt)
+        outputs.append(tables(kjt).values().detach())
+    torch.save(
+        {"configs": [json.dumps(to_dict(c)) for c in configs], "states": states, "inputs": inputs},
+        path,
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path), str(Path(__file__).parent)],
+        check=True,
+        env=env,
+        timeout=120,
+    )
+    return outputs, torch.load(str(path) + ".out", weights_only=False)
+
+
+def test_outputs_identical_across_processes(child_outputs: tuple[list, list]) -> None:
+    here, there = child_outputs
+    assert len(here) == len(there) == len(CASES)
+    for case, a, b in zip(CASES, here, there, strict=True):
+        assert torch.equal(a, b), f"{case.id}: outputs differ across processes"
