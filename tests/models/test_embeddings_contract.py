@@ -19,6 +19,7 @@ from plexus.models.embeddings import (
     full_table_parameters,
     registered_methods,
 )
+from plexus.models.embeddings.hashed import HashedEmbeddingTables
 from plexus.platform.config import from_dict, to_dict
 from plexus.platform.errors import ConfigError
 from tiny_ctr_data import random_kjt, sparse_features
@@ -151,6 +152,23 @@ def test_multi_valued_pooling(config: EmbeddingConfig) -> None:
     torch.testing.assert_close(out[0], expected)
     empty = run([2], [0, 1, 0])
     assert torch.count_nonzero(empty[0]) == 0 and torch.count_nonzero(empty[2]) == 0
+
+
+@pytest.mark.parametrize(
+    "config", [c for c in CASES if c.values[0].method is not EmbeddingMethod.FULL]
+)
+def test_fused_lookup_equals_the_torchrec_lookup(config: EmbeddingConfig) -> None:
+    """Hashed methods pool with one embedding_bag per shared table unless sharded (then through
+    the EBC): both paths must agree, gradients included."""
+    tables = _build(config)
+    assert isinstance(tables, HashedEmbeddingTables)
+    probes = tables.remap(random_kjt(batch=6, seed=2))
+    fused, torchrec_path = tables._pool_per_table(probes), tables._pool_torchrec(probes)
+    torch.testing.assert_close(fused, torchrec_path)
+    weight = next(tables.parameters())
+    (g1,) = torch.autograd.grad(fused.pow(2).sum(), weight)
+    (g2,) = torch.autograd.grad(torchrec_path.pow(2).sum(), weight)
+    torch.testing.assert_close(g1, g2)
 
 
 def test_full_rejects_a_budget_and_options_name_their_method() -> None:

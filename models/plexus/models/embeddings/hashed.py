@@ -9,7 +9,11 @@ probe) lookups exist, which physical table each goes to, and how a feature's pro
    the probes (`"<feature>#<probe>"`) with the feature's lengths;
 2. one `EmbeddingBagCollection` in which several probe keys share a table
    (`EmbeddingBagConfig(feature_names=[...])`), pooling within each probe;
-3. a fixed column gather that groups each feature's probes and sums or concatenates them.
+3. a fixed gather that groups each feature's probes and sums or concatenates them.
+
+Unsharded, step 2 runs as one `embedding_bag` per physical table (same result as the EBC, whose
+per-key calls would each build a dense gradient of the whole shared table); once
+`DistributedModelParallel` has sharded `self.ebc`, the lookups go through it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from plexus.models.embeddings.base import EmbeddingTables, init_weight, pool_padded
 from plexus.models.layers.hashing import check_buckets, hash_bucket, seed_tensors
-from plexus.platform.errors import ConfigError
+from plexus.platform.errors import ConfigError, DataError
 from plexus.platform.hashing import feature_seed
 from torch.nn import functional
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, KeyedTensor
@@ -30,7 +34,8 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTens
 class Probe:
     """One lookup of `feature` (its `index`-th probe) into physical table `table`.
 
-    `identity`: the table has a row per id, so ids are used as rows unhashed.
+    `identity`: the table has a row per id, so ids are used as rows unhashed (modulo the rows,
+    so a stray out-of-range id cannot crash the lookup).
     """
 
     feature: str
@@ -153,8 +158,8 @@ class HashedEmbeddingTables(EmbeddingTables):
                 [keys.index(n) for n in self.feature_names], device=self._buckets.device
             )
         except ValueError as exc:
-            raise ValueError(
-                f"input lacks a feature: needs {self.feature_names}, got {keys}"
+            raise DataError(
+                f"sparse input lacks a feature: needs {list(self.feature_names)}, got {keys}"
             ) from exc
         lengths = features.lengths().view(len(keys), batch).to(torch.int64)
         key_lengths = lengths.sum(1)
@@ -166,9 +171,10 @@ class HashedEmbeddingTables(EmbeddingTables):
         shift = torch.repeat_interleave(key_starts[src] - out_starts, seg_len, output_size=total)
         ids = features.values()[shift + torch.arange(total, device=shift.device)]
         expand = lambda t: torch.repeat_interleave(t, seg_len, output_size=total)  # noqa: E731
-        rows = hash_bucket(ids, expand(self._seed_lo), expand(self._seed_hi), expand(self._buckets))
+        buckets = expand(self._buckets)
+        rows = hash_bucket(ids, expand(self._seed_lo), expand(self._seed_hi), buckets)
         if bool(self._identity.any()):
-            rows = torch.where(expand(self._identity), ids, rows)
+            rows = torch.where(expand(self._identity), torch.remainder(ids, buckets), rows)
         return KeyedJaggedTensor(
             keys=[p.key for p in self.probes],
             values=rows,
@@ -181,13 +187,17 @@ class HashedEmbeddingTables(EmbeddingTables):
         if type(self.ebc) is EmbeddingBagCollection:
             pooled = self._pool_per_table(probes)  # (P, B, dim)
         else:  # sharded by DistributedModelParallel: let TorchRec's kernels do the lookups
-            flat = self.ebc(probes).values()  # (B, P * dim)
-            pooled = flat.view(flat.shape[0], len(self.probes), -1).transpose(0, 1)
+            pooled = self._pool_torchrec(probes)
         return KeyedTensor(
             keys=list(self.feature_names),
             length_per_key=[self._widths[n] for n in self.feature_names],
             values=self._combine(pooled),
         )
+
+    def _pool_torchrec(self, probes: KeyedJaggedTensor) -> torch.Tensor:
+        """Pooled probe lookups through the (possibly sharded) EBC: (P, B, dim), table order."""
+        flat = self.ebc(probes).values()  # (B, P * dim)
+        return flat.view(flat.shape[0], len(self.probes), -1).transpose(0, 1)
 
     def _pool_per_table(self, probes: KeyedJaggedTensor) -> torch.Tensor:
         """What `self.ebc(probes).values()` computes, as (P, B, dim), with one `embedding_bag` per
@@ -225,7 +235,8 @@ class HashedEmbeddingTables(EmbeddingTables):
                 self.table_rows[table],
             )
             if any(self.probes[i].identity for i in index):
-                rows = torch.where(self._identity[index].unsqueeze(1), raw, rows)
+                unhashed = torch.remainder(raw, self.table_rows[table])
+                rows = torch.where(self._identity[index].unsqueeze(1), unhashed, rows)
             weight = self.ebc.embedding_bags[table].weight
             vectors = functional.embedding(rows, weight)  # (B, Pt, L, dim)
             pooled.append(pool_padded(vectors, lengths[:, feature], self.config.pooling))

@@ -33,6 +33,8 @@ class TwoTowerConfig:
     user_weight: float = 0.5
     use_user_id: bool = True
     use_history: bool = True
+    project_history: bool = False  # a learned (D, D) map on the history mean, as in SimpleX
+    history_grad: bool = True  # False: history items get no gradient (MF-cost training)
     init_std: float = 0.1
 
     def __post_init__(self) -> None:

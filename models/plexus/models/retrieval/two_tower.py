@@ -31,13 +31,16 @@ class TwoTower(nn.Module):
         self.num_items = num_items
         self.user_embedding = nn.Embedding(num_users + 1, config.dim, sparse=True)
         self.item_embedding = nn.Embedding(num_items + 1, config.dim, sparse=True, padding_idx=0)
-        self.history_proj = nn.Linear(config.dim, config.dim, bias=False)
+        self.history_proj: nn.Module = (
+            nn.Linear(config.dim, config.dim, bias=False) if config.project_history else nn.Identity()
+        )
         with torch.no_grad():
             nn.init.normal_(self.user_embedding.weight, std=config.init_std)
             nn.init.normal_(self.item_embedding.weight, std=config.init_std)
             self.item_embedding.weight[0].zero_()
             self.user_embedding.weight[0].zero_()
-            self.history_proj.weight.copy_(torch.eye(config.dim))
+            if isinstance(self.history_proj, nn.Linear):
+                self.history_proj.weight.copy_(torch.eye(config.dim))
 
     def user_vectors(
         self, user: torch.Tensor, history: torch.Tensor, mask: torch.Tensor
@@ -55,7 +58,10 @@ class TwoTower(nn.Module):
         a = (cfg.user_weight if cfg.use_history else 1.0) * has_user
         b = (1.0 - cfg.user_weight if cfg.use_user_id else 1.0) * has_hist
         e_user = self.user_embedding(user)
-        mean = (self.item_embedding(history) * mask.unsqueeze(-1)).sum(dim=1)
+        items = self.item_embedding(history)
+        if not cfg.history_grad:
+            items = items.detach()
+        mean = (items * mask.unsqueeze(-1)).sum(dim=1)
         mean = self.history_proj(mean / count.clamp(min=1.0).unsqueeze(-1))
         mixed = (a.unsqueeze(-1) * e_user + b.unsqueeze(-1) * mean) / (a + b).clamp(
             min=1e-6

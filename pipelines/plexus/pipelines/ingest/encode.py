@@ -9,10 +9,12 @@ conventions are those of `plexus.platform.feature_spec`. All work is vectorized 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 from plexus.pipelines.ingest.config import DataConfig, ParquetSchema
@@ -77,13 +79,13 @@ def _vocabularies(
 ) -> list[tuple[str, ...]]:
     queries = []
     for col in cols:
-        rows = frame.select(pl.col(col).alias("v"), where.alias("w"))
+        rows = frame.select(pl.col(col).filter(where).alias("v"))
         if col in roles.multi_categorical:
             rows = rows.explode("v")
         queries.append(
             rows.group_by("v")
-            .agg(pl.col("w").sum().alias("n"))
-            .filter(pl.col("v").is_not_null() & (pl.col("n") >= min_count))
+            .agg(pl.len().alias("n"))
+            .filter(pl.col("v").is_not_null() & (pl.col("v") != "") & (pl.col("n") >= min_count))
             .sort(["n", "v"], descending=[True, False])
             .select("v")
         )
@@ -91,17 +93,31 @@ def _vocabularies(
 
 
 def _bucket(x: pl.Expr) -> pl.Expr:
-    """floor(log(x)^2) for x > 2, else floor(max(x, 0)): the Criteo numeric transform."""
-    return pl.when(x > 2).then((x.log() ** 2).floor()).otherwise(x.clip(lower_bound=0).floor())
+    """floor(log(x)^2) for x > 2, else floor(max(x, 0)): the Criteo numeric transform (int64)."""
+    xf = x.cast(pl.Float64)
+    small = xf.clip(lower_bound=0).floor()
+    return pl.when(xf > 2).then((xf.log() ** 2).floor()).otherwise(small).cast(pl.Int64)
+
+
+_LUT_SIZE = 1 << 20
+
+
+@functools.cache
+def _bucket_lut() -> pl.Series:
+    """`_bucket(x)` for integers x in [-1, 2^20): entry x + 1. Encoding by lookup is ~2x cheaper."""
+    xs = pl.DataFrame({"x": np.arange(-1, _LUT_SIZE, dtype=np.int64)})
+    return xs.select(_bucket(pl.col("x"))).to_series()
 
 
 def _numeric_stats(frame: pl.LazyFrame, where: pl.Expr, cols: tuple[str, ...], mode: str) -> dict[str, Feature]:
     if not cols:
         return {}
     if mode == "bucketize":
-        row = frame.select(
-            [_bucket(pl.col(c).cast(pl.Float64)).filter(where).max().alias(c) for c in cols]
-        ).collect().row(0, named=True)
+        # The bucket grows with x on (-inf, 2] and on (2, inf), so the largest training bucket
+        # is that of the largest x or of min(largest x, 2).
+        top = frame.select([pl.col(c).cast(pl.Float64).filter(where).max() for c in cols]).collect()
+        probe = pl.concat([top, top.select(pl.all().clip(upper_bound=2.0))])
+        row = probe.select([_bucket(pl.col(c)).max() for c in cols]).row(0, named=True)
         return {
             c: Feature(name=c, kind=FeatureKind.NUMERIC, encoding=Encoding.BUCKETIZE,
                        cardinality=int(row[c] or 0) + 2)  # fmt: skip
@@ -123,9 +139,12 @@ def _numeric_stats(frame: pl.LazyFrame, where: pl.Expr, cols: tuple[str, ...], m
 def _feature_expr(frame: pl.DataFrame, f: Feature) -> pl.Expr:
     col = pl.col(f.name)
     if f.encoding is Encoding.BUCKETIZE:
-        x = col.cast(pl.Float64)
-        ids = 1 + _bucket(x).clip(upper_bound=f.cardinality - 2)
-        return pl.when(x.is_null() | x.is_nan()).then(0).otherwise(ids).cast(pl.Int64).alias(f.name)
+        lut = _bucket_lut()
+        if frame.schema[f.name].is_integer() and f.cardinality - 2 <= lut[-1]:
+            bucket = pl.lit(lut).gather(col.cast(pl.Int64).clip(-1, _LUT_SIZE - 1) + 1)
+        else:
+            bucket = _bucket(col).fill_nan(None)
+        return (1 + bucket.clip(upper_bound=f.cardinality - 2)).fill_null(0).cast(pl.Int64).alias(f.name)
     if f.encoding is Encoding.NORMALIZE:
         x = col.cast(pl.Float64)
         return ((x - f.mean) / f.std).fill_nan(None).fill_null(0.0).cast(pl.Float32).alias(f.name)

@@ -164,12 +164,15 @@ def ingest(config: DataConfig, *, output: Path | None = None, progress: bool = T
 
 
 class _Log:
+    """Progress lines on stderr with wall and CPU seconds since the start."""
+
     def __init__(self, enabled: bool) -> None:
-        self.enabled, self.start = enabled, time.perf_counter()
+        self.enabled, self.start, self.cpu = enabled, time.perf_counter(), time.process_time()
 
     def __call__(self, message: str) -> None:
         if self.enabled:
-            print(f"[ingest {time.perf_counter() - self.start:6.2f}s] {message}", file=sys.stderr)
+            wall, cpu = time.perf_counter() - self.start, time.process_time() - self.cpu
+            print(f"[ingest {wall:6.2f}s, cpu {cpu:6.2f}s] {message}", file=sys.stderr)
 
 
 def _hashed_config(config: DataConfig) -> dict[str, Any]:

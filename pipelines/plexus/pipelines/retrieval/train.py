@@ -68,7 +68,8 @@ def train_two_tower(
     items = data.train_items
     sparse = [model.user_embedding.weight, model.item_embedding.weight]
     opt_sparse = torch.optim.SparseAdam(sparse, lr=train_cfg.lr)
-    opt_dense = torch.optim.Adam(model.history_proj.parameters(), lr=train_cfg.lr)
+    dense = list(model.history_proj.parameters())
+    opt_dense = torch.optim.Adam(dense, lr=train_cfg.lr) if dense else None
     history: list[dict[str, float]] = []
     for epoch in range(1, train_cfg.epochs + 1):
         start = time.perf_counter()
@@ -94,10 +95,12 @@ def train_two_tower(
                 temperature=train_cfg.temperature,
             )
             opt_sparse.zero_grad()
-            opt_dense.zero_grad()
+            if opt_dense is not None:
+                opt_dense.zero_grad()
             loss.backward()
             opt_sparse.step()
-            opt_dense.step()
+            if opt_dense is not None:
+                opt_dense.step()
             total += float(loss.detach())
             steps += 1
         record = {"epoch": float(epoch), "loss": total / max(steps, 1)}
