@@ -19,7 +19,9 @@ from plexus.platform.feature_spec import Encoding, FeatureSpec
 from plexus.platform.hashing import bucketize_ids, feature_seed, hash_strings
 
 
-def _line(label: object = 0, ints: list[object] | None = None, cats: list[str] | None = None) -> str:
+def _line(
+    label: object = 0, ints: list[object] | None = None, cats: list[str] | None = None
+) -> str:
     ints = ints if ints is not None else [1] * 13
     cats = cats if cats is not None else ["a"] * 26
     return "\t".join(str(v) for v in [label, *ints, *cats])
@@ -44,7 +46,12 @@ def test_rejects_are_counted_with_lines_and_skipped(tmp_path: Path) -> None:
     src = _write(tmp_path / "train.txt", lines)
     cfg = DataConfig(format=DataFormat.CRITEO, path=str(src), max_reject_ratio=0.2)
     result = ingest(cfg, output=tmp_path / "out", progress=False)
-    assert result.rejects == {"bad_int": 1, "bad_label": 1, "missing_value": 1, "wrong_field_count": 1}
+    assert result.rejects == {
+        "bad_int": 1,
+        "bad_label": 1,
+        "missing_value": 1,
+        "wrong_field_count": 1,
+    }
     assert sum(result.rows.values()) == 36
     records = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert [(r["line"], r["reason"], r["column"]) for r in records] == [
@@ -76,7 +83,9 @@ def test_rerun_is_byte_identical_and_skipped(tmp_path: Path) -> None:
     cfg = DataConfig(format=DataFormat.CRITEO, path=str(src), min_count=2, rows_per_shard=1_000)
     first = ingest(cfg, output=tmp_path / "a", progress=False)
     assert not first.skipped and len(first.shards("train")) >= 2
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
     snapshot = {p: (tmp_path / "a" / p).read_bytes() for p in files}
     second = ingest(cfg, output=tmp_path / "b", progress=False)  # a fresh run elsewhere
     for p in files:
@@ -89,7 +98,11 @@ def test_rerun_is_byte_identical_and_skipped(tmp_path: Path) -> None:
     os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))
     assert ingest(cfg, output=tmp_path / "a", progress=False).skipped
     # A changed config or input re-runs the job.
-    changed = ingest(DataConfig(format=DataFormat.CRITEO, path=str(src), min_count=3), output=tmp_path / "a", progress=False)
+    changed = ingest(
+        DataConfig(format=DataFormat.CRITEO, path=str(src), min_count=3),
+        output=tmp_path / "a",
+        progress=False,
+    )
     assert not changed.skipped
     assert second.spec.fingerprint == first.spec.fingerprint
     src.write_text(src.read_text().replace("\n1\t", "\n0\t", 1))
@@ -155,11 +168,15 @@ def test_min_count_oov_hash_and_normalize(tmp_path: Path) -> None:
 
 def test_random_split_is_seeded(tmp_path: Path) -> None:
     src = synth_criteo(tmp_path / "t.txt", rows=2_000, seed=0)
-    cfg = DataConfig(format=DataFormat.CRITEO, path=str(src), split=SplitConfig(valid=0.2, test=0.1, seed=1))
+    cfg = DataConfig(
+        format=DataFormat.CRITEO, path=str(src), split=SplitConfig(valid=0.2, test=0.1, seed=1)
+    )
     a = ingest(cfg, output=tmp_path / "a", progress=False)
     assert abs(a.rows["valid"] - 400) < 80 and abs(a.rows["test"] - 200) < 60
     assert sum(a.rows.values()) == 2_000
-    other = DataConfig(format=DataFormat.CRITEO, path=str(src), split=SplitConfig(valid=0.2, test=0.1, seed=2))
+    other = DataConfig(
+        format=DataFormat.CRITEO, path=str(src), split=SplitConfig(valid=0.2, test=0.1, seed=2)
+    )
     b = ingest(other, output=tmp_path / "b", progress=False)
     assert not _read(a, "test").equals(_read(b, "test"))
     with pytest.raises(ConfigError, match="data.split.by"):
@@ -190,14 +207,25 @@ def test_config_and_file_errors_name_the_key(tmp_path: Path) -> None:
         DataConfig(format=DataFormat.PARQUET, path="x")
     missing = tmp_path / "nope.txt"
     with pytest.raises(DataError, match=f"data.path: input file not found: {missing}"):
-        ingest(DataConfig(format=DataFormat.CRITEO, path=str(missing)), output=tmp_path / "o", progress=False)
-    src = _write(tmp_path / "t.txt", [_line()])
+        ingest(
+            DataConfig(format=DataFormat.CRITEO, path=str(missing)),
+            output=tmp_path / "o",
+            progress=False,
+        )
+    src = _write(tmp_path / "t.txt", [_line()] * 30)
     with pytest.raises(DataError, match="data.valid_path"):
         ingest(DataConfig(format=DataFormat.CRITEO, path=str(src), valid_path=str(missing)),
                output=tmp_path / "o", progress=False)  # fmt: skip
     with pytest.raises(ConfigError, match="data.hash_buckets.I1"):
         ingest(DataConfig(format=DataFormat.CRITEO, path=str(src), hash_buckets={"I1": 5}),
                output=tmp_path / "o", progress=False)  # fmt: skip
+    empty = _write(tmp_path / "empty.txt", [])
+    with pytest.raises(DataError, match="no usable training rows"):
+        ingest(
+            DataConfig(format=DataFormat.CRITEO, path=str(empty)),
+            output=tmp_path / "o",
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="data.output"):
         ingest(DataConfig(format=DataFormat.CRITEO, path=str(src)), progress=False)
 

@@ -22,8 +22,24 @@ def _read(result, split: str) -> pl.DataFrame:  # noqa: ANN001
 
 def _avazu_line(i: int, click: object = 0, hour: object = None) -> str:
     hour = hour if hour is not None else 14102100 + (i % 24)
-    rest = [1005, i % 2, f"site{i % 3}", "dom", "cat", "app", "adom", "acat", f"dev{i}", "ip", "model", 1, 0]
-    return ",".join(str(v) for v in [10**19 + i, click, hour, *rest, 15704, 320, 50, 1722, 0, 35, -1, 79])
+    rest = [
+        1005,
+        i % 2,
+        f"site{i % 3}",
+        "dom",
+        "cat",
+        "app",
+        "adom",
+        "acat",
+        f"dev{i}",
+        "ip",
+        "model",
+        1,
+        0,
+    ]
+    return ",".join(
+        str(v) for v in [10**19 + i, click, hour, *rest, 15704, 320, 50, 1722, 0, 35, -1, 79]
+    )
 
 
 def test_avazu_header_detection_rejects_and_time_split(tmp_path: Path) -> None:
@@ -57,7 +73,11 @@ def test_avazu_header_detection_rejects_and_time_split(tmp_path: Path) -> None:
 
 def test_movielens_100k_folder_genres_and_time_split(tmp_path: Path) -> None:
     folder = synth_movielens(tmp_path / "ml", users=50, items=60, ratings=3_000, seed=1)
-    cfg = DataConfig(format=DataFormat.MOVIELENS, path=str(folder), split=SplitConfig(by="time", valid=0.1, test=0.1))
+    cfg = DataConfig(
+        format=DataFormat.MOVIELENS,
+        path=str(folder),
+        split=SplitConfig(by="time", valid=0.1, test=0.1),
+    )
     result = ingest(cfg, output=tmp_path / "out", progress=False)
     spec = result.spec
     assert [f.name for f in spec.features] == [
@@ -68,12 +88,16 @@ def test_movielens_100k_folder_genres_and_time_split(tmp_path: Path) -> None:
     schema = pq.read_schema(result.shards("train")[0])
     assert schema.field("genres").type == pa.list_(pa.int64())
     train = _read(result, "train")
-    ratings = pl.read_csv(folder / "u.data", separator="\t", has_header=False, new_columns=["u", "i", "r", "t"])
+    ratings = pl.read_csv(
+        folder / "u.data", separator="\t", has_header=False, new_columns=["u", "i", "r", "t"]
+    )
     # Time split: the rows in order of time; the first 80% train.
     first = ratings.head(2_400)
     assert train["label"].to_list() == (first["r"] >= 4).cast(pl.Float32).to_list()
     vocab = spec["item_id"].vocabulary
-    assert [vocab[i - 1] for i in train["item_id"].head(5).to_list()] == [str(i) for i in first["i"].head(5)]
+    assert [vocab[i - 1] for i in train["item_id"].head(5).to_list()] == [
+        str(i) for i in first["i"].head(5)
+    ]
     # Genres of the first rating decode to the u.item flags of its item.
     item_line = (folder / "u.item").read_text().splitlines()[first["i"][0] - 1].split("|")
     from plexus.pipelines.data.synth import GENRES
@@ -86,9 +110,15 @@ def test_movielens_100k_folder_genres_and_time_split(tmp_path: Path) -> None:
 def test_movielens_1m_dat_and_latest_csv(tmp_path: Path) -> None:
     dat = tmp_path / "ml1m"
     dat.mkdir()
-    (dat / "ratings.dat").write_text("1::10::5::978300760\n1::20::3::978302109\n2::10::4::978301968\n2::30::x::1\n")
+    (dat / "ratings.dat").write_text(
+        "1::10::5::978300760\n1::20::3::978302109\n2::10::4::978301968\n2::30::x::1\n"
+    )
     (dat / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
-    (dat / "movies.dat").write_bytes("10::Toy Story (1995)::Animation|Children's|Comedy\n20::Caf\xe9 (1999)::Drama\n".encode("latin-1"))
+    (dat / "movies.dat").write_bytes(
+        "10::Toy Story (1995)::Animation|Children's|Comedy\n20::Caf\xe9 (1999)::Drama\n".encode(
+            "latin-1"
+        )
+    )
     result = ingest(DataConfig(format=DataFormat.MOVIELENS, path=str(dat / "ratings.dat"), valid_path=str(dat / "ratings.dat"),
                                max_reject_ratio=0.5), output=tmp_path / "o1", progress=False)  # fmt: skip
     assert result.rejects == {"bad_rating": 2}  # train and valid read the same file
@@ -103,7 +133,9 @@ def test_movielens_1m_dat_and_latest_csv(tmp_path: Path) -> None:
     # ml-latest CSVs: header, float ratings, quoted titles with commas, "(no genres listed)".
     csv = tmp_path / "latest"
     csv.mkdir()
-    (csv / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.5,10\n1,2,3.5,20\n2,3,0.5,30\n3,1,6.0,40\n")
+    (csv / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,1,4.5,10\n1,2,3.5,20\n2,3,0.5,30\n3,1,6.0,40\n"
+    )
     (csv / "movies.csv").write_text(
         'movieId,title,genres\n1,"Big, Bad (2001)",Action|Drama\n2,Quiet (2002),(no genres listed)\n'
     )
@@ -130,7 +162,13 @@ def test_parquet_with_declared_schema(tmp_path: Path) -> None:
     })  # fmt: skip
     pq.write_table(table.slice(0, 3), folder / "a.parquet")
     pq.write_table(table.slice(3), folder / "b.parquet")
-    schema = ParquetSchema(label="clicked", categorical=("user",), multi_categorical=("tags",), numeric=("price",), time="ts")
+    schema = ParquetSchema(
+        label="clicked",
+        categorical=("user",),
+        multi_categorical=("tags",),
+        numeric=("price",),
+        time="ts",
+    )
     cfg = DataConfig(
         format=DataFormat.PARQUET, path=str(folder), schema=schema, numeric="normalize", max_reject_ratio=0.5,
         split=SplitConfig(by="time", valid=0.0, test=0.2),
@@ -143,8 +181,17 @@ def test_parquet_with_declared_schema(tmp_path: Path) -> None:
     assert [f.name for f in result.spec.features] == ["price", "user", "tags"]
     train = _read(result, "train")
     tags = result.spec["tags"].vocabulary
-    assert [[tags[i - 1] for i in row] for row in train["tags"].to_list()] == [["a", "b"], [], ["a"], []]
+    assert [[tags[i - 1] for i in row] for row in train["tags"].to_list()] == [
+        ["a", "b"],
+        [],
+        ["a"],
+        [],
+    ]
     assert train["price"].dtype == pl.Float32 and train["price"].to_list()[2] == 0.0
     bad = ParquetSchema(label="clicked", categorical=("nope",))
     with pytest.raises(DataError, match="'nope' not found"):
-        ingest(DataConfig(format=DataFormat.PARQUET, path=str(folder), schema=bad), output=tmp_path / "x", progress=False)
+        ingest(
+            DataConfig(format=DataFormat.PARQUET, path=str(folder), schema=bad),
+            output=tmp_path / "x",
+            progress=False,
+        )

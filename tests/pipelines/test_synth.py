@@ -23,7 +23,9 @@ def _target_encoding_auc(frame: pl.DataFrame, columns: list[str]) -> float:
     prior = fit["label"].mean()
     score = np.zeros(test.height)
     for col in columns:
-        means = fit.group_by(col).agg(((pl.col("label").sum() + prior * 10) / (pl.len() + 10)).alias("m"))
+        means = fit.group_by(col).agg(
+            ((pl.col("label").sum() + prior * 10) / (pl.len() + 10)).alias("m")
+        )
         joined = test.select(col).join(means, on=col, how="left", maintain_order="left")
         score += joined["m"].fill_null(prior).to_numpy()
     return float(roc_auc_score(test["label"].to_numpy(), score))
@@ -68,7 +70,9 @@ def test_criteo_malformed_lines_are_planted(tmp_path: Path) -> None:
         synth_criteo(tmp_path / "x.txt", rows=3, malformed=4)
 
 
-def test_criteo_chunked_writes_match_one_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_criteo_chunked_writes_match_one_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import plexus.pipelines.data.synth as synth
 
     monkeypatch.setattr(synth, "_CHUNK", 700)
@@ -80,7 +84,9 @@ def test_criteo_chunked_writes_match_one_chunk(tmp_path: Path, monkeypatch: pyte
 
 def test_movielens_layout_and_signal(tmp_path: Path) -> None:
     folder = synth_movielens(tmp_path / "ml", users=200, items=300, ratings=20_000, seed=2)
-    data = pl.read_csv(folder / "u.data", separator="\t", has_header=False, new_columns=["u", "i", "r", "t"])
+    data = pl.read_csv(
+        folder / "u.data", separator="\t", has_header=False, new_columns=["u", "i", "r", "t"]
+    )
     assert data.height == 20_000
     assert data["r"].is_between(1, 5).all()
     assert data["u"].max() <= 200 and data["i"].max() <= 300
@@ -90,8 +96,13 @@ def test_movielens_layout_and_signal(tmp_path: Path) -> None:
     assert len(users) == 200 and all(line.count("|") == 4 for line in users)
     assert len(items) == 300 and all(line.count("|") == 23 for line in items)
     assert all(sum(int(f) for f in line.split("|")[5:]) >= 1 for line in items)
-    labelled = data.with_columns((pl.col("r") >= 4).cast(pl.Int8).alias("label"), pl.col("i").alias("item"))
+    labelled = data.with_columns(
+        (pl.col("r") >= 4).cast(pl.Int8).alias("label"), pl.col("i").alias("item")
+    )
     assert 0.2 < labelled["label"].mean() < 0.8
-    assert _target_encoding_auc(labelled.sample(fraction=1.0, seed=0, shuffle=True), ["item", "u"]) > 0.65
+    assert (
+        _target_encoding_auc(labelled.sample(fraction=1.0, seed=0, shuffle=True), ["item", "u"])
+        > 0.65
+    )
     again = synth_movielens(tmp_path / "ml2", users=200, items=300, ratings=20_000, seed=2)
     assert (again / "u.data").read_bytes() == (folder / "u.data").read_bytes()

@@ -65,7 +65,7 @@ def test_run_is_tracked_in_mlflow(finished_run) -> None:
 
     tmp, _, done = finished_run
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
-    parent_id = next(l for l in done.stdout.splitlines() if "MLflow run:" in l).split()[-1]
+    parent_id = next(line for line in done.stdout.splitlines() if "MLflow run:" in line).split()[-1]
     parent = client.get_run(parent_id)
     assert parent.data.metrics["test_auc"] > 0.7
     assert parent.data.params["model.backbone"] == "deepfm"

@@ -93,12 +93,25 @@ class FeatureSpec:
         raise KeyError(f"no feature {name!r} in spec {self.name!r}")
 
     def to_json(self) -> str:
-        data = dataclasses.asdict(self)
-        for feature in data["features"]:
-            feature["kind"] = feature["kind"].value
-            feature["encoding"] = feature["encoding"].value
-            feature["vocabulary"] = list(feature["vocabulary"])
-        return json.dumps(data, indent=1, sort_keys=True)
+        """Canonical JSON (sorted keys): equal specs give equal bytes. Cached: the spec is frozen."""
+        cached = self.__dict__.get("_json")
+        if cached is None:
+            # Built by hand: dataclasses.asdict deep-copies every vocabulary entry (slow for 1M).
+            data = {
+                f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "features"
+            }
+            data["features"] = [
+                {
+                    **{f.name: getattr(feature, f.name) for f in dataclasses.fields(feature)},
+                    "kind": feature.kind.value,
+                    "encoding": feature.encoding.value,
+                    "vocabulary": list(feature.vocabulary),
+                }
+                for feature in self.features
+            ]
+            cached = json.dumps(data, indent=1, sort_keys=True)
+            object.__setattr__(self, "_json", cached)
+        return cached
 
     @property
     def fingerprint(self) -> str:

@@ -8,6 +8,7 @@ The figure compared is the steady-state (last epoch) throughput; Ray start-up is
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -60,7 +61,11 @@ def bench_train(out: Path, *, rows: int = 200_000, seed: int = 0, epochs: int = 
 
 
 def _bare_loop(job: JobConfig, shards: list[Path], spec) -> float:  # noqa: ANN001
-    """Examples/s of one epoch over pre-built batches, after a short warm-up."""
+    """Examples/s of one epoch over pre-built batches, after a short warm-up.
+
+    Uses the same torch thread count as the pipeline's Ray Train worker.
+    """
+    torch.set_num_threads(job.train.threads_per_worker or max(1, (os.cpu_count() or 1) // job.train.workers))
     torch.manual_seed(job.train.seed)
     table = pq.read_table([str(s) for s in shards]) if len(shards) > 1 else pq.read_table(shards[0])
     size = job.train.batch_size

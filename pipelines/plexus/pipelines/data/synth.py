@@ -36,9 +36,14 @@ GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy",
 
 
 def _zipf(rng: np.random.Generator, n: int, size: int, s: float = 1.1) -> np.ndarray:
-    """`n` draws from a Zipf(s) law over ranks `[0, size)`: a few head values dominate."""
-    cdf = np.cumsum(np.arange(1, size + 1, dtype=np.float64) ** -s)
-    return np.searchsorted(cdf / cdf[-1], rng.random(n), side="right").clip(0, size - 1)
+    """`n` draws of ranks `[0, size)` with P(rank k) ~ (k + 1)^-s: a few head values dominate.
+
+    Inverse-CDF sampling of the continuous power law on [1, size + 1), floored (vectorized, no
+    search); s = 1 is avoided by callers.
+    """
+    a = 1.0 - s
+    x = (1.0 + rng.random(n) * ((size + 1.0) ** a - 1.0)) ** (1.0 / a)
+    return np.minimum(x.astype(np.int64) - 1, size - 1)
 
 
 def _hex_vocab(column: int, size: int) -> pl.Series:
@@ -131,7 +136,9 @@ def synth_movielens(
     Duplicate (user, item) pairs may occur, as in implicit logs.
     """
     if min(users, items, ratings) <= 0:
-        raise ValueError(f"users, items and ratings must be positive, got {users}, {items}, {ratings}")
+        raise ValueError(
+            f"users, items and ratings must be positive, got {users}, {items}, {ratings}"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 7])

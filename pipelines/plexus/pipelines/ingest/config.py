@@ -8,7 +8,7 @@ import enum
 from plexus.platform.errors import ConfigError
 
 
-class DataFormat(str, enum.Enum):
+class DataFormat(str, enum.Enum):  # noqa: UP042  (the API the lead fixed)
     """Input layouts the ingest job reads."""
 
     CRITEO = "criteo"
@@ -53,11 +53,15 @@ class ParquetSchema:
     def __post_init__(self) -> None:
         names = [*self.categorical, *self.multi_categorical, *self.numeric]
         if not names:
-            raise ConfigError("data.schema: declare at least one categorical, multi_categorical or numeric column")
+            raise ConfigError(
+                "data.schema: declare at least one categorical, multi_categorical or numeric column"
+            )
         seen: set[str] = set()
         for name in names:
             if name in seen or name == self.label:
-                raise ConfigError(f"data.schema: column {name!r} is declared twice (or is the label)")
+                raise ConfigError(
+                    f"data.schema: column {name!r} is declared twice (or is the label)"
+                )
             seen.add(name)
 
     @property
@@ -100,7 +104,9 @@ class DataConfig:
                 object.__setattr__(self, "format", DataFormat(self.format))
             except ValueError:
                 choices = ", ".join(repr(f.value) for f in DataFormat)
-                raise ConfigError(f"data.format: must be one of {choices}, got {self.format!r}") from None
+                raise ConfigError(
+                    f"data.format: must be one of {choices}, got {self.format!r}"
+                ) from None
         if not self.path:
             raise ConfigError("data.path: give the input file (or MovieLens/Parquet folder)")
         if self.test_path is not None and self.valid_path is None:
@@ -109,11 +115,17 @@ class DataConfig:
             raise ConfigError(f"data.min_count: must be >= 1, got {self.min_count}")
         for feature, buckets in self.hash_buckets.items():
             if not isinstance(buckets, int) or buckets < 1:
-                raise ConfigError(f"data.hash_buckets.{feature}: must be a positive integer, got {buckets!r}")
+                raise ConfigError(
+                    f"data.hash_buckets.{feature}: must be a positive integer, got {buckets!r}"
+                )
         if self.numeric not in ("bucketize", "normalize"):
-            raise ConfigError(f"data.numeric: must be 'bucketize' or 'normalize', got {self.numeric!r}")
+            raise ConfigError(
+                f"data.numeric: must be 'bucketize' or 'normalize', got {self.numeric!r}"
+            )
         if not 0.0 <= self.max_reject_ratio <= 1.0:
-            raise ConfigError(f"data.max_reject_ratio: must be in [0, 1], got {self.max_reject_ratio}")
+            raise ConfigError(
+                f"data.max_reject_ratio: must be in [0, 1], got {self.max_reject_ratio}"
+            )
         if self.rows_per_shard < 1:
             raise ConfigError(f"data.rows_per_shard: must be >= 1, got {self.rows_per_shard}")
         if self.compression not in ("zstd", "snappy", "lz4", "gzip", "none"):
@@ -121,6 +133,10 @@ class DataConfig:
                 f"data.compression: must be zstd, snappy, lz4, gzip or none, got {self.compression!r}"
             )
         if self.format is DataFormat.PARQUET and self.schema is None:
-            raise ConfigError("data.schema: required for format=parquet (declare label and feature columns)")
+            raise ConfigError(
+                "data.schema: required for format=parquet (declare label and feature columns)"
+            )
         if self.format is not DataFormat.PARQUET and self.schema is not None:
-            raise ConfigError(f"data.schema: only used with format=parquet, not {self.format.value}")
+            raise ConfigError(
+                f"data.schema: only used with format=parquet, not {self.format.value}"
+            )

@@ -12,12 +12,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from plexus.platform.errors import DataError
 
 LINE = "__line"
-REJECT_SCHEMA = {"file": pl.String, "line": pl.Int64, "reason": pl.String, "column": pl.String, "raw": pl.String}
+REJECT_SCHEMA = {
+    "file": pl.String,
+    "line": pl.Int64,
+    "reason": pl.String,
+    "column": pl.String,
+    "raw": pl.String,
+}
 _DTYPES = {"int": pl.Int64, "float": pl.Float64, "str": pl.String}
 
 
@@ -74,7 +81,9 @@ def read_delimited(
     names = [c.name for c in columns]
     frame = _fast(body, columns, separator)
     if frame is not None:
-        frame = frame.with_row_index(LINE, offset=offset + 1).with_columns(pl.col(LINE).cast(pl.Int64))
+        frame = frame.with_row_index(LINE, offset=offset + 1).with_columns(
+            pl.col(LINE).cast(pl.Int64)
+        )
         return Parsed(frame=frame.select(*names, LINE), rejects=empty_rejects(), lines=frame.height)
     return _slow(path, body, offset, columns, separator)
 
@@ -128,7 +137,9 @@ def _fast(body: bytes, columns: Sequence[Column], separator: str) -> pl.DataFram
     return frame
 
 
-def _slow(path: Path, body: bytes, offset: int, columns: Sequence[Column], separator: str) -> Parsed:
+def _slow(
+    path: Path, body: bytes, offset: int, columns: Sequence[Column], separator: str
+) -> Parsed:
     text = body.decode("utf-8", errors="replace")
     raw = text.split("\n")
     if raw and raw[-1] == "":
@@ -147,17 +158,24 @@ def _slow(path: Path, body: bytes, offset: int, columns: Sequence[Column], separ
             LINE,
             "raw",
             (pl.col("raw").str.count_matches(separator, literal=True) + 1).alias("__nf"),
-            pl.col("raw").str.split_exact(separator, n - 1).struct.rename_fields(raw_names).alias("__f"),
+            pl.col("raw")
+            .str.split_exact(separator, n - 1)
+            .struct.rename_fields(raw_names)
+            .alias("__f"),
         )
         .unnest("__f")
         .with_columns([pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in raw_names])
     )
     typed = fields.with_columns(
-        [pl.col(f"__s_{c.name}").cast(_DTYPES[c.dtype], strict=False).alias(c.name) for c in columns]
+        [
+            pl.col(f"__s_{c.name}").cast(_DTYPES[c.dtype], strict=False).alias(c.name)
+            for c in columns
+        ]
     )
     wrong_count = pl.col("__nf") != n
-    reason = pl.when(wrong_count).then(pl.lit("wrong_field_count"))
-    column = pl.when(wrong_count).then(pl.lit(None, pl.String))
+    # The first problem of each line wins: field count, then the columns in order.
+    reason: Any = pl.when(wrong_count).then(pl.lit("wrong_field_count"))
+    column: Any = pl.when(wrong_count).then(pl.lit(None, pl.String))
     for c in columns:
         value, parsed = pl.col(f"__s_{c.name}"), pl.col(c.name)
         problems = [(value.is_not_null() & parsed.is_null(), c.bad or f"bad_{c.dtype}")]
@@ -178,4 +196,3 @@ def _slow(path: Path, body: bytes, offset: int, columns: Sequence[Column], separ
     )
     good = judged.filter(pl.col("__reason").is_null()).select(*names, LINE)
     return Parsed(frame=good, rejects=rejects, lines=lines.height)
-

@@ -42,36 +42,65 @@ def fit_spec(
     """
     lazy = frame.lazy()
     where = pl.lit(True) if train is None else train
-    unknown = sorted(set(config.hash_buckets) - set(roles.categorical) - set(roles.multi_categorical))
+    unknown = sorted(
+        set(config.hash_buckets) - set(roles.categorical) - set(roles.multi_categorical)
+    )
     if unknown:
         valid = ", ".join((*roles.categorical, *roles.multi_categorical))
         raise ConfigError(
             f"data.hash_buckets.{unknown[0]}: not a categorical feature of this dataset; valid: {valid}"
         )
-    vocab_cols = [c for c in (*roles.categorical, *roles.multi_categorical) if c not in config.hash_buckets]
-    vocabs = dict(zip(vocab_cols, _vocabularies(lazy, where, vocab_cols, roles, config.min_count), strict=True))
+    vocab_cols = [
+        c for c in (*roles.categorical, *roles.multi_categorical) if c not in config.hash_buckets
+    ]
+    vocabs = dict(
+        zip(
+            vocab_cols, _vocabularies(lazy, where, vocab_cols, roles, config.min_count), strict=True
+        )
+    )
     numeric_stats = _numeric_stats(lazy, where, roles.numeric, config.numeric)
     features: list[Feature] = []
     for col in roles.features:
         if col in roles.numeric:
             features.append(numeric_stats[col])
             continue
-        kind = FeatureKind.MULTI_CATEGORICAL if col in roles.multi_categorical else FeatureKind.CATEGORICAL
+        kind = (
+            FeatureKind.MULTI_CATEGORICAL
+            if col in roles.multi_categorical
+            else FeatureKind.CATEGORICAL
+        )
         max_length = 1
         if kind is FeatureKind.MULTI_CATEGORICAL:
-            max_length = int(lazy.select(pl.col(col).list.len().filter(where).max()).collect().item() or 1)
+            max_length = int(
+                lazy.select(pl.col(col).list.len().filter(where).max()).collect().item() or 1
+            )
         if col in config.hash_buckets:
             features.append(
-                Feature(name=col, kind=kind, encoding=Encoding.HASH, cardinality=config.hash_buckets[col],
-                        seed=feature_seed(col), max_length=max_length)  # fmt: skip
+                Feature(
+                    name=col,
+                    kind=kind,
+                    encoding=Encoding.HASH,
+                    cardinality=config.hash_buckets[col],
+                    seed=feature_seed(col),
+                    max_length=max_length,
+                )  # fmt: skip
             )
         else:
             vocab = vocabs[col]
             features.append(
-                Feature(name=col, kind=kind, encoding=Encoding.VOCAB, cardinality=len(vocab) + 1,
-                        vocabulary=vocab, min_count=config.min_count, max_length=max_length)  # fmt: skip
+                Feature(
+                    name=col,
+                    kind=kind,
+                    encoding=Encoding.VOCAB,
+                    cardinality=len(vocab) + 1,
+                    vocabulary=vocab,
+                    min_count=config.min_count,
+                    max_length=max_length,
+                )  # fmt: skip
             )
-    return FeatureSpec(name=name, label=LABEL, features=tuple(features), source=dict(source), splits=dict(splits))
+    return FeatureSpec(
+        name=name, label=LABEL, features=tuple(features), source=dict(source), splits=dict(splits)
+    )
 
 
 def _vocabularies(
@@ -109,7 +138,9 @@ def _bucket_lut() -> pl.Series:
     return xs.select(_bucket(pl.col("x"))).to_series()
 
 
-def _numeric_stats(frame: pl.LazyFrame, where: pl.Expr, cols: tuple[str, ...], mode: str) -> dict[str, Feature]:
+def _numeric_stats(
+    frame: pl.LazyFrame, where: pl.Expr, cols: tuple[str, ...], mode: str
+) -> dict[str, Feature]:
     if not cols:
         return {}
     if mode == "bucketize":
@@ -119,20 +150,30 @@ def _numeric_stats(frame: pl.LazyFrame, where: pl.Expr, cols: tuple[str, ...], m
         probe = pl.concat([top, top.select(pl.all().clip(upper_bound=2.0))])
         row = probe.select([_bucket(pl.col(c)).max() for c in cols]).row(0, named=True)
         return {
-            c: Feature(name=c, kind=FeatureKind.NUMERIC, encoding=Encoding.BUCKETIZE,
-                       cardinality=int(row[c] or 0) + 2)  # fmt: skip
+            c: Feature(
+                name=c,
+                kind=FeatureKind.NUMERIC,
+                encoding=Encoding.BUCKETIZE,
+                cardinality=int(row[c] or 0) + 2,
+            )  # fmt: skip
             for c in cols
         }
-    stats = frame.select(
-        [pl.col(c).cast(pl.Float64).filter(where).mean().alias(f"m_{c}") for c in cols]
-        + [pl.col(c).cast(pl.Float64).filter(where).std().alias(f"s_{c}") for c in cols]
-    ).collect().row(0, named=True)
+    stats = (
+        frame.select(
+            [pl.col(c).cast(pl.Float64).filter(where).mean().alias(f"m_{c}") for c in cols]
+            + [pl.col(c).cast(pl.Float64).filter(where).std().alias(f"s_{c}") for c in cols]
+        )
+        .collect()
+        .row(0, named=True)
+    )
     out = {}
     for c in cols:
         mean, std = stats[f"m_{c}"], stats[f"s_{c}"]
         mean = 0.0 if mean is None or not math.isfinite(mean) else float(mean)
         std = 1.0 if std is None or not math.isfinite(std) or std <= 0 else float(std)
-        out[c] = Feature(name=c, kind=FeatureKind.NUMERIC, encoding=Encoding.NORMALIZE, mean=mean, std=std)
+        out[c] = Feature(
+            name=c, kind=FeatureKind.NUMERIC, encoding=Encoding.NORMALIZE, mean=mean, std=std
+        )
     return out
 
 
@@ -144,7 +185,12 @@ def _feature_expr(frame: pl.DataFrame, f: Feature) -> pl.Expr:
             bucket = pl.lit(lut).gather(col.cast(pl.Int64).clip(-1, _LUT_SIZE - 1) + 1)
         else:
             bucket = _bucket(col).fill_nan(None)
-        return (1 + bucket.clip(upper_bound=f.cardinality - 2)).fill_null(0).cast(pl.Int64).alias(f.name)
+        return (
+            (1 + bucket.clip(upper_bound=f.cardinality - 2))
+            .fill_null(0)
+            .cast(pl.Int64)
+            .alias(f.name)
+        )
     if f.encoding is Encoding.NORMALIZE:
         x = col.cast(pl.Float64)
         return ((x - f.mean) / f.std).fill_nan(None).fill_null(0.0).cast(pl.Float32).alias(f.name)
@@ -152,9 +198,15 @@ def _feature_expr(frame: pl.DataFrame, f: Feature) -> pl.Expr:
         # An Enum over the vocabulary: its physical code + 1 is the id; unknown values -> null -> 0.
         enum = pl.Enum(list(f.vocabulary))
         if f.is_multi_valued:
-            mapped = (pl.element().cast(enum, strict=False).to_physical().cast(pl.Int64) + 1).fill_null(0)
+            mapped = (
+                pl.element().cast(enum, strict=False).to_physical().cast(pl.Int64) + 1
+            ).fill_null(0)
             return col.list.eval(mapped).fill_null(pl.lit([], pl.List(pl.Int64))).alias(f.name)
-        return (col.cast(enum, strict=False).to_physical().cast(pl.Int64) + 1).fill_null(0).alias(f.name)
+        return (
+            (col.cast(enum, strict=False).to_physical().cast(pl.Int64) + 1)
+            .fill_null(0)
+            .alias(f.name)
+        )
     else:
         values = col.explode() if f.is_multi_valued else col
         keys = frame.select(values.drop_nulls().unique(maintain_order=True)).to_series().sort()
@@ -163,7 +215,11 @@ def _feature_expr(frame: pl.DataFrame, f: Feature) -> pl.Expr:
     if f.is_multi_valued:
         mapped = pl.element().replace_strict(keys, ids, default=default, return_dtype=pl.Int64)
         return col.list.eval(mapped).fill_null(pl.lit([], pl.List(pl.Int64))).alias(f.name)
-    return col.replace_strict(keys, ids, default=default, return_dtype=pl.Int64).fill_null(default).alias(f.name)
+    return (
+        col.replace_strict(keys, ids, default=default, return_dtype=pl.Int64)
+        .fill_null(default)
+        .alias(f.name)
+    )
 
 
 def arrow_schema(spec: FeatureSpec, fingerprint: str | None = None) -> pa.Schema:
@@ -190,5 +246,14 @@ def encode(frame: pl.DataFrame, spec: FeatureSpec, *, keep: tuple[str, ...] = ()
 
 
 def to_arrow(encoded: pl.DataFrame, schema: pa.Schema) -> pa.Table:
-    """The encoded frame as an Arrow table with the shard schema (`list<int64>`, not nullable)."""
-    return encoded.select(schema.names).to_arrow().cast(schema)
+    """The encoded frame as an Arrow table with the shard schema (`list<int64>`, not nullable).
+
+    Columns already of the right type are reused as they are (no copy); polars' large lists
+    are cast to lists.
+    """
+    table = encoded.select(schema.names).to_arrow()
+    columns = [
+        col if col.type == field.type else col.cast(field.type)
+        for col, field in zip(table.columns, schema, strict=True)
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)

@@ -61,7 +61,9 @@ class IngestResult:
         return sorted((self.output / split).glob("part-*.parquet"))
 
 
-def ingest(config: DataConfig, *, output: Path | None = None, progress: bool = True) -> IngestResult:
+def ingest(
+    config: DataConfig, *, output: Path | None = None, progress: bool = True
+) -> IngestResult:
     """Turn the raw input of `config` into encoded Parquet shards + a feature spec under `output`.
 
     Example:
@@ -91,30 +93,30 @@ def ingest(config: DataConfig, *, output: Path | None = None, progress: bool = T
     if previous and _reusable(out, previous, _cached_prints(all_files, stat_cache)):
         log(f"{out}: up to date (same config, same input files), reusing it")
         return _reused(out, previous)
-    # Text inputs are read once: the bytes feed both the parser and the fingerprint.
-    preload = {f: read_bytes(f) for f in all_files} if config.format in _TEXT_FORMATS else {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        # Fingerprint in the background (hashlib releases the GIL) while polars parses.
-        fingerprints = pool.submit(_fingerprints, all_files, stat_cache, preload)
-        tables = {}
-        for split, split_files in files.items():
-            data = preload.get(split_files[0])
-            tables[split] = read_input(config.format, Path(inputs[split]), config.schema, data=data)  # type: ignore[arg-type]
-            log(f"read {split}: {tables[split].frame.height:,} rows, {tables[split].rejects.height:,} rejects")
-        input_prints, stats = fingerprints.result()
-    del preload
+    tables, input_prints, stats = _read_inputs(config, files, stat_cache, log)
     if previous and _reusable(out, previous, input_prints):
         log(f"{out}: up to date (same config, same input bytes), reusing it")
         return _reused(out, previous)
     rejects = pl.concat([t.rejects for t in tables.values()])
     _check_rejects(rejects, sum(t.lines for t in tables.values()), config.max_reject_ratio)
     frame = _split(tables, config)
-    rows = {name: int(n) for name, n in zip(SPLITS, np.bincount(frame[SPLIT].to_numpy(), minlength=3), strict=True)}
+    rows = {
+        name: int(n)
+        for name, n in zip(SPLITS, np.bincount(frame[SPLIT].to_numpy(), minlength=3), strict=True)
+    }
     log("split: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+    if rows["train"] == 0:
+        raise DataError(f"{config.path}: no usable training rows; check data.path and data.format")
     name = config.name or Path(config.path).stem
     source = {"format": config.format.value, "inputs": input_prints, "config_hash": config_hash}
     spec = fit_spec(
-        frame, tables["train"].roles, config, name=name, source=source, splits=rows, train=pl.col(SPLIT) == 0
+        frame,
+        tables["train"].roles,
+        config,
+        name=name,
+        source=source,
+        splits=rows,
+        train=pl.col(SPLIT) == 0,
     )
     log(f"spec: {len(spec.features)} features")
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
@@ -123,14 +125,15 @@ def ingest(config: DataConfig, *, output: Path | None = None, progress: bool = T
         encoded = encode(frame, spec, keep=(SPLIT,))
         spec_text = spec_json.result()
     del frame
-    fingerprint = _fingerprint_of(spec_text)
+    fingerprint = spec.fingerprint
     schema = arrow_schema(spec, fingerprint)
     log(f"encoded; spec fingerprint {fingerprint}")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # polars/pyarrow drop the GIL
+        # Splits are written in parallel: polars and pyarrow release the GIL.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             jobs = {
                 split: pool.submit(_write_split, tmp, split, encoded, i, schema, config)
                 for i, split in enumerate(SPLITS)
@@ -141,7 +144,10 @@ def ingest(config: DataConfig, *, output: Path | None = None, progress: bool = T
         _write_rejects(tmp / REJECTS, rejects)
         counts = {
             str(reason): int(n)
-            for reason, n in rejects["reason"].value_counts().sort(["count", "reason"], descending=[True, False]).iter_rows()
+            for reason, n in rejects["reason"]
+            .value_counts()
+            .sort(["count", "reason"], descending=[True, False])
+            .iter_rows()
         }
         manifest = {
             "ingest_version": INGEST_VERSION,
@@ -173,6 +179,27 @@ class _Log:
         if self.enabled:
             wall, cpu = time.perf_counter() - self.start, time.process_time() - self.cpu
             print(f"[ingest {wall:6.2f}s, cpu {cpu:6.2f}s] {message}", file=sys.stderr)
+
+
+def _read_inputs(
+    config: DataConfig, files: dict[str, list[Path]], stat_cache: dict[str, Any], log: _Log
+) -> tuple[dict[str, RawTable], list[dict[str, Any]], dict[str, Any]]:
+    """Parse every split's input while the input files are fingerprinted in the background."""
+    inputs = {"train": config.path, "valid": config.valid_path, "test": config.test_path}
+    all_files = [f for fs in files.values() for f in fs]
+    # Text inputs are read once: the bytes feed both the parser and the fingerprint.
+    preload = {f: read_bytes(f) for f in all_files} if config.format in _TEXT_FORMATS else {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        # hashlib releases the GIL, and so does polars while it parses.
+        fingerprints = pool.submit(_fingerprints, all_files, stat_cache, preload)
+        tables = {}
+        for split, split_files in files.items():
+            path = Path(inputs[split])  # type: ignore[arg-type]
+            table = read_input(config.format, path, config.schema, data=preload.get(split_files[0]))
+            log(f"read {split}: {table.frame.height:,} rows, {table.rejects.height:,} rejects")
+            tables[split] = table
+        prints, stats = fingerprints.result()
+    return tables, prints, stats
 
 
 def _hashed_config(config: DataConfig) -> dict[str, Any]:
@@ -237,11 +264,6 @@ def _reused(out: Path, previous: dict[str, Any]) -> IngestResult:
     )  # fmt: skip
 
 
-def _fingerprint_of(spec_text: str) -> str:
-    """`FeatureSpec.fingerprint` from the already-serialized spec (a large vocabulary serializes slowly)."""
-    return hashlib.sha256(spec_text.encode()).hexdigest()[:16]
-
-
 def _read_manifest(out: Path) -> dict[str, Any] | None:
     try:
         return json.loads((out / MANIFEST).read_text())
@@ -250,7 +272,9 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
 
 
 def _complete(out: Path, manifest: dict[str, Any]) -> bool:
-    names = [f"{split}/{name}" for split, names in manifest.get("shards", {}).items() for name in names]
+    names = [
+        f"{split}/{name}" for split, names in manifest.get("shards", {}).items() for name in names
+    ]
     return (out / SPEC_FILENAME).is_file() and all((out / n).is_file() for n in names)
 
 
@@ -284,16 +308,28 @@ def _split(tables: dict[str, RawTable], config: DataConfig) -> pl.DataFrame:
     frame, cfg = train.frame, config.split
     if cfg.by == "time":
         if not train.has_time:
-            raise ConfigError(f"data.split.by: 'time' needs a time column; {config.format.value} has none")
+            raise ConfigError(
+                f"data.split.by: 'time' needs a time column; {config.format.value} has none"
+            )
         n = frame.height
-        rank = frame.select(pl.struct(TIME, LINE).rank("ordinal")).to_series().to_numpy().astype(np.int64) - 1
+        rank = (
+            frame.select(pl.struct(TIME, LINE).rank("ordinal"))
+            .to_series()
+            .to_numpy()
+            .astype(np.int64)
+            - 1
+        )
         n_test, n_valid = round(n * cfg.test), round(n * cfg.valid)
-        which = np.where(rank >= n - n_test, 2, np.where(rank >= n - n_test - n_valid, 1, 0)).astype(np.int8)
+        which = np.where(
+            rank >= n - n_test, 2, np.where(rank >= n - n_test - n_valid, 1, 0)
+        ).astype(np.int8)
     else:
         lines = frame[LINE].to_numpy().astype(np.uint64)
         mixed = splitmix64(lines ^ splitmix64(np.uint64(cfg.seed)))
         position = (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-        which = np.where(position < cfg.test, 2, np.where(position < cfg.test + cfg.valid, 1, 0)).astype(np.int8)
+        which = np.where(
+            position < cfg.test, 2, np.where(position < cfg.test + cfg.valid, 1, 0)
+        ).astype(np.int8)
     return frame.drop(TIME, strict=False).with_columns(pl.Series(SPLIT, which))
 
 

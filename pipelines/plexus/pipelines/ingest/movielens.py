@@ -31,7 +31,9 @@ _LAYOUTS = {  # ratings file -> (user file, item file)
 def _ratings_file(path: Path) -> Path:
     if path.is_file():
         if path.name not in _LAYOUTS:
-            raise DataError(f"{path}: not a MovieLens ratings file (expected one of {', '.join(_LAYOUTS)})")
+            raise DataError(
+                f"{path}: not a MovieLens ratings file (expected one of {', '.join(_LAYOUTS)})"
+            )
         return path
     if path.is_dir():
         for name in _LAYOUTS:
@@ -44,7 +46,9 @@ def _ratings_file(path: Path) -> Path:
 def movielens_files(path: Path) -> list[Path]:
     """The ratings file, then whichever side files exist beside it."""
     ratings = _ratings_file(path)
-    sides = [n for n in _LAYOUTS[ratings.name] if n] + (["u.genre"] if ratings.name == "u.data" else [])
+    sides = [n for n in _LAYOUTS[ratings.name] if n] + (
+        ["u.genre"] if ratings.name == "u.data" else []
+    )
     return [ratings] + [ratings.parent / n for n in sides if (ratings.parent / n).is_file()]
 
 
@@ -73,9 +77,13 @@ def _users(ratings: Path) -> pl.DataFrame | None:
     if name is None or not (ratings.parent / name).is_file():
         return None
     if name == "u.user":
-        users = _side_table(ratings.parent / name, ["user_id", "age", "gender", "occupation", "zip"], "|")
+        users = _side_table(
+            ratings.parent / name, ["user_id", "age", "gender", "occupation", "zip"], "|"
+        )
     else:
-        users = _side_table(ratings.parent / name, ["user_id", "gender", "age", "occupation", "zip"], "::")
+        users = _side_table(
+            ratings.parent / name, ["user_id", "gender", "age", "occupation", "zip"], "::"
+        )
     return users.select(
         "user_id", "gender", "age", "occupation", pl.col("zip").str.slice(0, 3).alias("zip3")
     ).unique("user_id", keep="first", maintain_order=True)
@@ -88,13 +96,15 @@ def _items(ratings: Path) -> pl.DataFrame | None:
         return None
     year = pl.col("title").str.extract(r"\((\d{4})\)\s*$")
     if name == "u.item":
-        genres = list(GENRES_100K)
+        names = list(GENRES_100K)
         if (ratings.parent / "u.genre").is_file():
             table = _side_table(ratings.parent / "u.genre", ["genre", "index"], "|").drop_nulls()
-            genres = table.sort(pl.col("index").cast(pl.Int64))["genre"].to_list()
-        flags = [f"__g{i}" for i in range(len(genres))]
+            names = table.sort(pl.col("index").cast(pl.Int64))["genre"].to_list()
+        flags = [f"__g{i}" for i in range(len(names))]
         items = _side_table(file, ["item_id", "title", "release", "video", "url", *flags], "|")
-        listed = pl.concat_list([pl.when(pl.col(f) == "1").then(pl.lit(g)) for f, g in zip(flags, genres, strict=True)])
+        listed = pl.concat_list(
+            [pl.when(pl.col(f) == "1").then(pl.lit(g)) for f, g in zip(flags, names, strict=True)]
+        )
         return items.select(
             "item_id",
             pl.col("release").str.slice(-4).alias("year"),
@@ -107,8 +117,14 @@ def _items(ratings: Path) -> pl.DataFrame | None:
             items = pl.read_csv(io.StringIO(_text(file)), schema_overrides={"movieId": pl.String})
             items = items.select(pl.col("movieId").alias("item_id"), "title", "genres")
         except (pl.exceptions.PolarsError, KeyError) as exc:
-            raise DataError(f"{file}: cannot parse movies.csv (movieId,title,genres): {exc}") from exc
-    genres = pl.col("genres").str.split("|").list.eval(pl.element().filter(pl.element() != "(no genres listed)"))
+            raise DataError(
+                f"{file}: cannot parse movies.csv (movieId,title,genres): {exc}"
+            ) from exc
+    genres = (
+        pl.col("genres")
+        .str.split("|")
+        .list.eval(pl.element().filter(pl.element() != "(no genres listed)"))
+    )
     return items.select("item_id", year.alias("year"), genres.alias("genres"))
 
 
@@ -146,8 +162,14 @@ def read_movielens(path: Path) -> RawTable:
         frame = frame.join(items, on="item_id", how="left", maintain_order="left")
         categorical.append("year")
         multi.append("genres")
-    roles = ParquetSchema(label="label", categorical=tuple(categorical), multi_categorical=tuple(multi))
+    roles = ParquetSchema(
+        label="label", categorical=tuple(categorical), multi_categorical=tuple(multi)
+    )
     frame = frame.select("label", *roles.features, LINE, TIME)
     return RawTable(
-        frame=frame, roles=roles, rejects=parsed.rejects, lines=parsed.lines, files=tuple(movielens_files(path))
+        frame=frame,
+        roles=roles,
+        rejects=parsed.rejects,
+        lines=parsed.lines,
+        files=tuple(movielens_files(path)),
     )

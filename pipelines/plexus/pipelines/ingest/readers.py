@@ -61,11 +61,15 @@ def source_files(fmt: DataFormat, path: Path) -> list[Path]:
 def read_criteo(path: Path, *, data: bytes | None = None) -> RawTable:
     """Criteo display-ads TSV: label, I1..I13 (integers), C1..C26 (hex strings); no header."""
     columns = [Column("label", "int", required=True, check=_BINARY, bad="bad_label")]
-    columns += [Column(c, "int") for c in CRITEO_NUMERIC] + [Column(c, "str") for c in CRITEO_CATEGORICAL]
+    columns += [Column(c, "int") for c in CRITEO_NUMERIC] + [
+        Column(c, "str") for c in CRITEO_CATEGORICAL
+    ]
     parsed = read_delimited(path, columns, separator="\t", header=False, data=data)
     frame = parsed.frame.with_columns(pl.col("label").cast(pl.Float32))
     roles = ParquetSchema(label="label", numeric=CRITEO_NUMERIC, categorical=CRITEO_CATEGORICAL)
-    return RawTable(frame=frame, roles=roles, rejects=parsed.rejects, lines=parsed.lines, files=(path,))
+    return RawTable(
+        frame=frame, roles=roles, rejects=parsed.rejects, lines=parsed.lines, files=(path,)
+    )
 
 
 def read_avazu(path: Path, *, data: bytes | None = None) -> RawTable:
@@ -76,7 +80,13 @@ def read_avazu(path: Path, *, data: bytes | None = None) -> RawTable:
     """
     hour_ok = (pl.col("hour").is_between(0, 99_12_31_23) & (pl.col("hour") % 100 < 24), "bad_hour")
     columns = [
-        Column("click", "int", required=True, check=(pl.col("click").is_in([0, 1]), "bad_label"), bad="bad_label"),
+        Column(
+            "click",
+            "int",
+            required=True,
+            check=(pl.col("click").is_in([0, 1]), "bad_label"),
+            bad="bad_label",
+        ),
         Column("hour", "int", required=True, check=hour_ok, bad="bad_hour"),
     ]
     columns = [Column("id")] + columns + [Column(c) for c in AVAZU_COLUMNS[3:]]
@@ -92,7 +102,9 @@ def read_avazu(path: Path, *, data: bytes | None = None) -> RawTable:
         hour.alias(TIME),
     )
     roles = ParquetSchema(label="label", categorical=("hour_of_day", "weekday", *AVAZU_COLUMNS[3:]))
-    return RawTable(frame=frame, roles=roles, rejects=parsed.rejects, lines=parsed.lines, files=(path,))
+    return RawTable(
+        frame=frame, roles=roles, rejects=parsed.rejects, lines=parsed.lines, files=(path,)
+    )
 
 
 def read_parquet(path: Path, schema: ParquetSchema) -> RawTable:
@@ -110,7 +122,9 @@ def read_parquet(path: Path, schema: ParquetSchema) -> RawTable:
             raise DataError(f"{file}: not a readable Parquet file: {exc}") from exc
         missing = [c for c in wanted if c not in frame.columns]
         if missing:
-            raise DataError(f"{file}: declared column {missing[0]!r} not found; columns: {frame.columns}")
+            raise DataError(
+                f"{file}: declared column {missing[0]!r} not found; columns: {frame.columns}"
+            )
         lines += frame.height
         frame = frame.with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64))
         label = pl.col(schema.label).cast(pl.Float64, strict=False)
@@ -123,7 +137,9 @@ def read_parquet(path: Path, schema: ParquetSchema) -> RawTable:
                     pl.col(LINE).alias("line"),
                     pl.lit("bad_label").alias("reason"),
                     pl.lit(schema.label).alias("column"),
-                    pl.Series("raw", [json.dumps(r, default=str) for r in bad.drop(LINE).to_dicts()]),
+                    pl.Series(
+                        "raw", [json.dumps(r, default=str) for r in bad.drop(LINE).to_dicts()]
+                    ),
                 )
             )
         frames.append(_cast_parquet(file, frame.filter(ok), schema))
