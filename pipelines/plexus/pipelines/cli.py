@@ -95,6 +95,30 @@ def cmd_bench_quality(args: argparse.Namespace) -> None:
                   datasets=args.datasets.split(","), seeds=args.seeds)
 
 
+def cmd_bench_embeddings(args: argparse.Namespace) -> None:
+    from plexus.pipelines.bench.embeddings import bench_embeddings, parse_budget
+
+    bench_embeddings(
+        args.format, Path(args.data), Path(args.out),
+        methods=args.methods.split(","),
+        budgets=[parse_budget(b) for b in args.budgets.split(",")],
+        seeds=args.seeds, chunks=args.chunks, overrides=args.overrides, force=args.force,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from plexus.serving.server import config_from_args, serve
+
+    serve(config_from_args(args))
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> None:
+    from plexus.pipelines.bench.serve import bench_serve
+
+    bench_serve(Path(args.out), items=args.items, duration=args.duration,
+                concurrency=tuple(int(c) for c in args.concurrency.split(",")))
+
+
 def _add_job_args(parser: argparse.ArgumentParser, *, force: bool = True) -> None:
     parser.add_argument("config", help="job YAML path or bundled config name (criteo, avazu, movielens, synthetic)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
@@ -130,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
     evaluate.set_defaults(func=cmd_evaluate)
 
+    from plexus.serving.server import build_parser as build_serve_parser
+
+    serve = verbs.add_parser("serve", help="the online candidate-retrieval service (onnxruntime)")
+    build_serve_parser(serve)
+    serve.set_defaults(func=cmd_serve)
+
     bench = verbs.add_parser("bench", help="benchmarks that print figures and ratios").add_subparsers(
         dest="bench_verb", required=True
     )
@@ -150,6 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--datasets", default="movielens,criteo,avazu")
     b.add_argument("--seeds", type=int, default=1)
     b.set_defaults(func=cmd_bench_quality)
+    b = bench.add_parser("embeddings", help="test AUC vs embedding parameters for every method and budget")
+    b.add_argument("--format", required=True, choices=("criteo", "avazu", "movielens"))
+    b.add_argument("--data", required=True, help="input file, or a folder with train/dev/test files")
+    b.add_argument("--out", required=True)
+    b.add_argument("--methods", default="full,hashing,multiplexed,unified")
+    b.add_argument("--budgets", default="1,1/4,1/16,1/64", help="fractions of the full tables' parameters")
+    b.add_argument("--seeds", type=int, default=3)
+    b.add_argument("--chunks", type=int, default=2, help="Unified Embedding chunks per feature")
+    b.add_argument("--force", action="store_true", help="retrain rows that already finished")
+    b.add_argument("overrides", nargs="*", help="key=value overrides of the job config")
+    b.set_defaults(func=cmd_bench_embeddings)
+    b = bench.add_parser("serve", help="HTTP QPS/latency of the service vs bare in-process queries")
+    b.add_argument("--out", required=True)
+    b.add_argument("--items", type=int, default=1_000_000)
+    b.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
+    b.add_argument("--concurrency", default="1,8,32,64")
+    b.set_defaults(func=cmd_bench_serve)
     return parser
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from plexus.platform.errors import DataError, RegistryError, require
 from plexus.serving import index as item_index
 from plexus.serving.knn_embed import (
@@ -85,7 +84,9 @@ def write_bundle(
     out.mkdir(parents=True, exist_ok=True)
     missing = [name for name in ARRAYS if name not in arrays]
     if missing:
-        raise RegistryError(f"write_bundle: missing arrays {missing}; all of {list(ARRAYS)} are needed")
+        raise RegistryError(
+            f"write_bundle: missing arrays {missing}; all of {list(ARRAYS)} are needed"
+        )
     for key in ("name", "bundle_id", "dim", "history_len", "num_clusters", "retrieval"):
         if key not in manifest:
             raise RegistryError(f"write_bundle: manifest key {key!r} is missing")
@@ -197,7 +198,9 @@ class Bundle:
                 f"supported (expected {FORMAT!r} v{FORMAT_VERSION}); re-export the bundle"
             )
         if version is None and (folder / REGISTRY_FILE).is_file():
-            version = str(json.loads((folder / REGISTRY_FILE).read_text()).get("version", "")) or None
+            version = (
+                str(json.loads((folder / REGISTRY_FILE).read_text()).get("version", "")) or None
+            )
         return cls(folder, manifest, version or str(manifest["bundle_id"]), threads)
 
     # ---- id helpers ------------------------------------------------------------------------

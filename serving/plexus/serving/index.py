@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from plexus.platform.errors import RegistryError, require
 
 __all__ = [
@@ -27,6 +26,7 @@ __all__ = [
     "exact_search",
     "index_recall",
     "save_index",
+    "set_threads",
     "load_index",
 ]
 
@@ -64,7 +64,9 @@ def build_cluster_index(
     return index
 
 
-def search(index: Any, queries: np.ndarray, k: int, *, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    index: Any, queries: np.ndarray, k: int, *, nprobe: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Single-vector ANN: (Q, D) queries -> scores (Q, k) float32, ids (Q, k) int64 (-1 = none)."""
     faiss = _faiss()
     q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -108,6 +110,11 @@ def index_recall(
     _, found = search(index, queries, k, nprobe=nprobe)
     hits = sum(np.intersect1d(t, f).size for t, f in zip(truth, found, strict=True))
     return float(hits / truth.size)
+
+
+def set_threads(threads: int) -> None:
+    """faiss OpenMP threads for this process (1 is fastest for single requests and on busy hosts)."""
+    _faiss().omp_set_num_threads(int(threads))
 
 
 def save_index(index: Any, path: str | Path) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
 from plexus.platform.errors import ConfigError
 
 __all__ = ["AllocationConfig", "ComponentPlan", "allocate", "plan_components", "merge_components"]
@@ -27,12 +26,14 @@ __all__ = ["AllocationConfig", "ComponentPlan", "allocate", "plan_components", "
 class AllocationConfig:
     """How K is split over the mixture: at most `max_components` components with weight >=
     `min_weight` are used; each of the top `floor_components` gets at least
-    `max(1, round(floor_fraction * K))` candidates; the rest is split by largest remainder."""
+    `max(1, round(floor_fraction * K))` candidates; the rest is split by largest remainder of
+    the weights raised to `power` (1 = proportional, < 1 flatter: more of the minor interests)."""
 
     max_components: int = 16
     min_weight: float = 0.0
     floor_components: int = 1
     floor_fraction: float = 0.1
+    power: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_components < 1:
@@ -43,6 +44,8 @@ class AllocationConfig:
             raise ConfigError(f"floor_components: must be >= 0, got {self.floor_components}")
         if not 0.0 <= self.floor_fraction <= 1.0:
             raise ConfigError(f"floor_fraction: must be in [0, 1], got {self.floor_fraction}")
+        if self.power < 0.0:
+            raise ConfigError(f"power: must be >= 0, got {self.power}")
 
 
 def _row_rank(values: np.ndarray) -> np.ndarray:
@@ -62,13 +65,14 @@ def allocate(
     min_weight: float = 0.0,
     floor_components: int = 1,
     floor_fraction: float = 0.1,
+    power: float = 1.0,
 ) -> np.ndarray:
     """Split `k` candidates over mixture components: (B, C) weights -> (B, C) int64 counts.
 
     Every row sums to exactly `k`. Components outside the top `max_components` or below
     `min_weight` get 0 (the top component is always kept). The top `floor_components` active
     components first get a floor each; the remainder is split in proportion to the weights
-    with largest-remainder (Hamilton) rounding.
+    with largest-remainder (Hamilton) rounding; `power` != 1 reshapes the weights first.
     """
     w = np.clip(np.asarray(weights, dtype=np.float64), 0.0, None)
     if w.ndim != 2:
@@ -78,7 +82,7 @@ def allocate(
         return np.zeros(w.shape, dtype=np.int64)
     rank = _row_rank(w)
     active = ((rank < max_components) & (w >= min_weight) & (w > 0)) | (rank == 0)
-    w = np.where(active, w, 0.0)
+    w = np.where(active, w**power if power != 1.0 else w, 0.0)
     total = w.sum(axis=1, keepdims=True)
     w = np.where(total > 0, w / np.where(total > 0, total, 1.0), (rank == 0).astype(np.float64))
     # Floors for the top components, capped so that they never exceed k.
