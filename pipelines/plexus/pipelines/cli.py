@@ -102,7 +102,8 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
         args.format, Path(args.data), Path(args.out),
         methods=args.methods.split(","),
         budgets=[parse_budget(b) for b in args.budgets.split(",")],
-        seeds=args.seeds, chunks=args.chunks, overrides=args.overrides, force=args.force,
+        seeds=args.seeds, chunks=args.chunks, config=args.config, overrides=args.set or (),
+        force=args.force,
     )
 
 
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, default=3)
     b.add_argument("--chunks", type=int, default=2, help="Unified Embedding chunks per feature")
     b.add_argument("--force", action="store_true", help="retrain rows that already finished")
-    b.add_argument("overrides", nargs="*", help="key=value overrides of the job config")
+    b.add_argument("--config", help="job config (bundled name or YAML) giving the hyper-parameters")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job config key")
     b.set_defaults(func=cmd_bench_embeddings)
     b = bench.add_parser("serve", help="HTTP QPS/latency of the service vs bare in-process queries")
     b.add_argument("--out", required=True)
