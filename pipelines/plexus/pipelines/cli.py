@@ -15,13 +15,20 @@ from pathlib import Path
 from plexus.platform.errors import PlexusError
 
 
-def _job(args: argparse.Namespace):  # -> JobConfig
-    from plexus.pipelines.config import bundled_config, load_job_config
+def _config_path(name: str) -> Path:
+    """A YAML path as given, or the bundled config of that name (`criteo`, `retrieval_movielens`)."""
+    from plexus.pipelines.config import bundled_config
 
-    path = Path(args.config)
-    if not path.exists() and "/" not in args.config and not args.config.endswith(".yaml"):
-        path = bundled_config(args.config)
-    return load_job_config(path, args.overrides)
+    path = Path(name)
+    if not path.exists() and "/" not in name and not name.endswith(".yaml"):
+        path = bundled_config(name)
+    return path
+
+
+def _job(args: argparse.Namespace):  # -> JobConfig
+    from plexus.pipelines.config import load_job_config
+
+    return load_job_config(_config_path(args.config), args.overrides)
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -70,10 +77,37 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from plexus.pipelines.jobs import run_job
+    from plexus.pipelines.retrieval import (
+        is_retrieval_config,
+        load_retrieval_config,
+        run_retrieval_job,
+    )
 
+    path = _config_path(args.config)
+    if is_retrieval_config(path):
+        outcome = run_retrieval_job(load_retrieval_config(path, args.overrides))
+        print(f"[plexus] MLflow run: {outcome['run_id']}")
+        print(f"[plexus] registered {outcome['model_name']} version {outcome['version']}")
+        print(outcome["output"])
+        return
     result = run_job(_job(args), force=args.force)
     print(f"[plexus] MLflow run: {result.run_id}")
     print(result.metrics_path)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from plexus.pipelines.retrieval import export_retrieval, load_retrieval_config
+
+    outcome = export_retrieval(load_retrieval_config(_config_path(args.config), args.overrides))
+    print(f"[plexus] registered {outcome['model_name']} version {outcome['version']}")
+    print(outcome["version"])
+
+
+def cmd_bench_retrieval(args: argparse.Namespace) -> None:
+    from plexus.pipelines.retrieval import bench_retrieval
+
+    bench_retrieval(args.format, Path(args.data), Path(args.out),
+                    ks=tuple(int(k) for k in args.k.split(",")), overrides=args.set or ())
 
 
 def cmd_bench_ingest(args: argparse.Namespace) -> None:
@@ -149,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_job_args(sub, force=force)
         sub.set_defaults(func=func)
 
+    export = verbs.add_parser("export", help="export a trained retrieval model as a registered bundle")
+    _add_job_args(export, force=False)
+    export.set_defaults(func=cmd_export)
+
     evaluate = verbs.add_parser("evaluate", help="AUC and logloss of a trained model on a split")
     evaluate.add_argument("--model", required=True, help="a run's model/ folder")
     evaluate.add_argument("--data", required=True, help="an ingested data folder")
@@ -193,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", help="job config (bundled name or YAML) giving the hyper-parameters")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job config key")
     b.set_defaults(func=cmd_bench_embeddings)
+    b = bench.add_parser("retrieval", help="kNN-Embed vs single-vector retrieval: recall and diversity")
+    b.add_argument("--format", required=True, choices=("movielens", "lightgcn"))
+    b.add_argument("--data", required=True, help="MovieLens folder/file or LightGCN train/test folder")
+    b.add_argument("--out", required=True)
+    b.add_argument("--k", default="20,50,100,200")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    b.set_defaults(func=cmd_bench_retrieval)
     b = bench.add_parser("serve", help="HTTP QPS/latency of the service vs bare in-process queries")
     b.add_argument("--out", required=True)
     b.add_argument("--items", type=int, default=1_000_000)

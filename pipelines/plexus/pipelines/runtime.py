@@ -14,6 +14,8 @@ _QUIET_ENV = {
     "RAY_DEDUP_LOGS": "0",
     "RAY_TRAIN_V2_ENABLED": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # Ray starts workers at niceness 15; on a busy machine the training worker then starves.
+    "RAY_worker_niceness": "0",
 }
 
 

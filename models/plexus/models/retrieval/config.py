@@ -8,14 +8,14 @@ import enum
 from plexus.platform.errors import ConfigError
 
 
-class LossKind(str, enum.Enum):
+class LossKind(enum.StrEnum):
     """`cosine_contrastive`: SimpleX's CCL (margin on negatives); `sampled_softmax`: InfoNCE."""
 
     COSINE_CONTRASTIVE = "cosine_contrastive"
     SAMPLED_SOFTMAX = "sampled_softmax"
 
 
-class QueryVariant(str, enum.Enum):
+class QueryVariant(enum.StrEnum):
     """kNN-Embed component queries: `shared` = the user vector for every interest;
     `per_cluster` = the user vector mixed with the mean of the user's items in that interest."""
 
@@ -73,4 +73,6 @@ class KnnEmbedConfig:
         if not 0.0 <= self.smoothing <= 1.0:
             raise ConfigError(f"knn_embed.smoothing: must be in [0, 1], got {self.smoothing}")
         if not 0.0 <= self.component_mix <= 1.0:
-            raise ConfigError(f"knn_embed.component_mix: must be in [0, 1], got {self.component_mix}")
+            raise ConfigError(
+                f"knn_embed.component_mix: must be in [0, 1], got {self.component_mix}"
+            )

@@ -33,9 +33,7 @@ class KnnEmbedState:
 
 
 @torch.no_grad()
-def user_table(
-    model: TwoTower, histories: torch.Tensor, *, batch_size: int = 4096
-) -> torch.Tensor:
+def user_table(model: TwoTower, histories: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
     """Unit vectors of all training users from their stored histories (U + 1, L) -> (U + 1, D)."""
     rows = []
     for start in range(0, histories.shape[0], batch_size):

@@ -32,7 +32,9 @@ class TwoTower(nn.Module):
         self.user_embedding = nn.Embedding(num_users + 1, config.dim, sparse=True)
         self.item_embedding = nn.Embedding(num_items + 1, config.dim, sparse=True, padding_idx=0)
         self.history_proj: nn.Module = (
-            nn.Linear(config.dim, config.dim, bias=False) if config.project_history else nn.Identity()
+            nn.Linear(config.dim, config.dim, bias=False)
+            if config.project_history
+            else nn.Identity()
         )
         with torch.no_grad():
             nn.init.normal_(self.user_embedding.weight, std=config.init_std)
@@ -52,7 +54,11 @@ class TwoTower(nn.Module):
         """
         cfg = self.config
         mask = mask.to(torch.float32)
-        has_user = (user > 0).to(torch.float32) if cfg.use_user_id else torch.zeros_like(user, dtype=torch.float32)
+        has_user = (
+            (user > 0).to(torch.float32)
+            if cfg.use_user_id
+            else torch.zeros_like(user, dtype=torch.float32)
+        )
         count = mask.sum(dim=1)
         has_hist = (count > 0).to(torch.float32) if cfg.use_history else torch.zeros_like(count)
         a = (cfg.user_weight if cfg.use_history else 1.0) * has_user

@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from plexus.models.retrieval import KnnEmbedQuery, KnnEmbedState
 from plexus.pipelines.retrieval.data import Interactions
 from plexus.pipelines.retrieval.evaluate import (
-    _csr_rows,
+    csr_rows,
     diversity,
     exact_topk,
     ranking_metrics,
@@ -36,12 +35,13 @@ def compare_retrieval(
     data: Interactions,
     *,
     ks: Sequence[int] = (20, 50, 100, 200),
-    allocation: AllocationConfig = AllocationConfig(),
+    allocation: AllocationConfig | None = None,
     batch_size: int = 512,
 ) -> list[dict[str, Any]]:
     """One row per (method, k): recall, ndcg, distinct_clusters, intra_list_distance (means over
     test users), plus `users`. Train items are excluded from both methods' lists."""
     module.eval()
+    allocation = allocation or AllocationConfig()
     ks = sorted(set(int(k) for k in ks))
     items = module.model.all_item_vectors()
     item_np = items.numpy().astype(np.float32)
@@ -64,7 +64,7 @@ def compare_retrieval(
         hist = histories[u]
         query, mixture, components = module(u, hist, (hist > 0).float())
         single = exact_topk(query, items, data, chunk, max(ks))
-        rows, seen = _csr_rows(data.train_indptr, data.train_items, chunk)
+        rows, seen = csr_rows(data.train_indptr, data.train_items, chunk)
         for k in ks:
             knn, _ = search_mixture(
                 index,
@@ -81,7 +81,12 @@ def compare_retrieval(
                 add(method, k, diversity(top, item_np, clusters, k))
     n = max(users.size, 1)
     return [
-        {"method": method, "k": k, **{key: v / n for key, v in sums[(method, k)].items()}, "users": int(users.size)}
+        {
+            "method": method,
+            "k": k,
+            **{key: v / n for key, v in sums[(method, k)].items()},
+            "users": int(users.size),
+        }
         for method in METHODS
         for k in ks
     ]

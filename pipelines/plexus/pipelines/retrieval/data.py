@@ -12,18 +12,17 @@ import enum
 from pathlib import Path
 
 import numpy as np
-
 from plexus.platform.errors import ConfigError, DataError
 
 
-class InteractionFormat(str, enum.Enum):
+class InteractionFormat(enum.StrEnum):
     """`movielens`: u.data / ratings.dat / ratings.csv; `lightgcn`: train.txt + test.txt."""
 
     MOVIELENS = "movielens"
     LIGHTGCN = "lightgcn"
 
 
-class SplitKind(str, enum.Enum):
+class SplitKind(enum.StrEnum):
     """MovieLens splits: each user's last positive to test, or a global time cut-off."""
 
     LEAVE_LAST = "leave_last"
@@ -42,7 +41,9 @@ class RetrievalDataConfig:
 
     def __post_init__(self) -> None:
         if not self.path:
-            raise ConfigError("data.path: set it to the data file or folder (e.g. data/ml-100k/u.data)")
+            raise ConfigError(
+                "data.path: set it to the data file or folder (e.g. data/ml-100k/u.data)"
+            )
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction: must be in (0, 1), got {self.test_fraction}")
 
@@ -142,7 +143,9 @@ def read_lightgcn(folder: str | Path) -> Interactions:
 
     def pairs(file: Path) -> tuple[np.ndarray, np.ndarray]:
         if not file.is_file():
-            raise DataError(f"{file} not found; a LightGCN-format folder holds train.txt and test.txt")
+            raise DataError(
+                f"{file} not found; a LightGCN-format folder holds train.txt and test.txt"
+            )
         users: list[np.ndarray] = []
         items: list[np.ndarray] = []
         for number, line in enumerate(file.read_text().splitlines(), 1):
@@ -175,7 +178,9 @@ def _read_ratings(file: Path) -> np.ndarray:
     try:
         data = np.array(rows, dtype=np.float64)
     except ValueError as exc:
-        raise DataError(f"{file}: expected 4 numeric columns user, item, rating, timestamp") from exc
+        raise DataError(
+            f"{file}: expected 4 numeric columns user, item, rating, timestamp"
+        ) from exc
     if data.ndim != 2 or data.shape[1] < 4:
         raise DataError(f"{file}: expected 4 columns user, item, rating, timestamp")
     return data[:, :4]

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-
 from plexus.models.retrieval import TwoTower
 from plexus.pipelines.retrieval.data import Interactions
 
@@ -22,7 +21,9 @@ def test_users(data: Interactions) -> np.ndarray:
     return users[np.argsort(np.diff(data.train_indptr)[users], kind="stable")]
 
 
-def _csr_rows(indptr: np.ndarray, items: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def csr_rows(
+    indptr: np.ndarray, items: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(row position, item) pairs of the CSR lists of `rows`."""
     counts = indptr[rows + 1] - indptr[rows]
     pos = np.repeat(np.arange(rows.size), counts)
@@ -34,7 +35,7 @@ def ranking_metrics(
     top: np.ndarray, data: Interactions, users: np.ndarray, ks: Sequence[int]
 ) -> dict[str, np.ndarray]:
     """Per-user recall@k and ndcg@k of ranked internal ids top (B, >= max k) (-1 = empty)."""
-    pos, items = _csr_rows(data.test_indptr, data.test_items, users)
+    pos, items = csr_rows(data.test_indptr, data.test_items, users)
     stride = data.num_items + 2
     truth = pos * stride + items
     kmax = max(ks)
@@ -80,7 +81,7 @@ def exact_topk(
     and the padding item excluded. user_vectors (B, D), item_vectors (N + 1, D)."""
     scores = user_vectors @ item_vectors.T
     scores[:, 0] = -torch.inf
-    pos, items = _csr_rows(data.train_indptr, data.train_items, users)
+    pos, items = csr_rows(data.train_indptr, data.train_items, users)
     scores[torch.from_numpy(pos), torch.from_numpy(items)] = -torch.inf
     return torch.topk(scores, min(k, data.num_items), dim=1).indices.numpy()
 

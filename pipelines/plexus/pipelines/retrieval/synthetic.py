@@ -6,8 +6,10 @@ and draws its items from them, so a good retriever must cover a user's minor int
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 from plexus.pipelines.retrieval.data import Interactions, from_pairs
 
 
@@ -18,10 +20,12 @@ def planted_interests(
     items_per_group: int = 25,
     per_user: int = 24,
     test_per_user: int = 6,
+    dominant: float | None = None,
     seed: int = 0,
 ) -> tuple[Interactions, dict[int, np.ndarray]]:
     """-> (interactions, {external user id: its planted interest groups}); item g*P + j is in
-    group g. Test items are drawn from the same interests as the training ones."""
+    group g. Test items are drawn from the same interests as the training ones. `dominant`
+    gives the first interest that share of the user's items (the rest split evenly)."""
     rng = np.random.default_rng(seed)
     train_u: list[int] = []
     train_i: list[int] = []
@@ -30,15 +34,20 @@ def planted_interests(
     planted: dict[int, np.ndarray] = {}
     for user in range(num_users):
         groups = rng.choice(num_groups, size=int(rng.integers(2, 4)), replace=False)
-        weights = np.sort(rng.dirichlet(np.full(groups.size, 2.0)))[::-1]
-        weights = np.maximum(weights, 0.15)
-        weights /= weights.sum()
+        if dominant is None:
+            weights = np.sort(rng.dirichlet(np.full(groups.size, 2.0)))[::-1]
+            weights = np.maximum(weights, 0.15)
+            weights /= weights.sum()
+        else:
+            rest = (1.0 - dominant) / (groups.size - 1)
+            weights = np.array([dominant] + [rest] * (groups.size - 1))
         planted[user] = groups
         total = per_user + test_per_user
         counts = np.maximum(1, np.round(weights * total).astype(int))
         items = np.concatenate(
             [
-                g * items_per_group + rng.choice(items_per_group, size=min(c, items_per_group), replace=False)
+                g * items_per_group
+                + rng.choice(items_per_group, size=min(c, items_per_group), replace=False)
                 for g, c in zip(groups, counts, strict=True)
             ]
         )
@@ -54,3 +63,56 @@ def planted_interests(
         (np.array(test_u), np.array(test_i)),
     )
     return data, planted
+
+
+def planted_bundle(
+    directory: str | Path, *, seed: int = 0, epochs: int = 15
+) -> tuple[Path, Interactions, dict[int, np.ndarray], Any, Any]:
+    """Train a tiny model on planted data and write its bundle: a smoke-run / test fixture.
+
+    Returns (bundle folder, interactions, planted interests, KnnEmbedQuery, KnnEmbedState).
+    """
+    import torch
+    from plexus.models.retrieval import KnnEmbedConfig, KnnEmbedQuery, TwoTowerConfig, fit_knn_embed
+    from plexus.pipelines.retrieval.export import write_retrieval_bundle
+    from plexus.pipelines.retrieval.train import RetrievalTrainConfig, train_two_tower
+    from plexus.platform.config import from_dict
+    from plexus.serving.knn_embed import AllocationConfig
+
+    data, planted = planted_interests(
+        num_users=120, num_groups=6, items_per_group=20, per_user=16, test_per_user=4, seed=seed
+    )
+    model_cfg = TwoTowerConfig(dim=16, history_len=12)
+    train_cfg = from_dict(
+        RetrievalTrainConfig,
+        {
+            "epochs": epochs,
+            "batch_size": 128,
+            "num_negatives": 64,
+            "lr": 0.02,
+            "loss": "sampled_softmax",
+            "temperature": 0.2,
+            "threads": 1,
+            "seed": seed,
+        },
+    )
+    model, _ = train_two_tower(data, model_cfg, train_cfg)
+    knn_cfg = KnnEmbedConfig(num_clusters=6, neighbors=5, seed=seed)
+    state = fit_knn_embed(
+        model,
+        torch.from_numpy(data.histories(model_cfg.history_len)),
+        torch.from_numpy(data.train_indptr),
+        torch.from_numpy(data.train_items),
+        knn_cfg,
+    )
+    module = KnnEmbedQuery(model, state, knn_cfg).eval()
+    folder, _ = write_retrieval_bundle(
+        directory,
+        name="planted",
+        module=module,
+        state=state,
+        data=data,
+        history_len=model_cfg.history_len,
+        allocation=AllocationConfig(),
+    )
+    return folder, data, planted, module, state

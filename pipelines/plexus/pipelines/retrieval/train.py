@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from plexus.models.retrieval import LossKind, TwoTower, TwoTowerConfig, retrieval_loss
 from plexus.pipelines.retrieval.data import Interactions
 from plexus.platform.errors import ConfigError

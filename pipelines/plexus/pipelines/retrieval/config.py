@@ -1,0 +1,115 @@
+"""The retrieval job config: typed sections data / model / train / knn_embed / export / tracking.
+
+Example (`pipelines/configs/retrieval_movielens.yaml`), any key overridable as `section.key=value`:
+
+    name: movielens
+    data: {format: movielens, path: ../shared/data/movielens_100k/u.data, min_rating: 4}
+    model: {dim: 64, history_len: 50}
+    train: {epochs: 40, batch_size: 512}
+    knn_embed: {num_clusters: 16, neighbors: 10, smoothing: 0.3}
+    export: {registered_model: plexus-retrieval-movielens}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from plexus.models.retrieval import KnnEmbedConfig, TwoTowerConfig
+from plexus.pipelines.retrieval.data import RetrievalDataConfig
+from plexus.pipelines.retrieval.train import RetrievalTrainConfig
+from plexus.platform import config as config_io
+from plexus.platform.errors import ConfigError
+from plexus.serving.knn_embed import AllocationConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetrievalEvalConfig:
+    """Cut-offs of the full-ranking and kNN-Embed evaluation."""
+
+    ks: tuple[int, ...] = (20, 50, 100, 200)
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"eval.ks: must be a non-empty list of positive ints, got {self.ks}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetrievalExportConfig:
+    """The bundle: registered model name, alias set on the new version, index and allocation."""
+
+    registered_model: str = "plexus-retrieval"
+    alias: str | None = "champion"
+    nprobe: int | None = None  # None: exact (all lists) below 200k items
+    allocation: AllocationConfig = AllocationConfig()
+
+    def __post_init__(self) -> None:
+        if not self.registered_model:
+            raise ConfigError("export.registered_model: must be a non-empty name")
+        if self.nprobe is not None and self.nprobe < 1:
+            raise ConfigError(f"export.nprobe: must be >= 1 or null, got {self.nprobe}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetrievalTrackingConfig:
+    """`uri` None: MLFLOW_TRACKING_URI or the embedded SQLite store (see pipelines.tracking)."""
+
+    uri: str | None = None
+    experiment: str = "plexus-retrieval"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetrievalJobConfig:
+    """ingest -> train (Ray Train) -> kNN-Embed fit -> evaluate -> export -> register."""
+
+    name: str
+    data: RetrievalDataConfig
+    model: TwoTowerConfig = TwoTowerConfig()
+    train: RetrievalTrainConfig = RetrievalTrainConfig()
+    knn_embed: KnnEmbedConfig = KnnEmbedConfig()
+    eval: RetrievalEvalConfig = RetrievalEvalConfig()
+    export: RetrievalExportConfig = RetrievalExportConfig()
+    tracking: RetrievalTrackingConfig = RetrievalTrackingConfig()
+    output: str | None = None  # runs folder; None -> ./runs (or PLEXUS_RUNS_DIR)
+    use_ray: bool = True  # False trains in-process (tests, debugging)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name: must be a non-empty string without '/', got {self.name!r}")
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short hash of the given sections (all if none): equal hashes mean the same model."""
+        data = config_io.to_dict(self)
+        if sections:
+            data = {key: data[key] for key in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def load_retrieval_config(
+    path: str | Path | None, overrides: Sequence[str] = ()
+) -> RetrievalJobConfig:
+    """Load a retrieval job YAML plus `key=value` overrides; errors name the file and key."""
+    return config_io.load(RetrievalJobConfig, path, overrides)
+
+
+def is_retrieval_config(path: str | Path) -> bool:
+    """Whether a job YAML is a retrieval job (its `data.format` is movielens/lightgcn *and*
+    it has a `knn_embed` section), so that `plexus run` can dispatch on the file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "knn_embed" in data
+
+
+def bundled_retrieval_config(fmt: str) -> Path:
+    """The shipped config for a data format: `movielens` or `lightgcn` (Gowalla)."""
+    name = {"movielens": "retrieval_movielens", "lightgcn": "retrieval_gowalla"}.get(fmt)
+    if name is None:
+        raise ConfigError(f"no retrieval config for format {fmt!r}; use movielens or lightgcn")
+    return Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"

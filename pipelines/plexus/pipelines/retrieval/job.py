@@ -1,0 +1,266 @@
+"""The retrieval job: ingest -> train (Ray Train) -> kNN-Embed fit -> evaluate -> export ->
+register, in one parent MLflow run. Also `export_retrieval` (re-export a trained run folder).
+
+Outputs under `<output>/<name>-retrieval-<config hash>/`: model.pt, config.json, results.json /
+results.md / retrieval.png (the kNN-Embed comparison) and bundle/ (also logged to MLflow as the
+run's `bundle/` artifacts and registered as a new version of `export.registered_model`).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from plexus.models.retrieval import KnnEmbedQuery, TwoTower, fit_knn_embed
+from plexus.pipelines.retrieval.compare import compare_retrieval
+from plexus.pipelines.retrieval.config import RetrievalJobConfig
+from plexus.pipelines.retrieval.data import Interactions, read_interactions
+from plexus.pipelines.retrieval.evaluate import evaluate_tower
+from plexus.pipelines.retrieval.export import write_retrieval_bundle
+from plexus.pipelines.retrieval.report import write_report
+from plexus.pipelines.retrieval.train import train_two_tower, train_worker
+from plexus.platform import config as config_io
+from plexus.platform.errors import PlexusError, RegistryError
+
+MODEL_FILE = "model.pt"
+
+
+def run_dir(config: RetrievalJobConfig) -> Path:
+    """Where a job with this config writes: same data/model/train config -> same folder."""
+    from plexus.pipelines.runtime import default_runs_dir
+
+    root = Path(config.output) if config.output else default_runs_dir()
+    return root / f"{config.name}-retrieval-{config.fingerprint('data', 'model', 'train')}"
+
+
+def train_model(
+    config: RetrievalJobConfig, data: Interactions, out: Path
+) -> tuple[TwoTower, list[dict[str, float]]]:
+    """Train through Ray Train with one worker (or in-process if `use_ray` is false), then save
+    `model.pt` in `out`; a folder that already holds a model for the same config is reused."""
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / MODEL_FILE
+    if saved.is_file():
+        return load_model(out, data)
+    if not config.use_ray:
+        model, history = train_two_tower(data, config.model, config.train)
+    else:
+        state, history = _train_with_ray(config, data, out)
+        model = TwoTower(config.model, num_users=data.num_users, num_items=data.num_items)
+        model.load_state_dict(state)
+    torch.save(
+        {"state": model.state_dict(), "history": history, "model": config_io.to_dict(config.model)},
+        saved,
+    )
+    (out / "config.json").write_text(json.dumps(config_io.to_dict(config), indent=1))
+    return model.eval(), history
+
+
+def load_model(folder: Path, data: Interactions) -> tuple[TwoTower, list[dict[str, float]]]:
+    """Reload a trained two-tower model written by `train_model`."""
+    from plexus.models.retrieval import TwoTowerConfig
+
+    file = folder / MODEL_FILE
+    if not file.is_file():
+        raise RegistryError(f"no trained model at {file}; run `plexus run` with the config first")
+    saved = torch.load(file, weights_only=False)
+    model = TwoTower(
+        config_io.from_dict(TwoTowerConfig, saved["model"]),
+        num_users=data.num_users,
+        num_items=data.num_items,
+    )
+    model.load_state_dict(saved["state"])
+    return model.eval(), saved["history"]
+
+
+def _train_with_ray(
+    config: RetrievalJobConfig, data: Interactions, out: Path
+) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    from plexus.pipelines.runtime import ensure_ray
+
+    ensure_ray()  # starts worker processes at niceness 0 (see runtime._QUIET_ENV)
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    data_path = out / "interactions.pkl"
+    with open(data_path, "wb") as fh:
+        pickle.dump(data, fh)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "data_path": str(data_path),
+            "model": config.model,
+            "train": config.train,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}
+        ),
+        run_config=ray.train.RunConfig(name="ray", storage_path=str(out)),
+    )
+    result = trainer.fit()
+    data_path.unlink(missing_ok=True)
+    if result.checkpoint is None:
+        raise PlexusError(
+            f"retrieval training produced no checkpoint: {getattr(result, 'error', None)}"
+        )
+    with result.checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / "model.pt", weights_only=False)
+    return saved["state"], saved["history"]
+
+
+def _export_and_register(
+    config: RetrievalJobConfig,
+    data: Interactions,
+    model: TwoTower,
+    out: Path,
+    *,
+    evaluate: bool,
+) -> dict[str, Any]:
+    """kNN-Embed fit (+ comparison), bundle, MLflow artifacts + a new registered version.
+    Must run inside an active MLflow run."""
+    import mlflow
+
+    histories = torch.from_numpy(data.histories(config.model.history_len))
+    start = time.perf_counter()
+    state = fit_knn_embed(
+        model,
+        histories,
+        torch.from_numpy(data.train_indptr),
+        torch.from_numpy(data.train_items),
+        config.knn_embed,
+    )
+    module = KnnEmbedQuery(model, state, config.knn_embed).eval()
+    mlflow.log_metric("knn_embed_fit_seconds", time.perf_counter() - start)
+    metrics: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    if evaluate:
+        start = time.perf_counter()
+        rows = compare_retrieval(
+            module, state, data, ks=config.eval.ks, allocation=config.export.allocation
+        )
+        mlflow.log_metric("compare_seconds", time.perf_counter() - start)
+        for row in rows:
+            for key in ("recall", "ndcg", "distinct_clusters", "intra_list_distance"):
+                metrics[f"{row['method']}.{key}_at_{row['k']}"] = row[key]
+        mlflow.log_metrics(metrics)
+        write_report(rows, out, title=f"{config.name}: kNN-Embed vs single-vector retrieval")
+        for name in ("results.json", "results.md", "retrieval.png"):
+            mlflow.log_artifact(str(out / name), artifact_path="report")
+    bundle, info = write_retrieval_bundle(
+        out / "bundle",
+        name=config.export.registered_model,
+        module=module,
+        state=state,
+        data=data,
+        history_len=config.model.history_len,
+        allocation=config.export.allocation,
+        nprobe=config.export.nprobe,
+        metrics=metrics,
+        config=config_io.to_dict(config),
+    )
+    mlflow.log_metric("onnx_max_abs_diff", info["onnx_max_abs_diff"])
+    for k, recall in info["index_recall_vs_exact"].items():
+        mlflow.log_metric(f"index_recall_at_{k}", recall)
+    version = register_bundle(bundle, config.export.registered_model, alias=config.export.alias)
+    return {"bundle": str(bundle), "version": version, "export": info, "results": rows, **metrics}
+
+
+def register_bundle(bundle: Path, name: str, *, alias: str | None = None) -> str:
+    """Log `bundle` as the active run's `bundle/` artifacts and register it as a new version of
+    `name` (MLflow 3: a model version whose source is that artifact folder); returns the version."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RegistryError("register_bundle needs an active MLflow run")
+    mlflow.log_artifacts(str(bundle), artifact_path="bundle")
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Plexus kNN-Embed retrieval bundle")
+    version = client.create_model_version(
+        name, source=mlflow.get_artifact_uri("bundle"), run_id=run.info.run_id
+    ).version
+    record = {"name": name, "version": str(version), "run_id": run.info.run_id}
+    (bundle / "registry.json").write_text(json.dumps(record))
+    mlflow.log_artifact(str(bundle / "registry.json"), artifact_path="bundle")
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return str(version)
+
+
+def run_retrieval_job(config: RetrievalJobConfig) -> dict[str, Any]:
+    """The whole retrieval job in one parent MLflow run; returns run id, version, metrics."""
+    from plexus.pipelines import tracking
+
+    tracking.configure(config.tracking.uri)
+    import mlflow
+    from plexus.serving.index import set_threads
+
+    torch.set_num_threads(config.train.threads)
+    set_threads(config.train.threads)
+    out = run_dir(config)
+    params = config_io.flatten(config)
+    with tracking.run(config.tracking.experiment, f"{config.name}-retrieval", params=params) as run:
+        start = time.perf_counter()
+        data = read_interactions(config.data)
+        mlflow.log_metrics(
+            {
+                "data.users": data.num_users,
+                "data.items": data.num_items,
+                "data.train": int(data.train_items.size),
+                "data.test": int(data.test_items.size),
+                "ingest_seconds": time.perf_counter() - start,
+            }
+        )
+        start = time.perf_counter()
+        mlflow.set_tag("model_reused", str((out / MODEL_FILE).is_file()).lower())
+        model, history = train_model(config, data, out)
+        for record in history:
+            step = int(record["epoch"])
+            mlflow.log_metrics(
+                {f"train.{k}": v for k, v in record.items() if k != "epoch"}, step=step
+            )
+        mlflow.log_metric("train_seconds", time.perf_counter() - start)
+        start = time.perf_counter()
+        tower = evaluate_tower(model, data, ks=config.eval.ks)
+        mlflow.log_metrics({f"tower.{k.replace('@', '_at_')}": v for k, v in tower.items()})
+        mlflow.log_metric("evaluate_seconds", time.perf_counter() - start)
+        result = _export_and_register(config, data, model, out, evaluate=True)
+        summary = {
+            "run_id": run.info.run_id,
+            "model_name": config.export.registered_model,
+            "output": str(out),
+            "tower": tower,
+            **result,
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        mlflow.log_artifact(str(out / "summary.json"))
+    return summary
+
+
+def export_retrieval(config: RetrievalJobConfig, *, evaluate: bool = False) -> dict[str, Any]:
+    """Re-export the model trained by `run_retrieval_job(config)` (same config -> same folder)
+    as a new registered bundle version, in its own MLflow run; returns {"version", ...}."""
+    from plexus.pipelines import tracking
+
+    tracking.configure(config.tracking.uri)
+    out = run_dir(config)
+    data = read_interactions(config.data)
+    model, _ = load_model(out, data)
+    with (
+        tracking.run(
+            config.tracking.experiment, f"{config.name}-export", params=config_io.flatten(config)
+        ) as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        result = _export_and_register(config, data, model, Path(tmp), evaluate=evaluate)
+        result["bundle"] = f"runs:/{run.info.run_id}/bundle"
+    return {"run_id": run.info.run_id, "model_name": config.export.registered_model, **result}

@@ -1,0 +1,114 @@
+"""Retrieval models at tiny sizes: two-tower shapes and cold paths, k-means, kNN-Embed tables."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from plexus.models.retrieval import (
+    KnnEmbedConfig,
+    KnnEmbedQuery,
+    TwoTower,
+    TwoTowerConfig,
+    cosine_contrastive_loss,
+    fit_knn_embed,
+    sampled_softmax_loss,
+    spherical_kmeans,
+)
+from plexus.platform.errors import ConfigError
+
+
+def _model(**kw) -> TwoTower:
+    torch.manual_seed(0)
+    return TwoTower(TwoTowerConfig(dim=4, history_len=3, **kw), num_users=5, num_items=10)
+
+
+def test_user_vectors_mix_id_and_history_and_drop_missing_parts() -> None:
+    model = _model()
+    user = torch.tensor([2, 0, 2, 0])
+    hist = torch.tensor([[1, 2, 0], [1, 2, 0], [0, 0, 0], [0, 0, 0]])
+    vecs = model.user_vectors(user, hist, (hist > 0).float())
+    assert vecs.shape == (4, 4)
+    torch.testing.assert_close(vecs[:3].norm(dim=1), torch.ones(3))
+    # History only = normalised history mean; id only = normalised id embedding; neither = 0.
+    mean = model.item_embedding(torch.tensor([1, 2])).mean(0)
+    torch.testing.assert_close(vecs[1], F.normalize(mean, dim=0))
+    torch.testing.assert_close(vecs[2], F.normalize(model.user_embedding.weight[2], dim=0))
+    assert vecs[3].abs().sum() == 0
+    assert model.all_item_vectors().shape == (11, 4)
+
+
+def test_config_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="model.user_weight"):
+        TwoTowerConfig(user_weight=2.0)
+    with pytest.raises(ConfigError, match="use_user_id or use_history"):
+        TwoTowerConfig(use_user_id=False, use_history=False)
+    with pytest.raises(ConfigError, match="knn_embed.smoothing"):
+        KnnEmbedConfig(smoothing=-0.1)
+
+
+def test_losses_prefer_the_positive() -> None:
+    user = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=1)
+    good, bad = user.clone(), user.flip(0)
+    neg = F.normalize(torch.tensor([[1.0, 1.0], [-1.0, 0.2]]), dim=1)
+    assert cosine_contrastive_loss(user, good, neg) < cosine_contrastive_loss(user, bad, neg)
+    assert sampled_softmax_loss(user, good, neg) < sampled_softmax_loss(user, bad, neg)
+
+
+def test_spherical_kmeans_recovers_planted_directions() -> None:
+    torch.manual_seed(0)
+    centres = torch.linalg.qr(torch.randn(8, 8))[0][:5]  # orthonormal directions
+    truth = torch.arange(100) % 5
+    x = centres[truth] + 0.15 * torch.randn(100, 8)
+    cent, assign = spherical_kmeans(x, 5, seed=0)
+    assert cent.shape == (5, 8)
+    torch.testing.assert_close(cent.norm(dim=1), torch.ones(5))
+    for c in range(5):  # every found cluster is pure
+        assert truth[assign == c].unique().numel() == 1
+
+
+def _fitted(smoothing: float):
+    model = _model()
+    histories = torch.tensor([[0, 0, 0], [1, 2, 0], [3, 4, 5], [1, 6, 0], [7, 8, 9], [2, 10, 0]])
+    counts = (histories > 0).sum(1)
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    indptr = torch.cat([indptr, indptr[-1:]])[: histories.shape[0] + 1]
+    items = histories[histories > 0]
+    config = KnnEmbedConfig(num_clusters=3, neighbors=2, smoothing=smoothing)
+    state = fit_knn_embed(model, histories, indptr, items, config)
+    return model, state, KnnEmbedQuery(model, state, config).eval(), histories
+
+
+def test_knn_embed_tables_and_query_outputs() -> None:
+    _, state, query, histories = _fitted(0.3)
+    assert state.item_clusters[0] == -1 and state.item_clusters.shape == (11,)
+    assert state.user_table.shape == (6, 4) and state.user_table[0].abs().sum() == 0
+    torch.testing.assert_close(state.user_dist[1:].sum(1), torch.ones(5))
+    user = torch.tensor([1, 0, 0])
+    hist = torch.tensor([[1, 2, 0], [3, 0, 0], [0, 0, 0]])
+    with torch.no_grad():
+        q, mixture, components = query(user, hist, (hist > 0).float())
+    assert q.shape == (3, 4) and mixture.shape == (3, 3) and components.shape == (3, 3, 4)
+    torch.testing.assert_close(mixture.sum(1), torch.ones(3))
+    torch.testing.assert_close(components.norm(dim=-1), torch.ones(3, 3))
+
+
+def test_without_smoothing_the_mixture_is_the_history_histogram() -> None:
+    _, state, query, _ = _fitted(0.0)
+    hist = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        _, mixture, _ = query(torch.tensor([0]), hist, torch.ones(1, 4))
+    expected = torch.bincount(state.item_clusters[hist[0]], minlength=3).float() / 4
+    torch.testing.assert_close(mixture[0], expected)
+
+
+def test_neighbours_never_include_the_user_itself() -> None:
+    _, state, query, histories = _fitted(1.0)
+    # With smoothing 1 the mixture is the mean of the 2 neighbours' distributions; user 1's
+    # own distribution must not be among them even though it is its own nearest neighbour.
+    with torch.no_grad():
+        q, mixture, _ = query(torch.tensor([1]), histories[1:2], (histories[1:2] > 0).float())
+    sims = q @ state.user_table.T
+    sims[0, 0] = sims[0, 1] = -10.0
+    top = torch.topk(sims, 2, dim=1).indices[0]
+    torch.testing.assert_close(mixture[0], state.user_dist[top].mean(0))
