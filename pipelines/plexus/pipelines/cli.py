@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,7 +138,7 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
         methods=args.methods.split(","),
         budgets=[parse_budget(b) for b in args.budgets.split(",")],
         seeds=args.seeds, chunks=args.chunks, config=args.config, overrides=args.set or (),
-        force=args.force,
+        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"), force=args.force,
     )
 
 

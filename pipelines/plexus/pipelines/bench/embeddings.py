@@ -1,0 +1,467 @@
+"""`plexus bench embeddings`: test AUC against embedding parameters for every embedding method.
+
+One dataset is ingested once; each (method, budget, seed) then trains through the real job
+(`plexus.pipelines.train.job.train`: Ray Train, early stopping on validation AUC, test metrics)
+with only the `embedding:` section and `train.seed` changed. `full` runs at budget 1 only (it
+has no smaller size); `hashing`, `multiplexed` and `unified` run at every budget. The benchmark
+is one parent MLflow run with a nested run per row; `results.json`, `results.md` and
+`pareto.png` are written to `out/` and logged as artifacts of the parent.
+
+Parameters are measured, never derived: `params` counts every embedding table of the model
+(the `dim`-wide tables and, for FM/DeepFM, the width-1 first-order tables), `bytes` their float32
+storage. Unified Embedding uses `chunks` chunks of `dim / chunks` per feature, so its feature
+width equals the full table's `dim`; since `embedding.budget` counts rows of the chunk width, the
+requested fraction `b` is passed as `budget = b * chunks` (fewer chunks where that exceeds 1,
+e.g. one chunk at b = 1).
+
+Example:
+    >>> rows = bench_embeddings("criteo", Path("/data/criteo_sample"), Path("runs/bench/emb"),
+    ...                         budgets=(1, 1 / 16), seeds=3)
+    >>> rows[0]["method"], rows[0]["params"], rows[0]["test_auc"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from plexus.models.backbones import build_ctr_model
+from plexus.models.embeddings import EmbeddingConfig, EmbeddingMethod
+from plexus.pipelines import plots, tracking
+from plexus.pipelines.bench.report import markdown_table, write_results
+from plexus.pipelines.config import JobConfig, TrackingConfig, bundled_config, load_job_config
+from plexus.pipelines.ingest import DataConfig, DataFormat, SplitConfig
+from plexus.pipelines.jobs import log_ingest, run_ingest
+from plexus.pipelines.train.job import train
+from plexus.platform.errors import ConfigError
+
+METHODS = tuple(m.value for m in EmbeddingMethod)
+BUDGETS = (1.0, 1 / 4, 1 / 16, 1 / 64)
+ROW_KEYS = (
+    "method",
+    "budget",
+    "params",
+    "bytes",
+    "test_auc",
+    "test_logloss",
+    "examples_per_s",
+    "seed",
+)
+_SPLIT_NAMES = {"valid": ("dev", "valid", "validation"), "test": ("test",)}
+
+
+def bench_embeddings(
+    fmt: str,
+    data: Path,
+    out: Path,
+    *,
+    methods: Sequence[str] = METHODS,
+    budgets: Sequence[float] = BUDGETS,
+    seeds: int = 3,
+    chunks: int = 2,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    tracking_uri: str | None = None,
+    name: str | None = None,
+    force: bool = False,
+) -> list[dict[str, Any]]:
+    """Train every (method, budget, seed) on one ingest of `data`; write and return the rows.
+
+    `fmt` is criteo | avazu | movielens; `data` a folder of given splits (train/dev/test files,
+    or the MovieLens folder) or one file, split 80/10/10 with split seed 0. The job starts from
+    `config` (a bundled config name or a YAML path; default: the bundled config of `fmt`) plus
+    `overrides` (`section.key=value`). MLflow logs to `tracking_uri`, else the config's
+    `tracking.uri`, else `out/mlflow.db`. Finished rows are reused unless `force` (a re-run
+    resumes a crashed benchmark). Returns rows with the keys `ROW_KEYS` (+ dataset, chunks, ...).
+    """
+    base = _base_job(fmt, Path(data), Path(out).resolve(), config, overrides, tracking_uri, name)
+    plan = _plan(methods, budgets, seeds, chunks, base.embedding.dim)
+    uri = tracking.configure(base.tracking.uri)
+    import mlflow
+
+    rows: list[dict[str, Any]] = []
+    out = Path(out).resolve()
+    experiment = base.tracking.experiment
+    with tracking.run(
+        experiment, f"{base.name}", params=_bench_params(base, plan, seeds)
+    ) as parent:
+        with tracking.run(experiment, f"{base.name}-ingest", nested=True):
+            ingested = run_ingest(base, progress=False)
+            log_ingest(ingested)
+        full_params = _embedding_parameters(
+            dataclasses.replace(base, embedding=EmbeddingConfig(dim=base.embedding.dim)), ingested
+        )
+        for method, budget, embedding, seed in plan:
+            job = dataclasses.replace(
+                base, embedding=embedding, train=dataclasses.replace(base.train, seed=seed)
+            )
+            result = train(job, ingested, force=force, nested=True)
+            params = _embedding_parameters(job, ingested)
+            rows.append(
+                _row(base.name, method, budget, embedding, seed, params, full_params, result)
+            )
+            print(_progress(rows[-1]), flush=True)
+        summary = summarise(rows)
+        markdown = results_markdown(
+            base.name,
+            rows,
+            summary,
+            command=_command(fmt, data, out, plan, budgets, seeds, chunks, config, overrides),
+        )
+        write_results(out, rows, markdown=markdown)
+        figure = pareto_figure(summary, title=f"{base.name}: test AUC vs embedding parameters")
+        tracking.log_figure(figure, "pareto.png", also_to=out / "pareto.png")
+        mlflow.log_artifact(str(out / "results.json"))
+        mlflow.log_artifact(str(out / "results.md"))
+        mlflow.log_metrics(_headline_metrics(summary))
+        print(markdown)
+        print(f"[bench embeddings] MLflow run {parent.info.run_id} at {uri}; results in {out}")
+    return rows
+
+
+def parse_budget(text: str) -> float:
+    """A budget from the command line: `0.25` or `1/4` -> 0.25 (must be in (0, 1])."""
+    try:
+        num, _, den = text.partition("/")
+        value = float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"budget {text!r} is not a number or a fraction like 1/16") from None
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"budget {text!r} must be in (0, 1]: a fraction of the full table")
+    return value
+
+
+def embedding_for(method: str, budget: float, *, dim: int, chunks: int) -> EmbeddingConfig:
+    """The `embedding:` section of one benchmark row at `budget` of the full `dim`-wide tables.
+
+    For `unified`, `c` chunks of `dim / c` (c <= `chunks`, dividing `dim`, with `budget * c <= 1`),
+    so the feature width stays `dim` and the rows x chunk width equal `budget` of the full tables.
+    """
+    kind = EmbeddingMethod(method)
+    if kind is EmbeddingMethod.FULL:
+        return EmbeddingConfig(method=kind, dim=dim)
+    if kind is not EmbeddingMethod.UNIFIED:
+        return EmbeddingConfig(method=kind, dim=dim, budget=budget)
+    fitting = [c for c in range(chunks, 0, -1) if dim % c == 0 and budget * c <= 1.0 + 1e-12]
+    c = fitting[0]
+    return EmbeddingConfig(method=kind, dim=dim // c, budget=min(1.0, budget * c), chunks=c)
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and spread over seeds per (method, budget), with throughput relative to `full`."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["budget"]), []).append(row)
+    full = groups.get((EmbeddingMethod.FULL.value, 1.0))
+    full_speed = statistics.mean(r["examples_per_s"] for r in full) if full else None
+    full_auc = statistics.mean(r["test_auc"] for r in full) if full else None
+    summary = []
+    for (method, budget), group in groups.items():
+        aucs = [r["test_auc"] for r in group]
+        speed = statistics.mean(r["examples_per_s"] for r in group)
+        summary.append({
+            "method": method,
+            "budget": budget,
+            "budget_label": budget_label(budget),
+            "chunks": group[0]["chunks"],
+            "seeds": len(group),
+            "params": group[0]["params"],
+            "bytes": group[0]["bytes"],
+            "param_fraction": group[0]["param_fraction"],
+            "test_auc": statistics.mean(aucs),
+            "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+            "auc_vs_full": statistics.mean(aucs) - full_auc if full_auc is not None else None,
+            "test_logloss": statistics.mean(r["test_logloss"] for r in group),
+            "examples_per_s": speed,
+            "speed_vs_full": speed / full_speed if full_speed else None,
+        })  # fmt: skip
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(summary, key=lambda s: (order.get(s["method"], 99), -s["budget"]))
+
+
+def targets(summary: Sequence[dict[str, Any]], *, budget: float = 1 / 16) -> dict[str, Any]:
+    """The issue's targets at `budget`: unified vs full AUC, unified vs hashing AUC, and
+    unified throughput vs full (mean over its budgets); None where a row is missing."""
+    pick = {(s["method"], s["budget"]): s for s in summary}
+    full, uni = pick.get(("full", 1.0)), pick.get(("unified", budget))
+    hashing = pick.get(("hashing", budget))
+    unified_speeds = [s["examples_per_s"] for s in summary if s["method"] == "unified"]
+    return {
+        "unified_minus_full_auc": uni["test_auc"] - full["test_auc"] if uni and full else None,
+        "unified_minus_hashing_auc": uni["test_auc"] - hashing["test_auc"]
+        if uni and hashing
+        else None,
+        "unified_speed_vs_full": (
+            statistics.mean(unified_speeds) / full["examples_per_s"]
+            if unified_speeds and full
+            else None
+        ),
+    }
+
+
+def budget_label(budget: float) -> str:
+    """0.0625 -> '1/16', 1.0 -> '1', 0.3 -> '0.3'."""
+    if budget == 1.0:
+        return "1"
+    inverse = 1.0 / budget
+    return f"1/{round(inverse)}" if abs(inverse - round(inverse)) < 1e-9 else f"{budget:g}"
+
+
+def results_markdown(
+    name: str, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], *, command: str
+) -> str:
+    """The `results.md` text: summary over seeds, the targets, then every row."""
+    shown = [
+        {**s, "test_auc": f"{s['test_auc']:.4f} ± {s['auc_std']:.4f}",
+         "auc_vs_full": "" if s["auc_vs_full"] is None else f"{s['auc_vs_full']:+.4f}",
+         "speed_vs_full": "" if s["speed_vs_full"] is None else f"{s['speed_vs_full']:.2f}",
+         "params": f"{s['params']:,}", "bytes": f"{s['bytes']:,}"}
+        for s in summary
+    ]  # fmt: skip
+    goal = targets(summary)
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    lines = [
+        f"## {name}\n",
+        f"`{command}`\n",
+        markdown_table(
+            shown,
+            [
+                "method",
+                "budget_label",
+                "chunks",
+                "params",
+                "bytes",
+                "seeds",
+                "test_auc",
+                "auc_vs_full",
+                "test_logloss",
+                "examples_per_s",
+                "speed_vs_full",
+            ],
+        ),
+        "",
+        "At 1/16 of the full table (mean over seeds): unified - full test AUC = "
+        f"{fmt(goal['unified_minus_full_auc'], '+.4f')} (target >= -0.002 on the synthetic set); "
+        f"unified - hashing = {fmt(goal['unified_minus_hashing_auc'], '+.4f')} (target > 0); "
+        f"unified examples/s / full = {fmt(goal['unified_speed_vs_full'], '.2f')} (target >= 0.8).\n",
+        "### Every run\n",
+        markdown_table(rows, [*ROW_KEYS, "chunks", "epochs"]),
+    ]
+    return "\n".join(lines)
+
+
+def pareto_figure(summary: Sequence[dict[str, Any]], *, title: str) -> Any:
+    """Test AUC (mean, error bar = std over seeds) against embedding parameters, one line per method."""
+    plt = plots._pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labelled = False  # budgets share x positions across methods: label one line only
+    for method in METHODS:
+        points = sorted((s for s in summary if s["method"] == method), key=lambda s: s["params"])
+        if not points:
+            continue
+        xs, ys = [p["params"] for p in points], [p["test_auc"] for p in points]
+        errs = [p["auc_std"] for p in points]
+        if method == EmbeddingMethod.FULL.value:
+            ax.axhline(ys[0], color="black", linestyle=":", linewidth=1)
+            ax.errorbar(
+                xs, ys, yerr=errs, marker="*", markersize=12, color="black", label=method, capsize=3
+            )
+            continue
+        ax.errorbar(xs, ys, yerr=errs, marker="o", label=method, capsize=3)
+        for p in points if not labelled else ():
+            ax.annotate(p["budget_label"], (p["params"], p["test_auc"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7)  # fmt: skip
+        labelled = True
+    ax.set_xscale("log")
+    ax.set_xlabel("embedding parameters (log scale)")
+    ax.set_ylabel("test AUC")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _base_job(
+    fmt: str,
+    data: Path,
+    out: Path,
+    config: str | Path | None,
+    overrides: Sequence[str],
+    tracking_uri: str | None,
+    name: str | None,
+) -> JobConfig:
+    try:
+        kind = DataFormat(fmt)
+    except ValueError:
+        raise ConfigError(f"--format {fmt!r}: use criteo, avazu or movielens") from None
+    if kind is DataFormat.PARQUET:
+        raise ConfigError("--format parquet: the benchmark reads criteo, avazu or movielens data")
+    if not data.exists():
+        raise ConfigError(f"--data {data}: no such file or folder")
+    source = config or kind.value
+    path = Path(source) if Path(source).suffix in (".yaml", ".yml") else bundled_config(str(source))
+    job = load_job_config(path, overrides)
+    label = name or (kind.value if data.is_dir() else data.stem)
+    # Not MLFLOW_TRACKING_URI: MLflow sets it itself once a run starts, so a second benchmark in
+    # the same process would log into the first one's store. The CLI passes the user's value.
+    uri = tracking_uri or job.tracking.uri or f"sqlite:///{out / 'mlflow.db'}"
+    return dataclasses.replace(
+        job,
+        name=f"bench-embeddings-{label}",
+        data=_data_section(kind, data, job.data),
+        tracking=TrackingConfig(uri=uri, experiment="bench-embeddings"),
+        output=str(out / "runs"),
+    )
+
+
+def _data_section(kind: DataFormat, data: Path, template: DataConfig) -> DataConfig:
+    """The dataset config's encoding options with `data`'s paths: given splits or a seeded split."""
+    base = dict(min_count=template.min_count, numeric=template.numeric,
+                hash_buckets=template.hash_buckets, max_reject_ratio=template.max_reject_ratio)  # fmt: skip
+    if kind is DataFormat.MOVIELENS or not data.is_dir():
+        split = (
+            template.split
+            if kind is DataFormat.MOVIELENS
+            else SplitConfig(valid=0.1, test=0.1, seed=0)
+        )
+        return DataConfig(format=kind, path=str(data.resolve()), split=split, **base)
+    files = sorted(p for p in data.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def find(stems: Sequence[str]) -> Path:
+        for p in files:
+            if p.stem.lower() in stems:
+                return p.resolve()
+        raise ConfigError(
+            f"--data {data}: no {'/'.join(stems)} file in the folder; give a folder with "
+            "train, dev (or valid) and test files, or a single file to split"
+        )
+
+    return DataConfig(format=kind, path=str(find(("train",))), valid_path=str(find(_SPLIT_NAMES["valid"])),
+                      test_path=str(find(_SPLIT_NAMES["test"])), **base)  # fmt: skip
+
+
+def _plan(
+    methods: Sequence[str], budgets: Sequence[float], seeds: int, chunks: int, dim: int
+) -> list[tuple[str, float, EmbeddingConfig, int]]:
+    """(method, budget, embedding, seed) in run order: per seed, full first, then by method and budget."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"--methods {list(methods)}: choose from {', '.join(METHODS)}")
+    if seeds < 1 or chunks < 1:
+        raise ConfigError(f"--seeds {seeds} and chunks {chunks} must be >= 1")
+    for b in budgets:
+        if not 0.0 < b <= 1.0:
+            raise ConfigError(f"--budgets: {b} is not in (0, 1]")
+    configs = []
+    for method in sorted(dict.fromkeys(methods), key=METHODS.index):
+        at = (1.0,) if method == EmbeddingMethod.FULL.value else sorted(set(budgets), reverse=True)
+        configs += [
+            (method, float(b), embedding_for(method, b, dim=dim, chunks=chunks)) for b in at
+        ]
+    # Seed-major: an interrupted benchmark still has every (method, budget) for its first seeds.
+    return [
+        (method, budget, embedding, seed)
+        for seed in range(seeds)
+        for method, budget, embedding in configs
+    ]
+
+
+def _embedding_parameters(job: JobConfig, data: Any) -> int:
+    return build_ctr_model(job.model, job.embedding, data.spec).embedding_parameters()
+
+
+def _row(
+    dataset: str,
+    method: str,
+    budget: float,
+    embedding: EmbeddingConfig,
+    seed: int,
+    params: int,
+    full_params: int,
+    result: Any,
+) -> dict[str, Any]:
+    metrics, history = result.metrics, result.history
+    speeds = sorted(h["examples_per_s"] for h in history) or [metrics["train_examples_per_s"]]
+    return {
+        "method": method,
+        "budget": budget,
+        "params": params,
+        "bytes": params * 4,  # float32 tables
+        "test_auc": metrics["test_auc"],
+        "test_logloss": metrics["test_logloss"],
+        "examples_per_s": statistics.median(speeds),  # median epoch: robust to a busy machine
+        "seed": seed,
+        "dataset": dataset,
+        "chunks": embedding.chunks,
+        "dim": embedding.dim,
+        "param_fraction": params / full_params,
+        "valid_auc": metrics["best_valid_auc"],
+        "epochs": int(metrics["epochs_run"]),
+        "run_id": metrics.get("run_id", result.run_id),
+    }
+
+
+def _progress(row: dict[str, Any]) -> str:
+    return (
+        f"[bench embeddings] {row['method']:11s} budget {budget_label(row['budget']):>5s} seed {row['seed']}: "
+        f"AUC {row['test_auc']:.4f}  logloss {row['test_logloss']:.4f}  params {row['params']:,}  "
+        f"{row['examples_per_s']:,.0f} ex/s"
+    )
+
+
+def _bench_params(job: JobConfig, plan: Sequence[tuple[Any, ...]], seeds: int) -> dict[str, Any]:
+    from plexus.platform import config as config_io
+
+    params = {k: v for k, v in config_io.flatten(job).items() if not k.startswith("embedding.")}
+    params.update({"bench.rows": len(plan), "bench.seeds": seeds,
+                   "bench.methods": ",".join(dict.fromkeys(p[0] for p in plan)),
+                   "bench.budgets": ",".join(budget_label(b) for b in dict.fromkeys(p[1] for p in plan))})  # fmt: skip
+    return params
+
+
+def _headline_metrics(summary: Sequence[dict[str, Any]]) -> dict[str, float]:
+    metrics = {
+        f"{s['method']}_{s['budget_label'].replace('/', 'of')}_test_auc": s["test_auc"]
+        for s in summary
+    }
+    metrics.update({k: float(v) for k, v in targets(summary).items() if v is not None})
+    return metrics
+
+
+def _command(
+    fmt: str,
+    data: Path,
+    out: Path,
+    plan: Sequence[tuple[Any, ...]],
+    budget_list: Sequence[float],
+    seeds: int,
+    chunks: int,
+    config: str | Path | None,
+    overrides: Sequence[str],
+) -> str:
+    """The command line that reproduces this benchmark."""
+    methods = ",".join(dict.fromkeys(p[0] for p in plan))
+    budgets = ",".join(budget_label(b) for b in sorted(set(budget_list), reverse=True))
+    parts = [f"plexus bench embeddings --format {fmt} --data {data} --out {out}",
+             f"--methods {methods} --budgets {budgets} --seeds {seeds}"]  # fmt: skip
+    if chunks != 2:
+        parts.append(f"--chunks {chunks}")
+    if config is not None:
+        parts.append(f"--config {config}")
+    parts += [f"--set {o}" for o in overrides]
+    return " ".join(parts)
+
+
+__all__ = [
+    "BUDGETS",
+    "METHODS",
+    "ROW_KEYS",
+    "bench_embeddings",
+    "embedding_for",
+    "parse_budget",
+    "summarise",
+]

@@ -1,0 +1,163 @@
+"""`plexus bench embeddings`: the plan, the budget arithmetic, the summary, and one tiny real run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from plexus.models.embeddings import build_embedding_tables, full_table_parameters
+from plexus.pipelines.bench.embeddings import (
+    ROW_KEYS,
+    _data_section,
+    _plan,
+    bench_embeddings,
+    budget_label,
+    embedding_for,
+    parse_budget,
+    summarise,
+    targets,
+)
+from plexus.pipelines.data.synth import synth_criteo
+from plexus.pipelines.ingest import DataConfig, DataFormat
+from plexus.platform.errors import ConfigError
+from plexus.platform.feature_spec import Encoding, Feature, FeatureKind
+
+
+def _features() -> list[Feature]:
+    sizes = {"a": 5_000, "b": 1_200, "c": 300, "d": 37}
+    return [
+        Feature(name=n, kind=FeatureKind.CATEGORICAL, encoding=Encoding.VOCAB, cardinality=c)
+        for n, c in sizes.items()
+    ]
+
+
+@pytest.mark.parametrize("method", ["hashing", "multiplexed", "unified"])
+@pytest.mark.parametrize("budget", [1.0, 1 / 4, 1 / 16, 1 / 64])
+def test_each_method_holds_the_budget_fraction_of_the_full_table_at_full_width(
+    method, budget
+) -> None:
+    features = _features()
+    config = embedding_for(method, budget, dim=16, chunks=2)
+    tables = build_embedding_tables(config, features)
+    full = full_table_parameters(features, 16)
+    assert abs(tables.num_parameters() - budget * full) <= 16  # rounding to whole rows
+    assert set(tables.output_dims().values()) == {16}  # same feature width as the full table
+
+
+def test_unified_splits_the_width_into_chunks_where_the_budget_allows() -> None:
+    assert (embedding_for("unified", 1 / 16, dim=16, chunks=4).chunks,
+            embedding_for("unified", 1 / 16, dim=16, chunks=4).dim) == (4, 4)  # fmt: skip
+    at_one = embedding_for("unified", 1.0, dim=16, chunks=2)  # 2 chunks would need budget 2
+    assert (at_one.chunks, at_one.dim, at_one.budget) == (1, 16, 1.0)
+    assert embedding_for("unified", 1 / 4, dim=16, chunks=3).chunks == 2  # 3 does not divide 16
+    assert embedding_for("full", 1.0, dim=8, chunks=2).budget == 1.0
+
+
+def test_plan_runs_full_once_per_seed_and_the_others_at_every_budget() -> None:
+    plan = _plan(["unified", "full", "hashing"], [1 / 16, 1.0], seeds=2, chunks=2, dim=16)
+    assert [(m, b, s) for m, b, _, s in plan] == [
+        (m, b, s)
+        for s in (0, 1)
+        for m, b in [
+            ("full", 1.0),
+            ("hashing", 1.0),
+            ("hashing", 1 / 16),
+            ("unified", 1.0),
+            ("unified", 1 / 16),
+        ]
+    ]
+    with pytest.raises(ConfigError, match="optembed"):
+        _plan(["optembed"], [1.0], seeds=1, chunks=2, dim=16)
+    with pytest.raises(ConfigError, match="budgets"):
+        _plan(["hashing"], [2.0], seeds=1, chunks=2, dim=16)
+
+
+def test_budgets_parse_from_fractions_and_label_back() -> None:
+    assert (
+        parse_budget("1/16") == 1 / 16 and parse_budget("0.25") == 0.25 and parse_budget("1") == 1.0
+    )
+    assert [budget_label(b) for b in (1.0, 1 / 4, 1 / 64, 0.3)] == ["1", "1/4", "1/64", "0.3"]
+    for bad in ("0", "2", "1/0", "a/b"):
+        with pytest.raises(ConfigError):
+            parse_budget(bad)
+
+
+def test_summary_averages_seeds_and_checks_the_targets_against_full_and_hashing() -> None:
+    def row(method, budget, seed, auc, speed):  # noqa: ANN001, ANN202
+        return {"method": method, "budget": budget, "seed": seed, "test_auc": auc, "test_logloss": 0.5,
+                "examples_per_s": speed, "params": int(1000 * budget), "bytes": int(4000 * budget),
+                "chunks": 1, "param_fraction": budget}  # fmt: skip
+
+    rows = [row("full", 1.0, s, 0.80 + 0.01 * s, 100.0) for s in range(3)]
+    rows += [row("hashing", 1 / 16, s, 0.70, 120.0) for s in range(3)]
+    rows += [row("unified", 1 / 16, s, 0.805, 90.0) for s in range(3)]
+    summary = summarise(rows)
+    assert [(s["method"], s["seeds"]) for s in summary] == [
+        ("full", 3),
+        ("hashing", 3),
+        ("unified", 3),
+    ]
+    full = summary[0]
+    assert full["test_auc"] == pytest.approx(0.81) and full["auc_std"] == pytest.approx(0.01)
+    goal = targets(summary)
+    assert goal["unified_minus_full_auc"] == pytest.approx(-0.005)
+    assert goal["unified_minus_hashing_auc"] == pytest.approx(0.105)
+    assert goal["unified_speed_vs_full"] == pytest.approx(0.9)
+
+
+def test_a_data_folder_uses_its_given_splits_and_a_single_file_is_split(tmp_path: Path) -> None:
+    for name in ("train.csv", "dev.csv", "test.csv"):
+        (tmp_path / name).write_text("")
+    template = DataConfig(format=DataFormat.AVAZU, path="x", min_count=3)
+    given = _data_section(DataFormat.AVAZU, tmp_path, template)
+    assert (Path(given.valid_path).name, Path(given.test_path).name, given.min_count) == (
+        "dev.csv",
+        "test.csv",
+        3,
+    )
+    single = _data_section(DataFormat.AVAZU, tmp_path / "train.csv", template)
+    assert single.valid_path is None and (single.split.valid, single.split.test) == (0.1, 0.1)
+    (tmp_path / "dev.csv").unlink()
+    with pytest.raises(ConfigError, match="dev"):
+        _data_section(DataFormat.AVAZU, tmp_path, template)
+
+
+@pytest.mark.slow
+def test_a_tiny_benchmark_writes_rows_files_and_nested_mlflow_runs(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after: MLflow sets it
+    raw = synth_criteo(tmp_path / "criteo.tsv", rows=6_000, seed=2)
+    out = tmp_path / "bench"
+    rows = bench_embeddings(
+        "criteo", raw, out, methods=("unified", "full"), budgets=(1 / 16, 1 / 4), seeds=1,
+        overrides=["train.epochs=1", "train.batch_size=512", "model.hidden=[16]", "train.threads_per_worker=1"],
+    )  # fmt: skip
+    assert [(r["method"], r["budget"]) for r in rows] == [
+        ("full", 1.0),
+        ("unified", 0.25),
+        ("unified", 1 / 16),
+    ]
+    for row in rows:
+        assert set(ROW_KEYS) <= set(row)
+        assert 0.0 < row["test_auc"] < 1.0 and row["test_logloss"] > 0 and row["examples_per_s"] > 0
+        assert row["bytes"] == 4 * row["params"]
+    assert rows[0]["params"] > rows[1]["params"] > rows[2]["params"]
+    # 1/16 of the main tables; DeepFM's width-1 first-order tables take 2 chunks' worth
+    assert rows[2]["param_fraction"] == pytest.approx(1 / 16, rel=0.1)
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(rows))
+    assert "| unified | 1/16 |" in (out / "results.md").read_text()
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bench-embeddings")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 1 + len(rows)  # the shared ingest + one run per row
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.json", "results.md", "pareto.png"} <= artifacts
