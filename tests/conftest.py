@@ -27,7 +27,6 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 def ray_local():
     """One local Ray (2 CPUs) shared by every test that trains or reads through Ray."""
     import ray
-
     from plexus.pipelines.runtime import ensure_ray
 
     ensure_ray(num_cpus=2)

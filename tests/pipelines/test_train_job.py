@@ -25,8 +25,8 @@ data: {{format: criteo, path: {raw}, min_count: 2, split: {{valid: 0.15, test: 0
 model: {{backbone: deepfm, hidden: [64, 32]}}
 embedding: {{method: full, dim: 8}}
 train: {{batch_size: 512, epochs: {epochs}, lr: 0.003, patience: 5, threads_per_worker: 1}}
-tracking: {{uri: "sqlite:///{tmp / 'mlflow.db'}", experiment: e2e}}
-output: {tmp / 'runs'}
+tracking: {{uri: "sqlite:///{tmp / "mlflow.db"}", experiment: e2e}}
+output: {tmp / "runs"}
 """
     )
     return config
@@ -37,7 +37,9 @@ def _plexus(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+def finished_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
     tmp = tmp_path_factory.mktemp("e2e")
     raw = synth_criteo(tmp / "criteo.tsv", rows=30_000, seed=3)
     config = _config(tmp, raw)
@@ -87,7 +89,9 @@ def test_evaluate_reproduces_the_test_metrics(finished_run) -> None:
     metrics_path = Path(done.stdout.strip().splitlines()[-1])
     metrics = json.loads(metrics_path.read_text())
     data = next((tmp / "runs" / "data").iterdir())
-    out = _plexus("evaluate", "--model", str(metrics_path.parent / "model"), "--data", str(data), cwd=tmp)
+    out = _plexus(
+        "evaluate", "--model", str(metrics_path.parent / "model"), "--data", str(data), cwd=tmp
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     evaluated = json.loads(out.stdout.strip().splitlines()[-1])
     assert evaluated["test_auc"] == pytest.approx(metrics["test_auc"], abs=1e-6)
@@ -111,9 +115,15 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(tmp_path: Path)
     raw = synth_criteo(tmp_path / "criteo.tsv", rows=20_000, seed=4)
     config = _config(tmp_path, raw, epochs=3)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([*PLEXUS, "train", str(config)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [*PLEXUS, "train", str(config)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     seen = ""
     while time.monotonic() < deadline:  # kill the whole job once the first epoch is checkpointed

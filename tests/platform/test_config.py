@@ -5,7 +5,6 @@ import enum
 from pathlib import Path
 
 import pytest
-
 from plexus.platform.config import apply_overrides, flatten, from_dict, load
 from plexus.platform.errors import ConfigError
 

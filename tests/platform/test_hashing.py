@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from plexus.platform.hashing import bucketize_ids, feature_seed, hash_strings, splitmix64
 
 
@@ -35,8 +34,13 @@ def test_string_hash_is_stable_across_processes() -> None:
         "print(list(hash_strings(['a', 'é', ''])), feature_seed('C7', 3))"
     )
     runs = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": str(seed), "PATH": ""},
+        ).stdout
         for seed in (1, 2)
     }
     assert len(runs) == 1

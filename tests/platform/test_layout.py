@@ -22,7 +22,9 @@ def test_stdlib_platform_not_shadowed_from_repository_root() -> None:
 def test_namespace_has_no_init_at_roots() -> None:
     for area in AREAS:
         assert not (ROOT / area / "__init__.py").exists(), f"{area}/__init__.py shadows imports"
-        assert not (ROOT / area / "plexus" / "__init__.py").exists(), f"{area}/plexus must be a namespace"
+        assert not (ROOT / area / "plexus" / "__init__.py").exists(), (
+            f"{area}/plexus must be a namespace"
+        )
         assert (ROOT / area / "plexus" / area / "__init__.py").is_file()
 
 
@@ -34,6 +36,6 @@ def test_models_and_serving_import_boundaries() -> None:
             for line in source.read_text().splitlines():
                 stripped = line.strip()
                 for module in modules:
-                    assert not stripped.startswith((f"import {module}", f"from {module} ", f"from {module}.")), (
-                        f"{source.relative_to(ROOT)} imports {module}: {stripped}"
-                    )
+                    assert not stripped.startswith(
+                        (f"import {module}", f"from {module} ", f"from {module}.")
+                    ), f"{source.relative_to(ROOT)} imports {module}: {stripped}"

@@ -70,7 +70,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     data = Path(args.data)
     shards = sorted((data / args.split).glob("*.parquet"))
     if not shards:
-        raise PlexusError(f"no {args.split!r} shards under {data}; pass the folder `plexus ingest` printed")
+        raise PlexusError(
+            f"no {args.split!r} shards under {data}; pass the folder `plexus ingest` printed"
+        )
     spec = FeatureSpec.load(data)
     metrics = evaluate(model, iter_batches(shards, spec, job.train.eval_batch_size))
     print(json.dumps({f"{args.split}_{k}": v for k, v in metrics.items()}))
@@ -107,8 +109,13 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_bench_retrieval(args: argparse.Namespace) -> None:
     from plexus.pipelines.retrieval import bench_retrieval
 
-    bench_retrieval(args.format, Path(args.data), Path(args.out),
-                    ks=tuple(int(k) for k in args.k.split(",")), overrides=args.set or ())
+    bench_retrieval(
+        args.format,
+        Path(args.data),
+        Path(args.out),
+        ks=tuple(int(k) for k in args.k.split(",")),
+        overrides=args.set or (),
+    )
 
 
 def cmd_bench_ingest(args: argparse.Namespace) -> None:
@@ -126,19 +133,30 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
 def cmd_bench_quality(args: argparse.Namespace) -> None:
     from plexus.pipelines.bench.quality import bench_quality
 
-    bench_quality(Path(args.out), data_root=Path(args.data_root), backbones=args.backbones.split(","),
-                  datasets=args.datasets.split(","), seeds=args.seeds)
+    bench_quality(
+        Path(args.out),
+        data_root=Path(args.data_root),
+        backbones=args.backbones.split(","),
+        datasets=args.datasets.split(","),
+        seeds=args.seeds,
+    )
 
 
 def cmd_bench_embeddings(args: argparse.Namespace) -> None:
     from plexus.pipelines.bench.embeddings import bench_embeddings, parse_budget
 
     bench_embeddings(
-        args.format, Path(args.data), Path(args.out),
+        args.format,
+        Path(args.data),
+        Path(args.out),
         methods=args.methods.split(","),
         budgets=[parse_budget(b) for b in args.budgets.split(",")],
-        seeds=args.seeds, chunks=args.chunks, config=args.config, overrides=args.set or (),
-        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"), force=args.force,
+        seeds=args.seeds,
+        chunks=args.chunks,
+        config=args.config,
+        overrides=args.set or (),
+        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
+        force=args.force,
     )
 
 
@@ -151,25 +169,37 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_bench_serve(args: argparse.Namespace) -> None:
     from plexus.pipelines.bench.serve import bench_serve
 
-    bench_serve(Path(args.out), items=args.items, duration=args.duration,
-                concurrency=tuple(int(c) for c in args.concurrency.split(",")))
+    bench_serve(
+        Path(args.out),
+        items=args.items,
+        duration=args.duration,
+        concurrency=tuple(int(c) for c in args.concurrency.split(",")),
+    )
 
 
 def _add_job_args(parser: argparse.ArgumentParser, *, force: bool = True) -> None:
-    parser.add_argument("config", help="job YAML path or bundled config name (criteo, avazu, movielens, synthetic)")
+    parser.add_argument(
+        "config", help="job YAML path or bundled config name (criteo, avazu, movielens, synthetic)"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
     if force:
-        parser.add_argument("--force", action="store_true", help="redo work even if an identical run finished")
+        parser.add_argument(
+            "--force", action="store_true", help="redo work even if an identical run finished"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plexus", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    data = verbs.add_parser("data", help="data utilities").add_subparsers(dest="data_verb", required=True)
+    data = verbs.add_parser("data", help="data utilities").add_subparsers(
+        dest="data_verb", required=True
+    )
     synth = data.add_parser("synth", help="write a synthetic dataset with planted signal")
     synth.add_argument("--format", choices=("criteo", "movielens"), default="criteo")
-    synth.add_argument("--rows", type=int, default=100_000, help="rows (criteo) or ratings (movielens)")
+    synth.add_argument(
+        "--rows", type=int, default=100_000, help="rows (criteo) or ratings (movielens)"
+    )
     synth.add_argument("--out", required=True, help="output file (criteo) or folder (movielens)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--malformed", type=int, default=0, help="malformed lines to plant (criteo)")
@@ -184,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_job_args(sub, force=force)
         sub.set_defaults(func=func)
 
-    export = verbs.add_parser("export", help="export a trained retrieval model as a registered bundle")
+    export = verbs.add_parser(
+        "export", help="export a trained retrieval model as a registered bundle"
+    )
     _add_job_args(export, force=False)
     export.set_defaults(func=cmd_export)
 
@@ -200,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     build_serve_parser(serve)
     serve.set_defaults(func=cmd_serve)
 
-    bench = verbs.add_parser("bench", help="benchmarks that print figures and ratios").add_subparsers(
-        dest="bench_verb", required=True
-    )
+    bench = verbs.add_parser(
+        "bench", help="benchmarks that print figures and ratios"
+    ).add_subparsers(dest="bench_verb", required=True)
     b = bench.add_parser("ingest", help="full ingest vs bare polars.read_csv on synthetic Criteo")
     b.add_argument("--out", required=True)
     b.add_argument("--rows", type=int, default=1_000_000)
@@ -215,26 +247,38 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench_train)
     b = bench.add_parser("quality", help="test AUC/logloss of each backbone on the real samples")
     b.add_argument("--out", required=True)
-    b.add_argument("--data-root", default="../shared/data", help="folder holding the shared datasets")
+    b.add_argument(
+        "--data-root", default="../shared/data", help="folder holding the shared datasets"
+    )
     b.add_argument("--backbones", default="lr,fm,deepfm,dcnv2")
     b.add_argument("--datasets", default="movielens,criteo,avazu")
     b.add_argument("--seeds", type=int, default=1)
     b.set_defaults(func=cmd_bench_quality)
-    b = bench.add_parser("embeddings", help="test AUC vs embedding parameters for every method and budget")
+    b = bench.add_parser(
+        "embeddings", help="test AUC vs embedding parameters for every method and budget"
+    )
     b.add_argument("--format", required=True, choices=("criteo", "avazu", "movielens"))
-    b.add_argument("--data", required=True, help="input file, or a folder with train/dev/test files")
+    b.add_argument(
+        "--data", required=True, help="input file, or a folder with train/dev/test files"
+    )
     b.add_argument("--out", required=True)
     b.add_argument("--methods", default="full,hashing,multiplexed,unified")
-    b.add_argument("--budgets", default="1,1/4,1/16,1/64", help="fractions of the full tables' parameters")
+    b.add_argument(
+        "--budgets", default="1,1/4,1/16,1/64", help="fractions of the full tables' parameters"
+    )
     b.add_argument("--seeds", type=int, default=3)
     b.add_argument("--chunks", type=int, default=2, help="Unified Embedding chunks per feature")
     b.add_argument("--force", action="store_true", help="retrain rows that already finished")
     b.add_argument("--config", help="job config (bundled name or YAML) giving the hyper-parameters")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job config key")
     b.set_defaults(func=cmd_bench_embeddings)
-    b = bench.add_parser("retrieval", help="kNN-Embed vs single-vector retrieval: recall and diversity")
+    b = bench.add_parser(
+        "retrieval", help="kNN-Embed vs single-vector retrieval: recall and diversity"
+    )
     b.add_argument("--format", required=True, choices=("movielens", "lightgcn"))
-    b.add_argument("--data", required=True, help="MovieLens folder/file or LightGCN train/test folder")
+    b.add_argument(
+        "--data", required=True, help="MovieLens folder/file or LightGCN train/test folder"
+    )
     b.add_argument("--out", required=True)
     b.add_argument("--k", default="20,50,100,200")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")

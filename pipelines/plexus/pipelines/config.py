@@ -81,7 +81,9 @@ class JobConfig:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def load_job_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+def load_job_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
+) -> JobConfig:
     """Load a job YAML plus `key=value` overrides; errors name the file and the key."""
     return config_io.load(JobConfig, path, overrides)
 

@@ -31,7 +31,9 @@ def log_ingest(result: IngestResult) -> None:
     """Record an ingest in the active MLflow run: counts, rejects and the feature spec."""
     import mlflow
 
-    mlflow.log_params({"data.fingerprint": result.spec.fingerprint, "data.output": str(result.output)})
+    mlflow.log_params(
+        {"data.fingerprint": result.spec.fingerprint, "data.output": str(result.output)}
+    )
     mlflow.log_metrics({f"rows_{split}": float(n) for split, n in result.rows.items()})
     mlflow.log_metrics({f"rejects_{reason}": float(n) for reason, n in result.rejects.items()})
     mlflow.log_artifact(str(result.output / "feature_spec.json"), artifact_path="data")
@@ -63,7 +65,11 @@ def run_job(job: JobConfig, *, force: bool = False) -> RunResult:
             log_ingest(data)
         trained = train(job, data, force=force, nested=True)
         mlflow.log_metrics(
-            {k: v for k, v in trained.metrics.items() if isinstance(v, float | int) and k != "run_id"}
+            {
+                k: v
+                for k, v in trained.metrics.items()
+                if isinstance(v, float | int) and k != "run_id"
+            }
         )
         mlflow.log_artifact(str(trained.output / "training_curves.png"), artifact_path="plots")
         mlflow.log_artifact(str(trained.metrics_path))

@@ -65,7 +65,10 @@ def run(
     import mlflow
 
     with mlflow.start_run(
-        experiment_id=experiment_id(experiment), run_name=run_name, nested=nested, tags=dict(tags or {})
+        experiment_id=experiment_id(experiment),
+        run_name=run_name,
+        nested=nested,
+        tags=dict(tags or {}),
     ) as active:
         if params:
             log_params(params)

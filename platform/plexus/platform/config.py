@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-
 from plexus.platform.errors import ConfigError
 
 T = TypeVar("T")
@@ -93,7 +92,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. data.path=x.tsv)")
+            raise ConfigError(
+                f"override {item!r} is not of the form key=value (e.g. data.path=x.tsv)"
+            )
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -143,7 +144,9 @@ def expand_env(data: Any) -> Any:
         name, default = match.group(1), match.group(2)
         value = os.environ.get(name, default)
         if value is None:
-            raise ConfigError(f"environment variable {name} is not set (used in {data!r}); set it or give ${{{name}:-default}}")
+            raise ConfigError(
+                f"environment variable {name} is not set (used in {data!r}); set it or give ${{{name}:-default}}"
+            )
         return value
 
     return _ENV_PATTERN.sub(substitute, data)
@@ -168,7 +171,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if value not in args:
             raise ConfigError(f"{path}: must be one of {list(args)}, got {value!r}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, path=path)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:

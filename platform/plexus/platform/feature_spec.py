@@ -98,7 +98,9 @@ class FeatureSpec:
         if cached is None:
             # Built by hand: dataclasses.asdict deep-copies every vocabulary entry (slow for 1M).
             data = {
-                f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "features"
+                f.name: getattr(self, f.name)
+                for f in dataclasses.fields(self)
+                if f.name != "features"
             }
             data["features"] = [
                 {

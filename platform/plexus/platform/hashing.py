@@ -25,7 +25,7 @@ _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _MUL2 = np.uint64(0x94D049BB133111EB)
 
 
-def splitmix64(x: np.ndarray | int) -> np.ndarray:
+def splitmix64(x: np.ndarray | np.integer | int) -> np.ndarray:
     """SplitMix64 of each element; int64 input is reinterpreted as uint64 (two's complement)."""
     z = np.asarray(x)
     z = z.view(np.uint64) if z.dtype == np.int64 else z.astype(np.uint64)
@@ -52,8 +52,10 @@ def bucketize_ids(ids: np.ndarray, seed: int, num_buckets: int) -> np.ndarray:
     if num_buckets <= 0:
         raise ValueError(f"num_buckets must be positive, got {num_buckets}")
     mixed_seed = splitmix64(np.uint64(seed))
-    return (splitmix64(np.asarray(ids).astype(np.uint64, copy=False) ^ mixed_seed)
-            % np.uint64(num_buckets)).astype(np.int64)
+    return (
+        splitmix64(np.asarray(ids).astype(np.uint64, copy=False) ^ mixed_seed)
+        % np.uint64(num_buckets)
+    ).astype(np.int64)
 
 
 # --- The in-model hash: 32-bit arithmetic only, so torch and ONNX reproduce it bit for bit. ---

@@ -35,21 +35,43 @@ def bench_quality(
             for seed in range(seeds):
                 job = load_job_config(
                     bundled_config(dataset),
-                    [f"model.backbone={backbone}", f"train.seed={seed}", f"output={out / 'runs'}",
-                     tracking, "tracking.experiment=bench-quality"],
+                    [
+                        f"model.backbone={backbone}",
+                        f"train.seed={seed}",
+                        f"output={out / 'runs'}",
+                        tracking,
+                        "tracking.experiment=bench-quality",
+                    ],
                 )
                 result = train(job, run_ingest(job, progress=False))
-                rows.append({
-                    "dataset": dataset, "backbone": backbone, "seed": seed,
-                    "test_auc": result.metrics["test_auc"], "test_logloss": result.metrics["test_logloss"],
-                    "epochs": result.metrics["epochs_run"],
-                })
-                print(f"[bench quality] {dataset:10s} {backbone:7s} seed {seed}: "
-                      f"AUC {rows[-1]['test_auc']:.4f}  logloss {rows[-1]['test_logloss']:.4f}", flush=True)
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "backbone": backbone,
+                        "seed": seed,
+                        "test_auc": result.metrics["test_auc"],
+                        "test_logloss": result.metrics["test_logloss"],
+                        "epochs": result.metrics["epochs_run"],
+                    }
+                )
+                print(
+                    f"[bench quality] {dataset:10s} {backbone:7s} seed {seed}: "
+                    f"AUC {rows[-1]['test_auc']:.4f}  logloss {rows[-1]['test_logloss']:.4f}",
+                    flush=True,
+                )
     summary = _summarise(rows)
-    write_results(out, rows, markdown=markdown_table(
-        summary, ["dataset", "backbone", "seeds", "test_auc", "auc_std", "test_logloss"]))
-    print(markdown_table(summary, ["dataset", "backbone", "seeds", "test_auc", "auc_std", "test_logloss"]))
+    write_results(
+        out,
+        rows,
+        markdown=markdown_table(
+            summary, ["dataset", "backbone", "seeds", "test_auc", "auc_std", "test_logloss"]
+        ),
+    )
+    print(
+        markdown_table(
+            summary, ["dataset", "backbone", "seeds", "test_auc", "auc_std", "test_logloss"]
+        )
+    )
     return rows
 
 
@@ -60,10 +82,14 @@ def _summarise(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     summary = []
     for (dataset, backbone), group in groups.items():
         aucs = [float(r["test_auc"]) for r in group]  # type: ignore[arg-type]
-        summary.append({
-            "dataset": dataset, "backbone": backbone, "seeds": len(group),
-            "test_auc": statistics.mean(aucs),
-            "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
-            "test_logloss": statistics.mean(float(r["test_logloss"]) for r in group),  # type: ignore[arg-type]
-        })
+        summary.append(
+            {
+                "dataset": dataset,
+                "backbone": backbone,
+                "seeds": len(group),
+                "test_auc": statistics.mean(aucs),
+                "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+                "test_logloss": statistics.mean(float(r["test_logloss"]) for r in group),  # type: ignore[arg-type]
+            }
+        )
     return summary

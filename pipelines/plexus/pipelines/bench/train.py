@@ -24,17 +24,23 @@ from plexus.pipelines.ingest import DataConfig, DataFormat, ingest
 from plexus.pipelines.train.job import train
 
 
-def bench_train(out: Path, *, rows: int = 200_000, seed: int = 0, epochs: int = 2) -> dict[str, float]:
+def bench_train(
+    out: Path, *, rows: int = 200_000, seed: int = 0, epochs: int = 2
+) -> dict[str, float]:
     """Measure both sides, write `out/results.json` and print the ratio."""
     out = out.resolve()
     raw = synth_criteo(out / "criteo.tsv", rows=rows, seed=seed)
-    data = ingest(DataConfig(format=DataFormat.CRITEO, path=str(raw), min_count=2), output=out / "data")
+    data = ingest(
+        DataConfig(format=DataFormat.CRITEO, path=str(raw), min_count=2), output=out / "data"
+    )
     job = JobConfig(
         name="bench-train",
         data=DataConfig(format=DataFormat.CRITEO, path=str(raw), min_count=2),
         model=ModelConfig(backbone=Backbone.DEEPFM, hidden=(400, 400)),
         embedding=EmbeddingConfig(dim=16),
-        train=TrainConfig(batch_size=2048, epochs=epochs, patience=epochs, seed=seed, shuffle_buffer=0),
+        train=TrainConfig(
+            batch_size=2048, epochs=epochs, patience=epochs, seed=seed, shuffle_buffer=0
+        ),
         tracking=TrackingConfig(uri=f"sqlite:///{out / 'mlflow.db'}", experiment="bench-train"),
         output=str(out / "runs"),
     )
@@ -51,8 +57,10 @@ def bench_train(out: Path, *, rows: int = 200_000, seed: int = 0, epochs: int = 
         "threads": torch.get_num_threads(),
     }
     table = markdown_table(
-        [{"side": "pipeline (Ray Train + Ray Data)", "examples/s": pipeline},
-         {"side": "bare PyTorch loop (pre-loaded tensors)", "examples/s": baseline}],
+        [
+            {"side": "pipeline (Ray Train + Ray Data)", "examples/s": pipeline},
+            {"side": "bare PyTorch loop (pre-loaded tensors)", "examples/s": baseline},
+        ],
         ["side", "examples/s"],
     )
     write_results(out, results, markdown=table + f"\nratio: {results['ratio']:.2f}\n")
@@ -65,7 +73,9 @@ def _bare_loop(job: JobConfig, shards: list[Path], spec) -> float:  # noqa: ANN0
 
     Uses the same torch thread count as the pipeline's Ray Train worker.
     """
-    torch.set_num_threads(job.train.threads_per_worker or max(1, (os.cpu_count() or 1) // job.train.workers))
+    torch.set_num_threads(
+        job.train.threads_per_worker or max(1, (os.cpu_count() or 1) // job.train.workers)
+    )
     torch.manual_seed(job.train.seed)
     table = pq.read_table([str(s) for s in shards]) if len(shards) > 1 else pq.read_table(shards[0])
     size = job.train.batch_size

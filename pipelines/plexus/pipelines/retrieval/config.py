@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from plexus.models.retrieval import KnnEmbedConfig, TwoTowerConfig
+from plexus.pipelines.config import TrackingConfig
 from plexus.pipelines.retrieval.data import RetrievalDataConfig
 from plexus.pipelines.retrieval.train import RetrievalTrainConfig
 from plexus.platform import config as config_io
@@ -54,14 +55,6 @@ class RetrievalExportConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RetrievalTrackingConfig:
-    """`uri` None: MLFLOW_TRACKING_URI or the embedded SQLite store (see pipelines.tracking)."""
-
-    uri: str | None = None
-    experiment: str = "plexus-retrieval"
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class RetrievalJobConfig:
     """ingest -> train (Ray Train) -> kNN-Embed fit -> evaluate -> export -> register."""
 
@@ -72,7 +65,7 @@ class RetrievalJobConfig:
     knn_embed: KnnEmbedConfig = KnnEmbedConfig()
     eval: RetrievalEvalConfig = RetrievalEvalConfig()
     export: RetrievalExportConfig = RetrievalExportConfig()
-    tracking: RetrievalTrackingConfig = RetrievalTrackingConfig()
+    tracking: TrackingConfig = TrackingConfig(experiment="plexus-retrieval")
     output: str | None = None  # runs folder; None -> ./runs (or PLEXUS_RUNS_DIR)
     use_ray: bool = True  # False trains in-process (tests, debugging)
 

@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-
 from plexus.models.batch import Batch, batch_from_arrow
 from plexus.pipelines.train.metrics import auc, logloss
 from plexus.platform.feature_spec import FeatureSpec

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 import yaml
-
 from plexus.models.backbones import build_ctr_model
 from plexus.pipelines import plots, tracking
 from plexus.pipelines.config import JobConfig
@@ -49,7 +48,9 @@ def run_output_dir(job: JobConfig) -> Path:
     return runs / job.name / f"train-{job.fingerprint('data', 'model', 'embedding', 'train')}"
 
 
-def train(job: JobConfig, data: IngestResult, *, force: bool = False, nested: bool = False) -> TrainResult:
+def train(
+    job: JobConfig, data: IngestResult, *, force: bool = False, nested: bool = False
+) -> TrainResult:
     """Train `job`'s model on ingested `data`, evaluate on the test split, track it all in MLflow."""
     out = run_output_dir(job)
     if (out / METRICS_FILE).is_file() and not force:
@@ -86,7 +87,9 @@ def train(job: JobConfig, data: IngestResult, *, force: bool = False, nested: bo
         _save_model(out / MODEL_DIR, job, data, model)
         mlflow.log_artifacts(str(out / MODEL_DIR), artifact_path=MODEL_DIR)
         figure = plots.training_curves(history, title=f"{job.name}: {job.model.backbone.value}")
-        tracking.log_figure(figure, "plots/training_curves.png", also_to=out / "training_curves.png")
+        tracking.log_figure(
+            figure, "plots/training_curves.png", also_to=out / "training_curves.png"
+        )
 
         summary = {**metrics, "run_id": run_id, "history": history}
         _write_json(out / METRICS_FILE, summary)
@@ -103,7 +106,9 @@ def _fit(job: JobConfig, data: IngestResult, out: Path, uri: str, run_id: str) -
     def dataset(split: str) -> ray.data.Dataset:
         shards = data.shards(split)
         if not shards:
-            raise PlexusError(f"ingested data at {data.output} has no {split!r} shards; re-run ingest")
+            raise PlexusError(
+                f"ingested data at {data.output} has no {split!r} shards; re-run ingest"
+            )
         return ray.data.read_parquet([str(p) for p in shards])
 
     trainer = TorchTrainer(
@@ -133,7 +138,9 @@ def _latest_checkpoint(storage: Path) -> str | None:
     candidates = sorted(storage.glob("**/checkpoint_*/" + STATE_FILE)) if storage.exists() else []
     if not candidates:
         return None
-    newest = max(candidates, key=lambda p: (torch.load(p, weights_only=False)["loop"]["epoch"], str(p)))
+    newest = max(
+        candidates, key=lambda p: (torch.load(p, weights_only=False)["loop"]["epoch"], str(p))
+    )
     return str(newest.parent)
 
 
@@ -185,7 +192,9 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, JobConfig]:
 
     folder = Path(folder)
     if not (folder / "model.pt").is_file():
-        raise PlexusError(f"{folder} is not a Plexus model folder (no model.pt); pass the run's model/ folder")
+        raise PlexusError(
+            f"{folder} is not a Plexus model folder (no model.pt); pass the run's model/ folder"
+        )
     job = load_job_config(folder / "job.yaml")
     model = build_ctr_model(job.model, job.embedding, FeatureSpec.load(folder))
     model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))

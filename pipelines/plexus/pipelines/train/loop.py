@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from plexus.models.backbones import build_ctr_model
 from plexus.models.batch import batch_from_arrow
 from plexus.pipelines.train.evaluate import evaluate
@@ -41,7 +40,6 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point; `loop_config` carries plain data (configs as objects, paths as str)."""
     import ray.train
     import ray.train.torch
-
     from plexus.pipelines.runtime import quiet_ray_data
 
     quiet_ray_data()
@@ -55,7 +53,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     spec = FeatureSpec.load(loop_config["spec_path"])
     model = build_ctr_model(job.model, job.embedding, spec)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
+    )
     state = LoopState()
     checkpoint = ray.train.get_checkpoint()
     resume_dir = checkpoint.to_directory() if checkpoint else loop_config.get("resume_from")
@@ -66,7 +66,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         state = LoopState(**saved["loop"])
         best_model = saved["best_model"]
         if rank == 0:
-            print(f"[plexus] resumed after epoch {state.epoch} (best valid AUC {state.best_auc:.4f})")
+            print(
+                f"[plexus] resumed after epoch {state.epoch} (best valid AUC {state.best_auc:.4f})"
+            )
     else:
         best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if world > 1:
@@ -75,7 +77,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
-    tracker = _MetricsLogger(loop_config.get("tracking_uri"), loop_config.get("mlflow_run_id"), rank)
+    tracker = _MetricsLogger(
+        loop_config.get("tracking_uri"), loop_config.get("mlflow_run_id"), rank
+    )
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
     while state.epoch < train_cfg.epochs and state.bad_epochs <= train_cfg.patience:
@@ -100,8 +104,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         seconds = time.perf_counter() - started
         valid = evaluate(
             module,
-            (batch_from_arrow(t, spec) for t in valid_shard.iter_batches(
-                batch_size=train_cfg.eval_batch_size, batch_format="pyarrow")),
+            (
+                batch_from_arrow(t, spec)
+                for t in valid_shard.iter_batches(
+                    batch_size=train_cfg.eval_batch_size, batch_format="pyarrow"
+                )
+            ),
         )
         metrics = {
             "epoch": float(epoch),
@@ -123,7 +131,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             print(
                 f"[plexus] epoch {epoch}/{train_cfg.epochs}  loss {metrics['train_loss']:.4f}  "
                 f"valid AUC {valid['auc']:.4f}  logloss {valid['logloss']:.4f}  "
-                f"{metrics['examples_per_s']:,.0f} ex/s  {seconds:.1f}s" + ("  *" if improved else ""),
+                f"{metrics['examples_per_s']:,.0f} ex/s  {seconds:.1f}s"
+                + ("  *" if improved else ""),
                 flush=True,
             )
             tracker.log(metrics, step=epoch)
@@ -141,7 +150,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             report_checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
             ray.train.report(metrics, checkpoint=report_checkpoint)
         if state.bad_epochs > train_cfg.patience and rank == 0:
-            print(f"[plexus] early stop: no better valid AUC for {state.bad_epochs} epochs", flush=True)
+            print(
+                f"[plexus] early stop: no better valid AUC for {state.bad_epochs} epochs",
+                flush=True,
+            )
 
 
 class _MetricsLogger:

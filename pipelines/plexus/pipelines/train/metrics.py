@@ -24,7 +24,9 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     ends = np.concatenate((boundaries, [scores.size]))
     average = (starts + ends + 1) / 2.0
     ranks[order] = np.repeat(average, ends - starts)
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+    return float(
+        (ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives)
+    )
 
 
 def logloss(labels: np.ndarray, probabilities: np.ndarray) -> float:
