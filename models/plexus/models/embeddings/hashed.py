@@ -57,9 +57,9 @@ def split_rows(total: int, weights: Sequence[int], minimum: int = 1) -> list[int
     whole = sum(weights)
     quotas = [total * w / whole for w in weights]
     rows = [min(w, max(minimum, int(q))) for q, w in zip(quotas, weights, strict=True)]
-    by_remainder = sorted(
-        range(n), key=lambda i: (quotas[i] - int(quotas[i]), weights[i]), reverse=True
-    )
+    # Largest remainder of what each table is still owed: a table already lifted to `minimum`
+    # above its quota is owed nothing, so it never takes a spare row from a larger quota.
+    by_remainder = sorted(range(n), key=lambda i: (quotas[i] - rows[i], weights[i]), reverse=True)
     while sum(rows) < total:
         grew = False
         for i in by_remainder:
