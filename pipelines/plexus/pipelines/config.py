@@ -12,8 +12,6 @@ Example (`pipelines/configs/criteo.yaml`), any key overridable as `section.key=v
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 
 from plexus.models.backbones import ModelConfig
@@ -75,10 +73,7 @@ class JobConfig:
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the given sections (all if none): equal hashes mean the same work."""
-        data = config_io.to_dict(self)
-        if sections:
-            data = {key: data[key] for key in sections}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+        return config_io.fingerprint(self, *sections)
 
 
 def load_job_config(

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
+import json
 import os
 import re
 import types
@@ -85,6 +87,14 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def fingerprint(config: Any, *sections: str) -> str:
+    """A short hash of a config's `sections` (all if none): equal hashes mean the same work."""
+    data = to_dict(config)
+    if sections:
+        data = {key: data[key] for key in sections}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -13,8 +13,6 @@ Example (`pipelines/configs/retrieval_movielens.yaml`), any key overridable as `
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,10 +73,7 @@ class RetrievalJobConfig:
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the given sections (all if none): equal hashes mean the same model."""
-        data = config_io.to_dict(self)
-        if sections:
-            data = {key: data[key] for key in sections}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+        return config_io.fingerprint(self, *sections)
 
 
 def load_retrieval_config(
