@@ -171,6 +171,21 @@ def test_fused_lookup_equals_the_torchrec_lookup(config: EmbeddingConfig) -> Non
     torch.testing.assert_close(g1, g2)
 
 
+@pytest.mark.parametrize("config", [c for c in CASES if c.values[0].method is EmbeddingMethod.FULL])
+def test_full_lookup_equals_the_torchrec_lookup(config: EmbeddingConfig) -> None:
+    """Unsharded full tables pool with `pooled_lookup`, sharded ones through the EBC: same
+    values and the same table gradients."""
+    tables = _build(config)
+    features = random_kjt(batch=6, seed=2)
+    ours, torchrec_path = tables(features).values(), tables.ebc(features).values()
+    torch.testing.assert_close(ours, torchrec_path)
+    weights = list(tables.parameters())
+    g1 = torch.autograd.grad(ours.pow(2).sum(), weights)
+    g2 = torch.autograd.grad(torchrec_path.pow(2).sum(), weights)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_full_rejects_a_budget_and_options_name_their_method() -> None:
     with pytest.raises(ConfigError, match="embedding.budget"):
         EmbeddingConfig(method=EmbeddingMethod.FULL, budget=0.5)

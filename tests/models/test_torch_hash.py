@@ -47,6 +47,15 @@ def test_torch_matches_the_numpy_reference(num_buckets: int) -> None:
         assert got.min() >= 0 and got.max() < num_buckets
 
 
+@pytest.mark.parametrize("num_buckets", [1, 1000, 2**31])
+def test_training_path_matches_the_exportable_one(num_buckets: int) -> None:
+    ids = torch.from_numpy(_ids(20_000, seed=2))
+    lo, hi = seed_halves(feature_seed("site_id", 1))
+    exported = hash_bucket(ids, lo, hi, num_buckets)
+    fast = hash_bucket(ids, lo, hi, num_buckets, exportable=False)
+    torch.testing.assert_close(fast, exported, rtol=0, atol=0)
+
+
 def test_per_id_seed_tensors_match_scalar_seeds() -> None:
     ids = _ids(1000, seed=1)
     seeds = [feature_seed("a", 0), feature_seed("b", 1)]

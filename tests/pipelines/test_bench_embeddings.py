@@ -105,6 +105,14 @@ def test_summary_averages_seeds_and_checks_the_targets_against_full_and_hashing(
     assert goal["unified_minus_hashing_auc"] == pytest.approx(0.105)
     assert goal["unified_speed_vs_full"] == pytest.approx(0.9)
 
+    # Back-to-back figures, where measured, replace the jobs' own in the speed ratios.
+    for r in rows:
+        r["b2b_examples_per_s"] = {"full": 200.0, "hashing": 210.0, "unified": 180.0}[r["method"]]
+    summary = summarise(rows)
+    assert [s["examples_per_s"] for s in summary] == [100.0, 120.0, 90.0]  # the jobs' figures
+    assert targets(summary)["unified_speed_vs_full"] == pytest.approx(0.9)
+    assert summary[1]["speed_vs_full"] == pytest.approx(1.05)
+
 
 def test_a_data_folder_uses_its_given_splits_and_a_single_file_is_split(tmp_path: Path) -> None:
     for name in ("train.csv", "dev.csv", "test.csv"):
@@ -144,6 +152,7 @@ def test_a_tiny_benchmark_writes_rows_files_and_nested_mlflow_runs(
         assert set(ROW_KEYS) <= set(row)
         assert 0.0 < row["test_auc"] < 1.0 and row["test_logloss"] > 0 and row["examples_per_s"] > 0
         assert row["bytes"] == 4 * row["params"]
+        assert row["b2b_examples_per_s"] > 0
     assert rows[0]["params"] > rows[1]["params"] > rows[2]["params"]
     # 1/16 of the main tables; DeepFM's width-1 first-order tables take 2 chunks' worth
     assert rows[2]["param_fraction"] == pytest.approx(1 / 16, rel=0.1)

@@ -157,6 +157,7 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
         overrides=args.set or (),
         tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
         force=args.force,
+        throughput_batches=args.throughput_batches,
     )
 
 
@@ -271,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="retrain rows that already finished")
     b.add_argument("--config", help="job config (bundled name or YAML) giving the hyper-parameters")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job config key")
+    b.add_argument(
+        "--throughput-batches",
+        type=int,
+        default=40,
+        help="training batches per model for the back-to-back throughput comparison (0: skip)",
+    )
     b.set_defaults(func=cmd_bench_embeddings)
     b = bench.add_parser(
         "retrieval", help="kNN-Embed vs single-vector retrieval: recall and diversity"

@@ -13,6 +13,8 @@ from plexus.models.embeddings.base import (
     pool_padded,
 )
 from plexus.models.embeddings.registry import register_embedding
+from plexus.models.layers.lookup import pooled_lookup
+from plexus.platform.errors import DataError
 from plexus.platform.feature_spec import Feature
 from torch.nn import functional
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, KeyedTensor
@@ -42,7 +44,39 @@ class FullEmbeddingTables(EmbeddingTables):
         return {name: self.config.dim for name in self.feature_names}
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        return self.ebc(features)
+        if type(self.ebc) is not EmbeddingBagCollection:  # sharded by DistributedModelParallel
+            return self.ebc(features)
+        # Unsharded: the same lookups as the EBC, with the cheaper table gradient of
+        # `pooled_lookup` (the one every embedding method uses, so they compare like for like).
+        keys = features.keys()
+        batch = features.stride()
+        lengths = features.lengths().to(torch.int64)
+        offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+        values = features.values()
+        pooled = []
+        for name in self.feature_names:
+            try:
+                k = keys.index(name)
+            except ValueError as exc:
+                raise DataError(
+                    f"sparse input lacks feature {name!r}: needs {list(self.feature_names)}, "
+                    f"got {keys}"
+                ) from exc
+            bag_offsets = offsets[k * batch : (k + 1) * batch + 1]
+            start, stop = int(bag_offsets[0]), int(bag_offsets[-1])
+            pooled.append(
+                pooled_lookup(
+                    values[start:stop],
+                    self.ebc.embedding_bags[f"t_{name}"].weight,
+                    bag_offsets - start,
+                    self.config.pooling,
+                )
+            )
+        return KeyedTensor(
+            keys=list(self.feature_names),
+            length_per_key=[self.config.dim] * len(self.feature_names),
+            values=torch.cat(pooled, dim=1),
+        )
 
     def forward_padded(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         pooled = [

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from plexus.models.embeddings.base import EmbeddingTables, init_weight, pool_padded
 from plexus.models.layers.hashing import check_buckets, hash_bucket, seed_tensors
+from plexus.models.layers.lookup import pooled_lookup
 from plexus.platform.errors import ConfigError, DataError
 from plexus.platform.hashing import feature_seed
 from torch.nn import functional
@@ -172,7 +173,9 @@ class HashedEmbeddingTables(EmbeddingTables):
         ids = features.values()[shift + torch.arange(total, device=shift.device)]
         expand = lambda t: torch.repeat_interleave(t, seg_len, output_size=total)  # noqa: E731
         buckets = expand(self._buckets)
-        rows = hash_bucket(ids, expand(self._seed_lo), expand(self._seed_hi), buckets)
+        rows = hash_bucket(
+            ids, expand(self._seed_lo), expand(self._seed_hi), buckets, exportable=False
+        )
         if bool(self._identity.any()):
             rows = torch.where(expand(self._identity), torch.remainder(ids, buckets), rows)
         return KeyedJaggedTensor(
@@ -211,12 +214,11 @@ class HashedEmbeddingTables(EmbeddingTables):
         pooled, first = [], 0
         for table, count in self._probes_per_table.items():
             start, stop = offsets[first * batch], offsets[(first + count) * batch]
-            bags = functional.embedding_bag(
+            bags = pooled_lookup(
                 values[start:stop],
                 self.ebc.embedding_bags[table].weight,
                 offsets[first * batch : (first + count) * batch + 1] - start,
                 mode=self.config.pooling,
-                include_last_offset=True,
             )  # (count * B, dim), probe-major
             pooled.append(bags.view(count, batch, -1))
             first += count

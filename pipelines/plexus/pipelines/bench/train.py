@@ -9,19 +9,18 @@ The figure compared is the steady-state (last epoch) throughput; Ray start-up is
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 from plexus.models.backbones import Backbone, ModelConfig, build_ctr_model
-from plexus.models.batch import batch_from_arrow
 from plexus.models.embeddings import EmbeddingConfig
 from plexus.pipelines.bench.report import markdown_table, write_results
+from plexus.pipelines.bench.throughput import interleaved_examples_per_s, load_batches, train_step
 from plexus.pipelines.config import JobConfig, TrackingConfig, TrainConfig
 from plexus.pipelines.data.synth import synth_criteo
 from plexus.pipelines.ingest import DataConfig, DataFormat, ingest
 from plexus.pipelines.train.job import train
+from plexus.platform.feature_spec import FeatureSpec
 
 
 def bench_train(
@@ -68,7 +67,7 @@ def bench_train(
     return results
 
 
-def _bare_loop(job: JobConfig, shards: list[Path], spec) -> float:  # noqa: ANN001
+def _bare_loop(job: JobConfig, shards: list[Path], spec: FeatureSpec) -> float:
     """Examples/s of one epoch over pre-built batches, after a short warm-up.
 
     Uses the same torch thread count as the pipeline's Ray Train worker.
@@ -77,25 +76,9 @@ def _bare_loop(job: JobConfig, shards: list[Path], spec) -> float:  # noqa: ANN0
         job.train.threads_per_worker or max(1, (os.cpu_count() or 1) // job.train.workers)
     )
     torch.manual_seed(job.train.seed)
-    table = pq.read_table([str(s) for s in shards]) if len(shards) > 1 else pq.read_table(shards[0])
-    size = job.train.batch_size
-    batches = [batch_from_arrow(table.slice(i, size), spec) for i in range(0, table.num_rows, size)]
-    model = build_ctr_model(job.model, job.embedding, spec)
-    optimizer = torch.optim.Adam(model.parameters(), lr=job.train.lr)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-
-    def step(batch) -> None:  # noqa: ANN001
-        loss = loss_fn(model(batch.dense, batch.sparse), batch.labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for batch in batches[:5]:
-        step(batch)
-    started = time.perf_counter()
-    for batch in batches:
-        step(batch)
-    return sum(b.labels.numel() for b in batches) / (time.perf_counter() - started)
+    batches = load_batches(shards, spec, batch_size=job.train.batch_size)
+    step = train_step(build_ctr_model(job.model, job.embedding, spec), lr=job.train.lr)
+    return interleaved_examples_per_s({"bare": step}, batches, passes=1, warmup=5)["bare"]
 
 
 __all__ = ["bench_train"]

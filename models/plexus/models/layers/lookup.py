@@ -1,0 +1,53 @@
+"""Pooled embedding lookups whose backward is one `index_add_` instead of `embedding_bag`'s.
+
+On CPU, `embedding_bag`'s dense backward (`_embedding_bag_dense_backward`) sorts the indices and
+accumulates row by row: with ~100k ids per batch into one shared table it took 20 ms of a
+120 ms DeepFM step (2,048 rows, 26 features, two chunks of 8), 5x what scattering the per-id
+gradients with `index_add_` takes. The forward stays `embedding_bag` (fast and exact); only the
+gradient of the table is computed differently, and it is the same gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional
+
+_MODES = ("sum", "mean")
+
+
+class _PooledLookup(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, ids: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, mode: str
+    ) -> torch.Tensor:
+        ctx.save_for_backward(ids, offsets)
+        ctx.mode = mode
+        ctx.rows = weight.shape[0]
+        return functional.embedding_bag(ids, weight, offsets, mode=mode, include_last_offset=True)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None, None]:
+        ids, offsets = ctx.saved_tensors
+        lengths = offsets[1:] - offsets[:-1]
+        if ctx.mode == "mean":
+            grad = grad / lengths.clamp(min=1).unsqueeze(1).to(grad.dtype)
+        if ids.numel() == grad.shape[0]:  # every bag holds one id (the usual CTR case)
+            per_id = grad
+        else:
+            per_id = torch.repeat_interleave(grad, lengths, dim=0, output_size=ids.numel())
+        table = grad.new_zeros(ctx.rows, grad.shape[1])
+        return None, table.index_add_(0, ids, per_id), None, None
+
+
+def pooled_lookup(
+    ids: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, mode: str = "sum"
+) -> torch.Tensor:
+    """Sum- or mean-pooled rows of `weight` per bag: ids (N,), weight (R, D), offsets (bags + 1,)
+    with the last offset = N -> (bags, D). Empty bags pool to zeros, as in `embedding_bag`."""
+    if mode not in _MODES:
+        raise ValueError(f"pooling mode must be one of {_MODES}, got {mode!r}")
+    if not weight.requires_grad or not torch.is_grad_enabled():
+        return functional.embedding_bag(ids, weight, offsets, mode=mode, include_last_offset=True)
+    return _PooledLookup.apply(ids, weight, offsets, mode)
