@@ -12,6 +12,7 @@ from plexus.pipelines.retrieval.data import (
     SplitKind,
     read_interactions,
     read_lightgcn,
+    validation_split,
 )
 from plexus.platform.errors import ConfigError, DataError
 
@@ -71,3 +72,36 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
     (tmp_path / "test.txt").write_text("")
     with pytest.raises(DataError, match="train.txt:1"):
         read_lightgcn(tmp_path)
+
+
+def _lightgcn(tmp_path: Path, lines: list[str]):  # noqa: ANN202
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "test.txt").write_text("0 9\n")
+    return read_lightgcn(tmp_path)
+
+
+@pytest.mark.parametrize("latest", [True, False])
+def test_validation_split_holds_out_one_training_item_per_user(tmp_path: Path, latest) -> None:
+    data = _lightgcn(tmp_path, ["0 1 2 3 4", "1 5", "2 6 7", "3 9 8 7 6 5"])
+    valid = validation_split(data, latest=latest, seed=3)
+    for user in range(1, data.num_users + 1):
+        before, after, held = data.train_of(user), valid.train_of(user), valid.test_of(user)
+        if before.size < 2:  # a lone training item stays in training
+            assert after.tolist() == before.tolist() and held.size == 0
+            continue
+        assert held.size == 1 and held[0] in before and held[0] not in after
+        assert sorted([*after, *held]) == sorted(before)
+        if latest:
+            assert held[0] == before[-1]
+    assert data.item_ids[data.test_of(1)].tolist() == [9]  # user 0's real test item...
+    assert 9 not in data.item_ids[valid.test_of(1)]  # ...is never a validation item
+    assert valid.train_indptr.shape == valid.test_indptr.shape == data.train_indptr.shape
+
+
+def test_validation_split_samples_users_and_needs_two_items(tmp_path: Path) -> None:
+    data = _lightgcn(tmp_path, [f"{u} {u} {u + 100} {u + 200}" for u in range(50)])
+    valid = validation_split(data, latest=False, seed=0, max_users=10)
+    assert (np.diff(valid.test_indptr) > 0).sum() == 10
+    assert valid.train_items.size == data.train_items.size - 10
+    with pytest.raises(DataError, match="two training items"):
+        validation_split(_lightgcn(tmp_path, ["0 1", "1 2"]), latest=True)

@@ -95,12 +95,22 @@ def test_bench_writes_results_json_md_and_png(tmp_path: Path, mlflow_uri: str, m
     data = _write_lightgcn(tmp_path / "data")
     overrides = [f"{section}.{key}={json.dumps(value)}" for section, values in TINY.items() if section != "eval" for key, value in values.items()]  # fmt: skip
     rows = bench_retrieval(
-        "lightgcn", data, tmp_path / "out", ks=(5, 10), overrides=[*overrides, "use_ray=false"]
+        "lightgcn",
+        data,
+        tmp_path / "out",
+        ks=(5, 10),
+        overrides=[*overrides, "use_ray=false"],
+        tune_power=(0.5, 1.0),
     )
     keys = {"method", "k", "recall", "ndcg", "distinct_clusters", "intra_list_distance"}
     assert rows and all(keys <= set(r) for r in rows)
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == rows
-    assert "kNN-Embed" in (tmp_path / "out" / "results.md").read_text()
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert (
+        "kNN-Embed" in report
+        and "chosen on the validation split (mean recall over K: 0.5: " in report
+    )
+    assert len(list((tmp_path / "out").glob("*-retrieval-*/validation/model.pt"))) == 1
     assert (tmp_path / "out" / "retrieval.png").stat().st_size > 1000
 
 

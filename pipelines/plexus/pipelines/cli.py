@@ -115,6 +115,7 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> None:
         Path(args.out),
         ks=tuple(int(k) for k in args.k.split(",")),
         overrides=args.set or (),
+        tune_power=[float(p) for p in args.tune_power.split(",")] if args.tune_power else (),
     )
 
 
@@ -289,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--k", default="20,50,100,200")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    b.add_argument(
+        "--tune-power",
+        metavar="P,P,...",
+        help="choose the allocation power among these on a validation split (trains a 2nd model)",
+    )
     b.set_defaults(func=cmd_bench_retrieval)
     b = bench.add_parser("serve", help="HTTP QPS/latency of the service vs bare in-process queries")
     b.add_argument("--out", required=True)

@@ -13,6 +13,7 @@ from plexus.pipelines.retrieval.config import bundled_retrieval_config, load_ret
 from plexus.pipelines.retrieval.data import read_interactions
 from plexus.pipelines.retrieval.evaluate import evaluate_tower
 from plexus.pipelines.retrieval.report import markdown_table, write_report
+from plexus.pipelines.retrieval.tune import tune_allocation_power
 from plexus.platform import config as config_io
 
 
@@ -23,10 +24,15 @@ def bench_retrieval(
     ks: Sequence[int] = (20, 50, 100, 200),
     *,
     overrides: Sequence[str] = (),
+    tune_power: Sequence[float] = (),
 ) -> list[dict[str, Any]]:
     """Train (Ray Train; reused if `out` already holds the same model), fit kNN-Embed, compare
     with single-vector retrieval at each K, write DIR/results.json, results.md, retrieval.png
-    and log them to MLflow. `fmt`: movielens or lightgcn; `overrides`: `section.key=value`."""
+    and log them to MLflow. `fmt`: movielens or lightgcn; `overrides`: `section.key=value`.
+
+    `tune_power`: candidate allocation powers, chosen on a validation split with a second model
+    trained without the validation items (`tune.tune_allocation_power`); empty: the config's.
+    """
     from plexus.pipelines import tracking
     from plexus.pipelines.retrieval.job import train_model
 
@@ -49,6 +55,12 @@ def bench_retrieval(
         params=config_io.flatten(config),
     ):
         interactions = read_interactions(config.data)
+        allocation, tuning = config.export.allocation, []
+        if tune_power:
+            allocation, tuning = tune_allocation_power(
+                config, interactions, tune_power, run_dir(config) / "validation"
+            )
+            mlflow.log_params({"tuned.allocation.power": allocation.power})
         model, _ = train_model(config, interactions, run_dir(config))
         tower = evaluate_tower(model, interactions, ks=config.eval.ks)
         mlflow.log_metrics({f"tower.{k.replace('@', '_at_')}": v for k, v in tower.items()})
@@ -61,13 +73,18 @@ def bench_retrieval(
         )
         module = KnnEmbedQuery(model, state, config.knn_embed).eval()
         rows = compare_retrieval(
-            module, state, interactions, ks=config.eval.ks, allocation=config.export.allocation
+            module, state, interactions, ks=config.eval.ks, allocation=allocation
         )
         title = f"{config.name}: kNN-Embed vs single-vector retrieval"
         write_report(rows, out, title=title)
         tower_md = "\n".join(f"- {k}: {v:.4f}" for k, v in sorted(tower.items()))
         with open(out / "results.md", "a") as fh:
             fh.write(f"\nTwo-tower full ranking (exact, train items excluded):\n{tower_md}\n")
+            fh.write(f"\nkNN-Embed allocation power: {allocation.power:g}")
+            if tuning:
+                grid = ", ".join(f"{r['power']:g}: {r['recall']:.4f}" for r in tuning)
+                fh.write(f", chosen on the validation split (mean recall over K: {grid})")
+            fh.write("\n")
         for row in rows:
             mlflow.log_metrics(
                 {

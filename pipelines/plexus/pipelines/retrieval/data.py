@@ -213,6 +213,40 @@ def read_movielens(config: RetrievalDataConfig) -> Interactions:
     return from_pairs(path.parent.name or path.stem, train, (users[test], items[test]))
 
 
+def validation_split(
+    data: Interactions, *, latest: bool, seed: int = 0, max_users: int | None = None
+) -> Interactions:
+    """A validation task carved out of the training lists, for choosing settings without the test set.
+
+    Each user with at least two training items (at most `max_users` of them, drawn with `seed`)
+    gives one training item to the validation "test" lists: the latest one where the lists are
+    in time order (`latest`, the leave-last protocol), else one at random. The real test items
+    are left out entirely. Returns an `Interactions` with the same ids.
+    """
+    rng = np.random.default_rng(seed)
+    counts = np.diff(data.train_indptr)
+    users = np.nonzero(counts >= 2)[0]
+    if max_users is not None and users.size > max_users:
+        users = np.sort(rng.choice(users, max_users, replace=False))
+    if users.size == 0:
+        raise DataError(f"{data.name}: no user has two training items to hold one out")
+    offset = counts[users] - 1 if latest else rng.integers(0, counts[users])
+    held = data.train_indptr[users] + offset
+    keep = np.ones(data.train_items.size, bool)
+    keep[held] = False
+    train_users = np.repeat(np.arange(data.num_users + 1), counts)
+    train_indptr, _ = _csr(train_users[keep], data.train_items[keep], data.num_users)
+    valid_counts = np.bincount(users, minlength=data.num_users + 1)
+    return dataclasses.replace(
+        data,
+        name=f"{data.name}-validation",
+        train_indptr=train_indptr,
+        train_items=data.train_items[keep],  # grouping by user is kept: already CSR order
+        test_indptr=np.concatenate([[0], np.cumsum(valid_counts)]).astype(np.int64),
+        test_items=data.train_items[held],
+    )
+
+
 def read_interactions(config: RetrievalDataConfig) -> Interactions:
     """Dispatch on `config.format`."""
     if config.format is InteractionFormat.LIGHTGCN:

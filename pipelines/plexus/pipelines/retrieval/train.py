@@ -9,6 +9,8 @@ step), which is ~10x slower here, and the query side must export as plain gather
 from __future__ import annotations
 
 import dataclasses
+import enum
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +22,13 @@ from plexus.pipelines.retrieval.data import Interactions
 from plexus.platform.errors import ConfigError
 
 
+class LrSchedule(enum.StrEnum):
+    """`constant`: `lr` throughout; `cosine`: from `lr` down to 0 over all steps (per batch)."""
+
+    CONSTANT = "constant"
+    COSINE = "cosine"
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RetrievalTrainConfig:
     """Optimisation of the two-tower model (SimpleX-style cosine contrastive loss by default)."""
@@ -27,6 +36,7 @@ class RetrievalTrainConfig:
     epochs: int = 20
     batch_size: int = 1024
     lr: float = 5e-3
+    lr_schedule: LrSchedule = LrSchedule.CONSTANT
     num_negatives: int = 1024
     loss: LossKind = LossKind.COSINE_CONTRASTIVE
     margin: float = 0.9
@@ -44,6 +54,13 @@ class RetrievalTrainConfig:
             raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
         if self.temperature <= 0:
             raise ConfigError(f"train.temperature: must be > 0, got {self.temperature}")
+        try:
+            object.__setattr__(self, "lr_schedule", LrSchedule(self.lr_schedule))
+        except ValueError:
+            choices = ", ".join(s.value for s in LrSchedule)
+            raise ConfigError(
+                f"train.lr_schedule={self.lr_schedule!r} is unknown; use one of: {choices}"
+            ) from None
 
 
 def train_two_tower(
@@ -69,6 +86,12 @@ def train_two_tower(
     opt_sparse = torch.optim.SparseAdam(sparse, lr=train_cfg.lr)
     dense = list(model.history_proj.parameters())
     opt_dense = torch.optim.Adam(dense, lr=train_cfg.lr) if dense else None
+    steps_per_epoch = -(-users.size // train_cfg.batch_size)
+    schedules = [
+        _lr_schedule(opt, train_cfg.lr_schedule, train_cfg.epochs * steps_per_epoch)
+        for opt in (opt_sparse, opt_dense)
+        if opt is not None
+    ]
     history: list[dict[str, float]] = []
     for epoch in range(1, train_cfg.epochs + 1):
         start = time.perf_counter()
@@ -100,14 +123,29 @@ def train_two_tower(
             opt_sparse.step()
             if opt_dense is not None:
                 opt_dense.step()
+            for schedule in schedules:
+                schedule.step()
             total += float(loss.detach())
             steps += 1
         record = {"epoch": float(epoch), "loss": total / max(steps, 1)}
+        record["lr"] = opt_sparse.param_groups[0]["lr"]
         record["epoch_seconds"] = time.perf_counter() - start
         if on_epoch is not None:
             on_epoch(record, model)
         history.append(record)
     return model.eval(), history
+
+
+def _lr_schedule(
+    optimizer: torch.optim.Optimizer, kind: LrSchedule, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step multiplier of the base learning rate."""
+    if kind is LrSchedule.COSINE:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)),
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
 def train_worker(config: dict[str, Any]) -> None:
