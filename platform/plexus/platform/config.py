@@ -58,6 +58,17 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, path: str = "") -> T:
         raise ConfigError(f"{path or '<root>'}: {exc}") from exc
 
 
+def coerce_choice(config: Any, field: str, choices: type[enum.Enum], key: str) -> None:
+    """In `__post_init__` of a frozen config: turn `config.<field>` (an enum member or its value)
+    into a member of `choices`, or raise a ConfigError naming `key` and the valid values."""
+    value = getattr(config, field)
+    try:
+        object.__setattr__(config, field, choices(value))
+    except ValueError:
+        valid = ", ".join(str(c.value) for c in choices)
+        raise ConfigError(f"{key}={value!r} is unknown; use one of: {valid}") from None
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """The plain-data form of a config (enums as values, tuples as lists): YAML/JSON-ready."""
 

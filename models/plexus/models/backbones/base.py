@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 from plexus.models.embeddings import EmbeddingConfig, EmbeddingTables, build_embedding_tables
+from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import FeatureSpec
 from torch import nn
@@ -39,13 +40,7 @@ class ModelConfig:
     batch_norm: bool = False
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "backbone", Backbone(self.backbone))
-        except ValueError:
-            choices = ", ".join(b.value for b in Backbone)
-            raise ConfigError(
-                f"model.backbone={self.backbone!r} is unknown; use one of: {choices}"
-            ) from None
+        coerce_choice(self, "backbone", Backbone, "model.backbone")
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if any(not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ConfigError(

@@ -18,6 +18,7 @@ import enum
 from collections.abc import Sequence
 
 import torch
+from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Feature
 from torch import nn
@@ -62,13 +63,7 @@ class EmbeddingConfig:
     num_tables: int = 1
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "method", EmbeddingMethod(self.method))
-        except ValueError:
-            choices = ", ".join(m.value for m in EmbeddingMethod)
-            raise ConfigError(
-                f"embedding.method={self.method!r} is unknown; use one of: {choices}"
-            ) from None
+        coerce_choice(self, "method", EmbeddingMethod, "embedding.method")
         if self.dim < 1:
             raise ConfigError(f"embedding.dim={self.dim} must be a positive integer (e.g. 16)")
         if not 0.0 < self.budget <= 1.0:

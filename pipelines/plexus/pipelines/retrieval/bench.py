@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from plexus.models.retrieval import KnnEmbedQuery, fit_knn_embed
-from plexus.pipelines.retrieval.compare import compare_retrieval
+from plexus.pipelines.retrieval.compare import compare_retrieval, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import bundled_retrieval_config, load_retrieval_config
 from plexus.pipelines.retrieval.data import read_interactions
 from plexus.pipelines.retrieval.evaluate import evaluate_tower
@@ -64,14 +63,7 @@ def bench_retrieval(
         model, _ = train_model(config, interactions, run_dir(config))
         tower = evaluate_tower(model, interactions, ks=config.eval.ks)
         mlflow.log_metrics({f"tower.{k.replace('@', '_at_')}": v for k, v in tower.items()})
-        state = fit_knn_embed(
-            model,
-            torch.from_numpy(interactions.histories(config.model.history_len)),
-            torch.from_numpy(interactions.train_indptr),
-            torch.from_numpy(interactions.train_items),
-            config.knn_embed,
-        )
-        module = KnnEmbedQuery(model, state, config.knn_embed).eval()
+        module, state = fit_knn_embed_query(model, interactions, config.knn_embed)
         rows = compare_retrieval(
             module, state, interactions, ks=config.eval.ks, allocation=allocation
         )

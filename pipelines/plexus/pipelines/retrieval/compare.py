@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from plexus.models.retrieval import KnnEmbedQuery, KnnEmbedState
+from plexus.models.retrieval import (
+    KnnEmbedConfig,
+    KnnEmbedQuery,
+    KnnEmbedState,
+    TwoTower,
+    fit_knn_embed,
+)
 from plexus.pipelines.retrieval.data import Interactions
 from plexus.pipelines.retrieval.evaluate import (
     csr_rows,
@@ -26,6 +32,20 @@ from plexus.serving.bundle import search_mixture
 from plexus.serving.knn_embed import AllocationConfig
 
 METHODS = ("single", "knn_embed")
+
+
+def fit_knn_embed_query(
+    model: TwoTower, data: Interactions, config: KnnEmbedConfig
+) -> tuple[KnnEmbedQuery, KnnEmbedState]:
+    """kNN-Embed fitted on the training lists of `data`, and the query module that uses it."""
+    state = fit_knn_embed(
+        model,
+        torch.from_numpy(data.histories(model.config.history_len)),
+        torch.from_numpy(data.train_indptr),
+        torch.from_numpy(data.train_items),
+        config,
+    )
+    return KnnEmbedQuery(model, state, config).eval(), state
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from plexus.models.retrieval import KnnEmbedQuery, TwoTower, fit_knn_embed
-from plexus.pipelines.retrieval.compare import compare_retrieval
+from plexus.models.retrieval import TwoTower
+from plexus.pipelines.retrieval.compare import compare_retrieval, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import RetrievalJobConfig
 from plexus.pipelines.retrieval.data import Interactions, read_interactions
 from plexus.pipelines.retrieval.evaluate import evaluate_tower
@@ -125,16 +125,8 @@ def _export_and_register(
     Must run inside an active MLflow run."""
     import mlflow
 
-    histories = torch.from_numpy(data.histories(config.model.history_len))
     start = time.perf_counter()
-    state = fit_knn_embed(
-        model,
-        histories,
-        torch.from_numpy(data.train_indptr),
-        torch.from_numpy(data.train_items),
-        config.knn_embed,
-    )
-    module = KnnEmbedQuery(model, state, config.knn_embed).eval()
+    module, state = fit_knn_embed_query(model, data, config.knn_embed)
     mlflow.log_metric("knn_embed_fit_seconds", time.perf_counter() - start)
     metrics: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []

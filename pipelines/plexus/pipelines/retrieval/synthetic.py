@@ -72,8 +72,8 @@ def planted_bundle(
 
     Returns (bundle folder, interactions, planted interests, KnnEmbedQuery, KnnEmbedState).
     """
-    import torch
-    from plexus.models.retrieval import KnnEmbedConfig, KnnEmbedQuery, TwoTowerConfig, fit_knn_embed
+    from plexus.models.retrieval import KnnEmbedConfig, TwoTowerConfig
+    from plexus.pipelines.retrieval.compare import fit_knn_embed_query
     from plexus.pipelines.retrieval.export import write_retrieval_bundle
     from plexus.pipelines.retrieval.train import RetrievalTrainConfig, train_two_tower
     from plexus.platform.config import from_dict
@@ -98,14 +98,7 @@ def planted_bundle(
     )
     model, _ = train_two_tower(data, model_cfg, train_cfg)
     knn_cfg = KnnEmbedConfig(num_clusters=6, neighbors=5, seed=seed)
-    state = fit_knn_embed(
-        model,
-        torch.from_numpy(data.histories(model_cfg.history_len)),
-        torch.from_numpy(data.train_indptr),
-        torch.from_numpy(data.train_items),
-        knn_cfg,
-    )
-    module = KnnEmbedQuery(model, state, knn_cfg).eval()
+    module, state = fit_knn_embed_query(model, data, knn_cfg)
     folder, _ = write_retrieval_bundle(
         directory,
         name="planted",

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from plexus.models.retrieval import LossKind, TwoTower, TwoTowerConfig, retrieval_loss
 from plexus.pipelines.retrieval.data import Interactions
+from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError
 
 
@@ -54,13 +55,7 @@ class RetrievalTrainConfig:
             raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
         if self.temperature <= 0:
             raise ConfigError(f"train.temperature: must be > 0, got {self.temperature}")
-        try:
-            object.__setattr__(self, "lr_schedule", LrSchedule(self.lr_schedule))
-        except ValueError:
-            choices = ", ".join(s.value for s in LrSchedule)
-            raise ConfigError(
-                f"train.lr_schedule={self.lr_schedule!r} is unknown; use one of: {choices}"
-            ) from None
+        coerce_choice(self, "lr_schedule", LrSchedule, "train.lr_schedule")
 
 
 def train_two_tower(

@@ -14,9 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from plexus.models.retrieval import KnnEmbedQuery, fit_knn_embed
-from plexus.pipelines.retrieval.compare import compare_retrieval
+from plexus.pipelines.retrieval.compare import compare_retrieval, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import RetrievalJobConfig
 from plexus.pipelines.retrieval.data import InteractionFormat, Interactions, validation_split
 from plexus.platform.errors import ConfigError
@@ -43,14 +41,7 @@ def tune_allocation_power(
     latest = config.data.format is InteractionFormat.MOVIELENS  # time-ordered lists
     valid = validation_split(data, latest=latest, seed=config.train.seed, max_users=max_users)
     model, _ = train_model(config, valid, out)
-    state = fit_knn_embed(
-        model,
-        torch.from_numpy(valid.histories(config.model.history_len)),
-        torch.from_numpy(valid.train_indptr),
-        torch.from_numpy(valid.train_items),
-        config.knn_embed,
-    )
-    module = KnnEmbedQuery(model, state, config.knn_embed).eval()
+    module, state = fit_knn_embed_query(model, valid, config.knn_embed)
     rows = []
     for power in powers:
         allocation = dataclasses.replace(config.export.allocation, power=float(power))

@@ -23,6 +23,7 @@ from plexus.pipelines.train.evaluate import evaluate
 from plexus.platform.feature_spec import FeatureSpec
 
 STATE_FILE = "state.pt"
+PROGRESS_SECONDS = 30.0  # a progress line this often within a long epoch
 
 
 @dataclasses.dataclass
@@ -86,6 +87,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         epoch = state.epoch + 1
         model.train()
         started, examples, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
+        last_line = started
         for table in train_shard.iter_batches(
             batch_size=train_cfg.batch_size,
             batch_format="pyarrow",
@@ -99,8 +101,16 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             loss.backward()
             optimizer.step()
             examples += batch.labels.numel()
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
             steps += 1
+            if rank == 0 and time.perf_counter() - last_line >= PROGRESS_SECONDS:
+                last_line = time.perf_counter()
+                print(
+                    f"[plexus] epoch {epoch}: {examples * world:,} examples  "
+                    f"loss {loss_sum / steps:.4f}  "
+                    f"{examples * world / (last_line - started):,.0f} ex/s",
+                    flush=True,
+                )
         seconds = time.perf_counter() - started
         valid = evaluate(
             module,
