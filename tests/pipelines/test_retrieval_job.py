@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -128,3 +129,13 @@ def test_job_trains_through_ray_train(tmp_path: Path, mlflow_uri: str, ray_local
     summary = run_retrieval_job(_config(tmp_path, mlflow_uri, use_ray=True))
     assert summary["version"] == "1"
     assert summary["tower"]["recall@10"] > 0
+
+
+def test_a_relative_output_folder_becomes_absolute(tmp_path: Path, monkeypatch) -> None:
+    """Ray Train's storage_path rejects relative paths ('URI has empty scheme')."""
+    from plexus.pipelines.retrieval.job import run_dir
+
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, "sqlite:///unused.db", use_ray=True)
+    folder = run_dir(dataclasses.replace(config, output="runs/bench"))
+    assert folder.is_absolute() and folder.parent == tmp_path / "runs" / "bench"

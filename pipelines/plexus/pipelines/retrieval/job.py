@@ -34,7 +34,8 @@ def run_dir(config: RetrievalJobConfig) -> Path:
     """Where a job with this config writes: same data/model/train config -> same folder."""
     from plexus.pipelines.runtime import default_runs_dir
 
-    root = Path(config.output) if config.output else default_runs_dir()
+    # Absolute: Ray Train's storage_path takes a URI or an absolute path, never a relative one.
+    root = Path(config.output).resolve() if config.output else default_runs_dir()
     return root / f"{config.name}-retrieval-{config.fingerprint('data', 'model', 'train')}"
 
 
