@@ -109,7 +109,7 @@ def test_bench_writes_results_json_md_and_png(tmp_path: Path, mlflow_uri: str, m
     report = (tmp_path / "out" / "results.md").read_text()
     assert (
         "kNN-Embed" in report
-        and "chosen on the validation split (mean recall over K: 0.5: " in report
+        and "chosen on the validation split (highest mean recall over K)" in report
     )
     assert len(list((tmp_path / "out").glob("*-retrieval-*/validation/model.pt"))) == 1
     assert (tmp_path / "out" / "retrieval.png").stat().st_size > 1000

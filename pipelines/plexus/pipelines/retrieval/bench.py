@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from plexus.pipelines.bench.report import markdown_table as generic_table
 from plexus.pipelines.retrieval.compare import compare_retrieval, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import bundled_retrieval_config, load_retrieval_config
 from plexus.pipelines.retrieval.data import read_interactions
@@ -74,8 +75,8 @@ def bench_retrieval(
             fh.write(f"\nTwo-tower full ranking (exact, train items excluded):\n{tower_md}\n")
             fh.write(f"\nkNN-Embed allocation power: {allocation.power:g}")
             if tuning:
-                grid = ", ".join(f"{r['power']:g}: {r['recall']:.4f}" for r in tuning)
-                fh.write(f", chosen on the validation split (mean recall over K: {grid})")
+                fh.write(", chosen on the validation split (highest mean recall over K):\n\n")
+                fh.write(generic_table(tuning, list(tuning[0])))
             fh.write("\n")
         for row in rows:
             mlflow.log_metrics(

@@ -33,7 +33,9 @@ def tune_allocation_power(
 ) -> tuple[AllocationConfig, list[dict[str, Any]]]:
     """Train on the training lists minus a validation item per user (in `out`, reused when
     already there), then score each power; returns the best allocation and one row per power
-    (`power`, `recall` = mean kNN-Embed recall over `config.eval.ks`, `single_recall`)."""
+    (`power`, `recall` and `distinct_clusters` = kNN-Embed's means over `config.eval.ks`, and
+    single-vector retrieval's as `single_recall`, `single_distinct_clusters`). The best power is
+    the one with the highest recall: diversity is reported beside it, not traded for it."""
     from plexus.pipelines.retrieval.job import train_model
 
     if not powers or min(powers) < 0:
@@ -46,19 +48,23 @@ def tune_allocation_power(
     for power in powers:
         allocation = dataclasses.replace(config.export.allocation, power=float(power))
         scored = compare_retrieval(module, state, valid, ks=config.eval.ks, allocation=allocation)
-        recall = {
-            method: statistics.mean(r["recall"] for r in scored if r["method"] == method)
+        mean = {
+            (method, key): statistics.mean(r[key] for r in scored if r["method"] == method)
             for method in ("knn_embed", "single")
+            for key in ("recall", "distinct_clusters")
         }
-        rows.append(
-            {
-                "power": float(power),
-                "recall": recall["knn_embed"],
-                "single_recall": recall["single"],
-            }
-        )
+        row = {
+            "power": float(power),
+            "recall": mean["knn_embed", "recall"],
+            "distinct_clusters": mean["knn_embed", "distinct_clusters"],
+            "single_recall": mean["single", "recall"],
+            "single_distinct_clusters": mean["single", "distinct_clusters"],
+        }
+        rows.append(row)
         print(
-            f"[tune] power {power:g}: validation kNN-Embed recall {rows[-1]['recall']:.4f}",
+            f"[tune] power {power:g}: validation kNN-Embed recall {row['recall']:.4f}, "
+            f"distinct clusters {row['distinct_clusters']:.2f} "
+            f"(single: {row['single_recall']:.4f}, {row['single_distinct_clusters']:.2f})",
             flush=True,
         )
     best = max(rows, key=lambda r: r["recall"])
