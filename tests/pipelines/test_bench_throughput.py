@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -39,3 +40,25 @@ def test_every_embedding_config_trains_on_the_same_real_batches(tmp_path: Path) 
     model = ModelConfig(backbone=Backbone.DEEPFM, hidden=(8,))
     speeds = embedding_throughput(model, embeddings, data.spec, batches, passes=1)
     assert set(speeds) == set(embeddings) and min(speeds.values()) > 0
+
+
+def test_throughput_only_benchmark_writes_ratios_to_full(tmp_path: Path) -> None:
+    from plexus.pipelines.bench.embeddings import bench_embedding_throughput
+
+    raw = synth_criteo(tmp_path / "criteo.tsv", rows=3_000, seed=1)
+    rows = bench_embedding_throughput(
+        "criteo",
+        raw,
+        tmp_path / "out",
+        methods=("unified", "full"),
+        budgets=(1 / 4,),
+        overrides=["model.hidden=[8]", "train.batch_size=256", "train.threads_per_worker=1"],
+        batches=2,
+    )
+    assert [(r["method"], r["budget_label"], r["chunks"]) for r in rows] == [
+        ("full", "1", 1),
+        ("unified", "1/4", 2),
+    ]
+    assert rows[0]["speed_vs_full"] == 1.0 and rows[1]["speed_vs_full"] > 0
+    assert json.loads((tmp_path / "out" / "throughput.json").read_text()) == rows
+    assert "| unified | 1/4 | 2 |" in (tmp_path / "out" / "throughput.md").read_text()

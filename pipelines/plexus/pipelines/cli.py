@@ -144,8 +144,25 @@ def cmd_bench_quality(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_embeddings(args: argparse.Namespace) -> None:
-    from plexus.pipelines.bench.embeddings import bench_embeddings, parse_budget
+    from plexus.pipelines.bench.embeddings import (
+        bench_embedding_throughput,
+        bench_embeddings,
+        parse_budget,
+    )
 
+    if args.throughput_only:
+        bench_embedding_throughput(
+            args.format,
+            Path(args.data),
+            Path(args.out),
+            methods=args.methods.split(","),
+            budgets=[parse_budget(b) for b in args.budgets.split(",")],
+            chunks=args.chunks,
+            config=args.config,
+            overrides=args.set or (),
+            batches=args.throughput_batches or 40,
+        )
+        return
     bench_embeddings(
         args.format,
         Path(args.data),
@@ -278,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=40,
         help="training batches per model for the back-to-back throughput comparison (0: skip)",
+    )
+    b.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="measure only the back-to-back training throughput (no test runs)",
     )
     b.set_defaults(func=cmd_bench_embeddings)
     b = bench.add_parser(

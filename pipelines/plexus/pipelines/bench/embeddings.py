@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import statistics
 from collections.abc import Sequence
@@ -387,6 +388,39 @@ def _plan(
     ]
 
 
+def bench_embedding_throughput(
+    fmt: str,
+    data: Path,
+    out: Path,
+    *,
+    methods: Sequence[str] = METHODS,
+    budgets: Sequence[float] = BUDGETS,
+    chunks: int = 2,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    batches: int = 40,
+) -> list[dict[str, Any]]:
+    """Only the back-to-back training throughput of every (method, budget), no test runs: one
+    ingest, then each model trains `batches` batches in turn (`bench.throughput`). Writes
+    `out/throughput.json` and `out/throughput.md` (examples/s and the ratio to `full`)."""
+    out = Path(out).resolve()
+    base = _base_job(fmt, Path(data), out, config, overrides, None, None)
+    plan = _plan(methods, budgets, 1, chunks, base.embedding.dim)
+    rows = [{"method": m, "budget": b, "chunks": e.chunks, "dim": e.dim} for m, b, e, _ in plan]
+    _add_back_to_back_throughput(rows, base, plan, run_ingest(base, progress=False), batches)
+    full = next((r["b2b_examples_per_s"] for r in rows if r["method"] == "full"), None)
+    for row in rows:
+        row["budget_label"] = budget_label(row["budget"])
+        row["speed_vs_full"] = row["b2b_examples_per_s"] / full if full else None
+    columns = ["method", "budget_label", "chunks", "dim", "b2b_examples_per_s", "speed_vs_full"]
+    table = markdown_table(rows, columns)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.md").write_text(table)
+    (out / "throughput.json").write_text(json.dumps(rows, indent=1))
+    print(table)
+    return rows
+
+
 def _add_back_to_back_throughput(
     rows: list[dict[str, Any]],
     base: JobConfig,
@@ -508,6 +542,7 @@ __all__ = [
     "BUDGETS",
     "METHODS",
     "ROW_KEYS",
+    "bench_embedding_throughput",
     "bench_embeddings",
     "embedding_for",
     "parse_budget",
