@@ -12,6 +12,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     """A GitHub-flavoured Markdown table of `rows` restricted to `columns`."""
 
     def cell(value: Any) -> str:
+        if value is None:
+            return ""
         if isinstance(value, float):
             return f"{value:,.4f}" if abs(value) < 100 else f"{value:,.0f}"
         return str(value)

@@ -23,7 +23,12 @@ from plexus.pipelines.retrieval.data import Interactions, read_interactions
 from plexus.pipelines.retrieval.evaluate import evaluate_tower
 from plexus.pipelines.retrieval.export import write_retrieval_bundle
 from plexus.pipelines.retrieval.report import write_report
-from plexus.pipelines.retrieval.train import train_two_tower, train_worker
+from plexus.pipelines.retrieval.train import (
+    STATE_FILE,
+    latest_checkpoint,
+    train_two_tower,
+    train_worker,
+)
 from plexus.platform import config as config_io
 from plexus.platform.errors import PlexusError, RegistryError
 
@@ -97,11 +102,16 @@ def _train_with_ray(
             "data_path": str(data_path),
             "model": config.model,
             "train": config.train,
+            "resume_from": latest_checkpoint(out / "ray"),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}
         ),
-        run_config=ray.train.RunConfig(name="ray", storage_path=str(out)),
+        run_config=ray.train.RunConfig(
+            name="ray",
+            storage_path=str(out),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
     )
     result = trainer.fit()
     data_path.unlink(missing_ok=True)
@@ -110,8 +120,8 @@ def _train_with_ray(
             f"retrieval training produced no checkpoint: {getattr(result, 'error', None)}"
         )
     with result.checkpoint.as_directory() as folder:
-        saved = torch.load(Path(folder) / "model.pt", weights_only=False)
-    return saved["state"], saved["history"]
+        saved = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+    return saved["model"], saved["history"]
 
 
 def _export_and_register(

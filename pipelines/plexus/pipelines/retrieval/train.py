@@ -8,11 +8,13 @@ step), which is ~10x slower here, and the query side must export as plain gather
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,8 @@ from plexus.models.retrieval import LossKind, TwoTower, TwoTowerConfig, retrieva
 from plexus.pipelines.retrieval.data import Interactions
 from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError
+
+STATE_FILE = "train_state.pt"
 
 
 class LrSchedule(enum.StrEnum):
@@ -64,11 +68,17 @@ def train_two_tower(
     train_cfg: RetrievalTrainConfig,
     *,
     on_epoch: Callable[[dict[str, float], TwoTower], None] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> tuple[TwoTower, list[dict[str, float]]]:
     """Train on all training pairs of `data`; returns the model and one record per epoch.
 
     The user tower sees the user's last `history_len` training items with the positive itself
     masked out, so it learns to predict an item from the *rest* of the history.
+
+    After every epoch `on_checkpoint` gets the whole training state (model, optimisers, schedule,
+    random generators, history); passed back as `resume`, training continues after that epoch
+    exactly as if it had never stopped.
     """
     torch.manual_seed(train_cfg.seed)
     torch.set_num_threads(min(train_cfg.threads, 2))
@@ -87,8 +97,18 @@ def train_two_tower(
         for opt in (opt_sparse, opt_dense)
         if opt is not None
     ]
+    optimizers = [opt for opt in (opt_sparse, opt_dense) if opt is not None]
     history: list[dict[str, float]] = []
-    for epoch in range(1, train_cfg.epochs + 1):
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        for opt, saved in zip(optimizers, resume["optimizers"], strict=True):
+            opt.load_state_dict(saved)
+        for schedule, saved in zip(schedules, resume["schedules"], strict=True):
+            schedule.load_state_dict(saved)
+        rng.bit_generator.state = resume["numpy_rng"]
+        torch.set_rng_state(resume["torch_rng"])
+        history = list(resume["history"])
+    for epoch in range(len(history) + 1, train_cfg.epochs + 1):
         start = time.perf_counter()
         order = rng.permutation(users.size)
         total = 0.0
@@ -128,6 +148,15 @@ def train_two_tower(
         if on_epoch is not None:
             on_epoch(record, model)
         history.append(record)
+        if on_checkpoint is not None:
+            on_checkpoint(copy.deepcopy({  # a snapshot: state dicts alias the live tensors
+                "model": model.state_dict(),
+                "optimizers": [opt.state_dict() for opt in optimizers],
+                "schedules": [schedule.state_dict() for schedule in schedules],
+                "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+            }))  # fmt: skip
     return model.eval(), history
 
 
@@ -144,10 +173,11 @@ def _lr_schedule(
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry: read the pickled interactions, train, report the state as checkpoint."""
+    """Ray Train entry: read the pickled interactions and train, reporting a checkpoint of the
+    whole training state every epoch; resumes from Ray's checkpoint after a worker restart, or
+    from `config["resume_from"]` (a crashed earlier run's latest checkpoint folder)."""
     import pickle
     import tempfile
-    from pathlib import Path
 
     import ray.train
 
@@ -156,6 +186,11 @@ def train_worker(config: dict[str, Any]) -> None:
     model_cfg: TwoTowerConfig = config["model"]
     train_cfg: RetrievalTrainConfig = config["train"]
     eval_every = train_cfg.eval_every
+    checkpoint = ray.train.get_checkpoint()
+    resume_dir = checkpoint.to_directory() if checkpoint else config.get("resume_from")
+    resume = torch.load(Path(resume_dir) / STATE_FILE, weights_only=False) if resume_dir else None
+    if resume is not None:
+        print(f"[retrieval] resumed after epoch {len(resume['history'])}", flush=True)
 
     def on_epoch(record: dict[str, float], model: TwoTower) -> None:
         if eval_every and int(record["epoch"]) % eval_every == 0:
@@ -163,10 +198,29 @@ def train_worker(config: dict[str, Any]) -> None:
 
             record.update(evaluate_tower(model, data, ks=(20,)))
         print(f"[retrieval] {record}", flush=True)
-        if int(record["epoch"]) < train_cfg.epochs:
-            ray.train.report(record)
 
-    model, history = train_two_tower(data, model_cfg, train_cfg, on_epoch=on_epoch)
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save({"state": model.state_dict(), "history": history}, Path(tmp) / "model.pt")
-        ray.train.report(history[-1], checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    reported = False
+
+    def on_checkpoint(state: dict[str, Any]) -> None:
+        nonlocal reported
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state, Path(tmp) / STATE_FILE)
+            ray.train.report(
+                state["history"][-1], checkpoint=ray.train.Checkpoint.from_directory(tmp)
+            )
+        reported = True
+
+    train_two_tower(
+        data, model_cfg, train_cfg, on_epoch=on_epoch, on_checkpoint=on_checkpoint, resume=resume
+    )
+    if not reported and resume is not None:  # the crashed run had already finished every epoch
+        on_checkpoint(resume)
+
+
+def latest_checkpoint(storage: Path) -> str | None:
+    """The folder of the newest epoch checkpoint that an earlier (crashed) run left, if any."""
+    found = sorted(storage.glob("**/checkpoint_*/" + STATE_FILE)) if storage.exists() else []
+    if not found:
+        return None
+    epochs = {p: len(torch.load(p, weights_only=False)["history"]) for p in found}
+    return str(max(found, key=lambda p: (epochs[p], str(p))).parent)
