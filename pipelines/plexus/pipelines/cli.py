@@ -150,29 +150,21 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
         parse_budget,
     )
 
+    common = {
+        "methods": args.methods.split(","),
+        "budgets": [parse_budget(b) for b in args.budgets.split(",")],
+        "chunks": args.chunks,
+        "config": args.config,
+        "overrides": args.set or (),
+    }
+    where = (args.format, Path(args.data), Path(args.out))
     if args.throughput_only:
-        bench_embedding_throughput(
-            args.format,
-            Path(args.data),
-            Path(args.out),
-            methods=args.methods.split(","),
-            budgets=[parse_budget(b) for b in args.budgets.split(",")],
-            chunks=args.chunks,
-            config=args.config,
-            overrides=args.set or (),
-            batches=args.throughput_batches or 40,
-        )
+        bench_embedding_throughput(*where, **common, batches=args.throughput_batches or 40)
         return
     bench_embeddings(
-        args.format,
-        Path(args.data),
-        Path(args.out),
-        methods=args.methods.split(","),
-        budgets=[parse_budget(b) for b in args.budgets.split(",")],
+        *where,
+        **common,
         seeds=args.seeds,
-        chunks=args.chunks,
-        config=args.config,
-        overrides=args.set or (),
         tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
         force=args.force,
         throughput_batches=args.throughput_batches,
