@@ -13,7 +13,7 @@ from plexus.models.embeddings.base import (
     pool_padded,
 )
 from plexus.models.embeddings.registry import register_embedding
-from plexus.models.layers.lookup import pooled_lookup
+from plexus.models.layers.lookup import pooled_key_blocks
 from plexus.platform.errors import DataError
 from plexus.platform.feature_spec import Feature
 from torch.nn import functional
@@ -49,11 +49,7 @@ class FullEmbeddingTables(EmbeddingTables):
         # Unsharded: the same lookups as the EBC, with the cheaper table gradient of
         # `pooled_lookup` (the one every embedding method uses, so they compare like for like).
         keys = features.keys()
-        batch = features.stride()
-        lengths = features.lengths().to(torch.int64)
-        offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
-        values = features.values()
-        pooled = []
+        blocks = []
         for name in self.feature_names:
             try:
                 k = keys.index(name)
@@ -62,16 +58,8 @@ class FullEmbeddingTables(EmbeddingTables):
                     f"sparse input lacks feature {name!r}: needs {list(self.feature_names)}, "
                     f"got {keys}"
                 ) from exc
-            bag_offsets = offsets[k * batch : (k + 1) * batch + 1]
-            start, stop = int(bag_offsets[0]), int(bag_offsets[-1])
-            pooled.append(
-                pooled_lookup(
-                    values[start:stop],
-                    self.ebc.embedding_bags[f"t_{name}"].weight,
-                    bag_offsets - start,
-                    self.config.pooling,
-                )
-            )
+            blocks.append((k, 1, self.ebc.embedding_bags[f"t_{name}"].weight))
+        pooled = pooled_key_blocks(features, blocks, self.config.pooling)
         return KeyedTensor(
             keys=list(self.feature_names),
             length_per_key=[self.config.dim] * len(self.feature_names),

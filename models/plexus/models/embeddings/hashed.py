@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from plexus.models.embeddings.base import EmbeddingTables, init_weight, pool_padded
 from plexus.models.layers.hashing import check_buckets, hash_bucket, seed_tensors
-from plexus.models.layers.lookup import pooled_lookup
+from plexus.models.layers.lookup import pooled_key_blocks
 from plexus.platform.errors import ConfigError, DataError
 from plexus.platform.hashing import feature_seed
 from torch.nn import functional
@@ -207,21 +207,16 @@ class HashedEmbeddingTables(EmbeddingTables):
         table instead of one per probe key: the unsharded EBC's per-key calls each build a dense
         gradient of the whole shared table, which made multiplexing 2-4x slower than full tables.
         """
-        batch = probes.stride()
-        lengths = probes.lengths().to(torch.int64)
-        offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
-        values = probes.values()
-        pooled, first = [], 0
+        blocks, first = [], 0
         for table, count in self._probes_per_table.items():
-            start, stop = offsets[first * batch], offsets[(first + count) * batch]
-            bags = pooled_lookup(
-                values[start:stop],
-                self.ebc.embedding_bags[table].weight,
-                offsets[first * batch : (first + count) * batch + 1] - start,
-                mode=self.config.pooling,
-            )  # (count * B, dim), probe-major
-            pooled.append(bags.view(count, batch, -1))
+            blocks.append((first, count, self.ebc.embedding_bags[table].weight))
             first += count
+        pooled = [  # each (count * B, dim), probe-major
+            bags.view(count, probes.stride(), -1)
+            for bags, (_, count, _) in zip(
+                pooled_key_blocks(probes, blocks, self.config.pooling), blocks, strict=True
+            )
+        ]
         return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=0)
 
     def forward_padded(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,12 @@ gradient of the table is computed differently, and it is the same gradient.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch.nn import functional
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 _MODES = ("sum", "mean")
 
@@ -51,3 +53,25 @@ def pooled_lookup(
     if not weight.requires_grad or not torch.is_grad_enabled():
         return functional.embedding_bag(ids, weight, offsets, mode=mode, include_last_offset=True)
     return _PooledLookup.apply(ids, weight, offsets, mode)
+
+
+def pooled_key_blocks(
+    features: KeyedJaggedTensor,
+    blocks: Sequence[tuple[int, int, torch.Tensor]],
+    mode: str = "sum",
+) -> list[torch.Tensor]:
+    """Pooled lookups of blocks of consecutive KJT keys, each into its own table.
+
+    `blocks` holds (first key index, key count, table weight); each block gives
+    (count * B, D), key-major, as the EBC would for those keys, with `pooled_lookup`'s gradient.
+    """
+    batch = features.stride()
+    lengths = features.lengths().to(torch.int64)
+    offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+    values = features.values()
+    pooled = []
+    for first, count, weight in blocks:
+        bag_offsets = offsets[first * batch : (first + count) * batch + 1]
+        start, stop = int(bag_offsets[0]), int(bag_offsets[-1])
+        pooled.append(pooled_lookup(values[start:stop], weight, bag_offsets - start, mode))
+    return pooled
