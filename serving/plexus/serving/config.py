@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from enum import StrEnum
 
+from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError
 
 __all__ = ["Batching", "ServeConfig", "default_threads"]
@@ -60,6 +61,7 @@ class ServeConfig:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
+        coerce_choice(self, "batching", Batching, "serve.batching")
         if not self.model:
             raise ConfigError("serve.model: give NAME@ALIAS, NAME/VERSION or a bundle folder")
         if not 0 <= self.port < 65536:

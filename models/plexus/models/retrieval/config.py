@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError
 
 
@@ -64,6 +65,7 @@ class KnnEmbedConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        coerce_choice(self, "query_variant", QueryVariant, "knn_embed.query_variant")
         if self.num_clusters < 1:
             raise ConfigError(f"knn_embed.num_clusters: must be >= 1, got {self.num_clusters}")
         if self.kmeans_iters < 1:

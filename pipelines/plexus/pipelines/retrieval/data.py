@@ -12,6 +12,7 @@ import enum
 from pathlib import Path
 
 import numpy as np
+from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError, DataError
 
 
@@ -40,6 +41,8 @@ class RetrievalDataConfig:
     test_fraction: float = 0.2  # temporal split: the latest share of interactions
 
     def __post_init__(self) -> None:
+        coerce_choice(self, "format", InteractionFormat, "data.format")
+        coerce_choice(self, "split", SplitKind, "data.split")
         if not self.path:
             raise ConfigError(
                 "data.path: set it to the data file or folder (e.g. data/ml-100k/u.data)"

@@ -59,11 +59,13 @@ def train_model(
         state, history = _train_with_ray(config, data, out)
         model = TwoTower(config.model, num_users=data.num_users, num_items=data.num_items)
         model.load_state_dict(state)
+    (out / "config.json").write_text(json.dumps(config_io.to_dict(config), indent=1))
+    tmp = saved.with_suffix(".pt.tmp")  # model.pt marks the folder done: write it whole or not
     torch.save(
         {"state": model.state_dict(), "history": history, "model": config_io.to_dict(config.model)},
-        saved,
+        tmp,
     )
-    (out / "config.json").write_text(json.dumps(config_io.to_dict(config), indent=1))
+    tmp.replace(saved)
     return model.eval(), history
 
 

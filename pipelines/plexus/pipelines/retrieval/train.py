@@ -59,6 +59,7 @@ class RetrievalTrainConfig:
             raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
         if self.temperature <= 0:
             raise ConfigError(f"train.temperature: must be > 0, got {self.temperature}")
+        coerce_choice(self, "loss", LossKind, "train.loss")
         coerce_choice(self, "lr_schedule", LrSchedule, "train.lr_schedule")
 
 
