@@ -25,6 +25,7 @@ from plexus.pipelines.retrieval.export import write_retrieval_bundle
 from plexus.pipelines.retrieval.report import write_report
 from plexus.pipelines.retrieval.train import (
     STATE_FILE,
+    epoch_reporter,
     latest_checkpoint,
     train_two_tower,
     train_worker,
@@ -54,7 +55,12 @@ def train_model(
     if saved.is_file():
         return load_model(out, data)
     if not config.use_ray:
-        model, history = train_two_tower(data, config.model, config.train)
+        model, history = train_two_tower(
+            data,
+            config.model,
+            config.train,
+            on_epoch=epoch_reporter(data, config.train.eval_every),
+        )
     else:
         state, history = _train_with_ray(config, data, out)
         model = TwoTower(config.model, num_users=data.num_users, num_items=data.num_items)

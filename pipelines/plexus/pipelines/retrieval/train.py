@@ -173,6 +173,22 @@ def _lr_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
+def epoch_reporter(
+    data: Interactions, eval_every: int
+) -> Callable[[dict[str, float], TwoTower], None]:
+    """An `on_epoch` that prints each epoch's record, with Recall@20 every `eval_every` epochs."""
+
+    def on_epoch(record: dict[str, float], model: TwoTower) -> None:
+        if eval_every and int(record["epoch"]) % eval_every == 0:
+            from plexus.pipelines.retrieval.evaluate import evaluate_tower
+
+            record.update(evaluate_tower(model, data, ks=(20,)))
+            model.train()
+        print(f"[retrieval] {record}", flush=True)
+
+    return on_epoch
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train entry: read the pickled interactions and train, reporting a checkpoint of the
     whole training state every epoch; resumes from Ray's checkpoint after a worker restart, or
@@ -186,19 +202,11 @@ def train_worker(config: dict[str, Any]) -> None:
         data: Interactions = pickle.load(fh)
     model_cfg: TwoTowerConfig = config["model"]
     train_cfg: RetrievalTrainConfig = config["train"]
-    eval_every = train_cfg.eval_every
     checkpoint = ray.train.get_checkpoint()
     resume_dir = checkpoint.to_directory() if checkpoint else config.get("resume_from")
     resume = torch.load(Path(resume_dir) / STATE_FILE, weights_only=False) if resume_dir else None
     if resume is not None:
         print(f"[retrieval] resumed after epoch {len(resume['history'])}", flush=True)
-
-    def on_epoch(record: dict[str, float], model: TwoTower) -> None:
-        if eval_every and int(record["epoch"]) % eval_every == 0:
-            from plexus.pipelines.retrieval.evaluate import evaluate_tower
-
-            record.update(evaluate_tower(model, data, ks=(20,)))
-        print(f"[retrieval] {record}", flush=True)
 
     reported = False
 
@@ -212,7 +220,12 @@ def train_worker(config: dict[str, Any]) -> None:
         reported = True
 
     train_two_tower(
-        data, model_cfg, train_cfg, on_epoch=on_epoch, on_checkpoint=on_checkpoint, resume=resume
+        data,
+        model_cfg,
+        train_cfg,
+        on_epoch=epoch_reporter(data, train_cfg.eval_every),
+        on_checkpoint=on_checkpoint,
+        resume=resume,
     )
     if not reported and resume is not None:  # the crashed run had already finished every epoch
         on_checkpoint(resume)
