@@ -211,13 +211,9 @@ class HashedEmbeddingTables(EmbeddingTables):
         for table, count in self._probes_per_table.items():
             blocks.append((first, count, self.ebc.embedding_bags[table].weight))
             first += count
-        pooled = [  # each (count * B, dim), probe-major
-            bags.view(count, probes.stride(), -1)
-            for bags, (_, count, _) in zip(
-                pooled_key_blocks(probes, blocks, self.config.pooling), blocks, strict=True
-            )
-        ]
-        return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=0)
+        pooled = pooled_key_blocks(probes, blocks, self.config.pooling)  # (count * B, dim) each
+        flat = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=0)  # probe-major
+        return flat.view(len(self.probes), probes.stride(), -1)
 
     def forward_padded(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         pooled = []

@@ -90,15 +90,14 @@ def train_two_tower(
     items = data.train_items
     sparse = [model.user_embedding.weight, model.item_embedding.weight]
     opt_sparse = torch.optim.SparseAdam(sparse, lr=train_cfg.lr)
-    dense = list(model.history_proj.parameters())
-    opt_dense = torch.optim.Adam(dense, lr=train_cfg.lr) if dense else None
+    optimizers: list[torch.optim.Optimizer] = [opt_sparse]
+    if dense := list(model.history_proj.parameters()):
+        optimizers.append(torch.optim.Adam(dense, lr=train_cfg.lr))
     steps_per_epoch = -(-users.size // train_cfg.batch_size)
     schedules = [
         _lr_schedule(opt, train_cfg.lr_schedule, train_cfg.epochs * steps_per_epoch)
-        for opt in (opt_sparse, opt_dense)
-        if opt is not None
+        for opt in optimizers
     ]
-    optimizers = [opt for opt in (opt_sparse, opt_dense) if opt is not None]
     history: list[dict[str, float]] = []
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -132,13 +131,11 @@ def train_two_tower(
                 negative_weight=train_cfg.negative_weight,
                 temperature=train_cfg.temperature,
             )
-            opt_sparse.zero_grad()
-            if opt_dense is not None:
-                opt_dense.zero_grad()
+            for opt in optimizers:
+                opt.zero_grad()
             loss.backward()
-            opt_sparse.step()
-            if opt_dense is not None:
-                opt_dense.step()
+            for opt in optimizers:
+                opt.step()
             for schedule in schedules:
                 schedule.step()
             total += float(loss.detach())
@@ -182,8 +179,7 @@ def epoch_reporter(
         if eval_every and int(record["epoch"]) % eval_every == 0:
             from plexus.pipelines.retrieval.evaluate import evaluate_tower
 
-            record.update(evaluate_tower(model, data, ks=(20,)))
-            model.train()
+            record.update(evaluate_tower(model, data, ks=(20,)))  # the next epoch re-enters train()
         print(f"[retrieval] {record}", flush=True)
 
     return on_epoch
@@ -236,5 +232,6 @@ def latest_checkpoint(storage: Path) -> str | None:
     found = sorted(storage.glob("**/checkpoint_*/" + STATE_FILE)) if storage.exists() else []
     if not found:
         return None
-    epochs = {p: len(torch.load(p, weights_only=False)["history"]) for p in found}
+    # mmap: only the history is read, not the model and optimiser tensors beside it.
+    epochs = {p: len(torch.load(p, weights_only=False, mmap=True)["history"]) for p in found}
     return str(max(found, key=lambda p: (epochs[p], str(p))).parent)
