@@ -55,6 +55,30 @@ def test_losses_prefer_the_positive() -> None:
     assert sampled_softmax_loss(user, good, neg) < sampled_softmax_loss(user, bad, neg)
 
 
+@pytest.mark.parametrize("margin", [0.9, 0.3, -1.0])  # few, many and all pairs active
+def test_cosine_contrastive_loss_matches_the_plain_expression(margin: float) -> None:
+    """The fused hinge (sparse or dense backward, by density) has the plain formula's value and
+    gradients."""
+    torch.manual_seed(0)
+    user = F.normalize(torch.randn(64, 16), dim=1)
+    neg = F.normalize(torch.randn(200, 16), dim=1)
+    neg[:3] = user[:3] * 0.99 + 0.01  # a few pairs above even the 0.9 margin
+    pos = F.normalize(torch.randn(64, 16), dim=1)
+    grads = []
+    for fused in (True, False):
+        u, n = user.clone().requires_grad_(), neg.clone().requires_grad_()
+        if fused:
+            loss = cosine_contrastive_loss(u, pos, n, margin=margin, negative_weight=7.0)
+        else:
+            hinge = F.relu(u @ n.T - margin).mean(-1)
+            loss = (1.0 - (u * pos).sum(-1) + 7.0 * hinge).mean()
+        loss.backward()
+        grads.append((loss.detach(), u.grad, n.grad))
+    for fused, plain in zip(*grads, strict=True):
+        torch.testing.assert_close(fused, plain)
+    assert grads[0][2].abs().sum() > 0  # negatives above the margin were pushed
+
+
 def test_spherical_kmeans_recovers_planted_directions() -> None:
     torch.manual_seed(0)
     centres = torch.linalg.qr(torch.randn(8, 8))[0][:5]  # orthonormal directions
