@@ -42,3 +42,34 @@ def test_the_latest_checkpoint_is_the_one_with_most_epochs(tmp_path) -> None:
         folder.mkdir(parents=True)
         torch.save({"history": [{}] * epochs}, folder / STATE_FILE)
     assert latest_checkpoint(tmp_path / "ray") == str(tmp_path / "ray" / "a" / "checkpoint_3")
+
+
+def test_in_process_training_resumes_from_its_epoch_checkpoint(tmp_path, capsys) -> None:
+    """`use_ray: false` saves the training state every epoch; a run that finds one (its
+    predecessor was killed) continues after that epoch and removes it once model.pt is saved."""
+    from plexus.pipelines.retrieval.config import RetrievalJobConfig
+    from plexus.pipelines.retrieval.data import RetrievalDataConfig
+    from plexus.pipelines.retrieval.job import MODEL_FILE, train_model
+    from plexus.pipelines.retrieval.train import STATE_FILE
+
+    data, _ = planted_interests(num_users=40, num_groups=3, items_per_group=10, per_user=8)
+    model_cfg, train_cfg = _configs(3)
+    config = RetrievalJobConfig(
+        name="resume",
+        data=RetrievalDataConfig(path=str(tmp_path)),
+        model=model_cfg,
+        train=train_cfg,
+        use_ray=False,
+    )
+    straight, _ = train_model(config, data, tmp_path / "straight")
+    states: list[dict] = []
+    train_two_tower(data, model_cfg, train_cfg, on_checkpoint=states.append)
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    torch.save(states[0], crashed / STATE_FILE)  # what a run killed during epoch 2 leaves
+    resumed, history = train_model(config, data, crashed)
+    assert "resumed after epoch 1" in capsys.readouterr().out
+    assert [h["epoch"] for h in history] == [1.0, 2.0, 3.0]
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)
+    assert (crashed / MODEL_FILE).is_file() and not (crashed / STATE_FILE).exists()

@@ -55,12 +55,7 @@ def train_model(
     if saved.is_file():
         return load_model(out, data)
     if not config.use_ray:
-        model, history = train_two_tower(
-            data,
-            config.model,
-            config.train,
-            on_epoch=epoch_reporter(data, config.train.eval_every),
-        )
+        model, history = _train_in_process(config, data, out)
     else:
         state, history = _train_with_ray(config, data, out)
         model = TwoTower(config.model, num_users=data.num_users, num_items=data.num_items)
@@ -72,6 +67,7 @@ def train_model(
         tmp,
     )
     tmp.replace(saved)
+    (out / STATE_FILE).unlink(missing_ok=True)  # the in-process checkpoint is no longer needed
     return model.eval(), history
 
 
@@ -90,6 +86,31 @@ def load_model(folder: Path, data: Interactions) -> tuple[TwoTower, list[dict[st
     )
     model.load_state_dict(saved["state"])
     return model.eval(), saved["history"]
+
+
+def _train_in_process(
+    config: RetrievalJobConfig, data: Interactions, out: Path
+) -> tuple[TwoTower, list[dict[str, float]]]:
+    """Train in this process (`use_ray: false`), saving the whole training state to
+    `out/train_state.pt` after every epoch, so that a killed run resumes after its last epoch."""
+    state_file = out / STATE_FILE
+    resume = torch.load(state_file, weights_only=False) if state_file.is_file() else None
+    if resume is not None:
+        print(f"[retrieval] resumed after epoch {len(resume['history'])}", flush=True)
+
+    def on_checkpoint(state: dict[str, Any]) -> None:
+        tmp = state_file.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        tmp.replace(state_file)
+
+    return train_two_tower(
+        data,
+        config.model,
+        config.train,
+        on_epoch=epoch_reporter(data, config.train.eval_every),
+        on_checkpoint=on_checkpoint,
+        resume=resume,
+    )
 
 
 def _train_with_ray(
