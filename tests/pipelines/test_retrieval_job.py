@@ -125,10 +125,13 @@ def test_shipped_configs_load_and_are_recognised() -> None:
 
 
 @pytest.mark.slow
-def test_job_trains_through_ray_train(tmp_path: Path, mlflow_uri: str, ray_local) -> None:
+def test_job_trains_through_ray_train(tmp_path: Path, mlflow_uri: str, ray_local, capfd) -> None:
     summary = run_retrieval_job(_config(tmp_path, mlflow_uri, use_ray=True))
     assert summary["version"] == "1"
     assert summary["tower"]["recall@10"] > 0
+    printed = capfd.readouterr()
+    epoch_lines = (printed.out + printed.err).count("[retrieval] {'epoch': 1.0")
+    assert epoch_lines == 1  # Ray Train's print patch printed every worker line twice
 
 
 def test_a_relative_output_folder_becomes_absolute(tmp_path: Path, monkeypatch) -> None:

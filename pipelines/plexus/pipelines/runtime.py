@@ -13,6 +13,8 @@ _QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
     "RAY_TRAIN_V2_ENABLED": "1",
+    # Train's print patch both prints and logs each worker line: every epoch line came twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "TOKENIZERS_PARALLELISM": "false",
     # Ray starts workers at niceness 15; on a busy machine the training worker then starves.
     "RAY_worker_niceness": "0",
