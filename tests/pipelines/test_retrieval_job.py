@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,12 @@ def test_job_trains_through_ray_train(tmp_path: Path, mlflow_uri: str, ray_local
     printed = capfd.readouterr()
     epoch_lines = (printed.out + printed.err).count("[retrieval] {'epoch': 1.0")
     assert epoch_lines == 1  # Ray Train's print patch printed every worker line twice
+    assert "Failed to query Ray Train Controller" not in printed.out + printed.err
+    import ray
+
+    cleaner = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+    level = ray.remote(num_cpus=0)(lambda: logging.getLogger(cleaner).level)
+    assert ray.get(level.remote()) == logging.ERROR  # runtime.quiet_ray_worker ran there
 
 
 def test_a_relative_output_folder_becomes_absolute(tmp_path: Path, monkeypatch) -> None:

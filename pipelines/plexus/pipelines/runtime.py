@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -36,6 +37,17 @@ def quiet_ray_data() -> None:
     context.print_on_execution_start = False
 
 
+def quiet_ray_worker() -> None:
+    """Ray's `worker_process_setup_hook` for the local Ray that `ensure_ray` starts.
+
+    Ray Train's placement-group cleaner polls the state API, which needs the dashboard that a
+    local Ray here runs without, and warns every 2 s that it is unavailable. Locally there is
+    nothing for it to clean: a driver that dies takes its Ray with it.
+    """
+    cleaner = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+    logging.getLogger(cleaner).setLevel(logging.ERROR)
+
+
 def ensure_ray(*, num_cpus: int | None = None, address: str | None = None) -> None:
     """Start (or connect to) Ray once per process.
 
@@ -58,7 +70,10 @@ def ensure_ray(*, num_cpus: int | None = None, address: str | None = None) -> No
         include_dashboard=False,
         log_to_driver=True,
         configure_logging=False,
-        runtime_env={"env_vars": dict(_QUIET_ENV)},
+        runtime_env={
+            "env_vars": dict(_QUIET_ENV),
+            "worker_process_setup_hook": f"{__name__}.quiet_ray_worker",
+        },
     )
 
 
