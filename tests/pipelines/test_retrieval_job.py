@@ -103,15 +103,19 @@ def test_bench_writes_results_json_md_and_png(tmp_path: Path, mlflow_uri: str, m
         ks=(5, 10),
         overrides=[*overrides, "use_ray=false"],
         tune_power=(0.5, 1.0),
+        tune_smoothing=(0.0, 0.3),
     )
     keys = {"method", "k", "recall", "ndcg", "distinct_clusters", "intra_list_distance"}
     assert rows and all(keys <= set(r) for r in rows)
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == rows
     report = (tmp_path / "out" / "results.md").read_text()
-    assert (
-        "kNN-Embed" in report
-        and "chosen on the validation split (highest mean recall over K)" in report
-    )
+    chosen, _, tuning = report.partition("chosen on the validation split (highest mean recall")
+    assert "kNN-Embed" in report and tuning
+    table = [line.split("|")[1:-1] for line in tuning.splitlines() if line.startswith("| 0")]
+    grid = {(float(row[0]), float(row[1])): float(row[2]) for row in table}  # smoothing, power
+    assert set(grid) == {(0.0, 0.5), (0.0, 1.0), (0.3, 0.5), (0.3, 1.0)}
+    smoothing, power = max(grid, key=grid.get)
+    assert f"kNN-Embed smoothing {smoothing:g}, allocation power {power:g}" in chosen
     assert len(list((tmp_path / "out").glob("*-retrieval-*/validation/model.pt"))) == 1
     assert (tmp_path / "out" / "retrieval.png").stat().st_size > 1000
 

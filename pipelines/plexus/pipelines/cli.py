@@ -115,8 +115,14 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> None:
         Path(args.out),
         ks=tuple(int(k) for k in args.k.split(",")),
         overrides=args.set or (),
-        tune_power=[float(p) for p in args.tune_power.split(",")] if args.tune_power else (),
+        tune_power=_floats(args.tune_power),
+        tune_smoothing=_floats(args.tune_smoothing),
     )
+
+
+def _floats(listed: str | None) -> list[float]:
+    """'0.5,0.7,1' -> [0.5, 0.7, 1.0]; None -> []."""
+    return [float(x) for x in listed.split(",")] if listed else []
 
 
 def cmd_bench_ingest(args: argparse.Namespace) -> None:
@@ -308,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tune-power",
         metavar="P,P,...",
         help="choose the allocation power among these on a validation split (trains a 2nd model)",
+    )
+    b.add_argument(
+        "--tune-smoothing",
+        metavar="S,S,...",
+        help="choose kNN-Embed's neighbour smoothing among these, on the same validation split",
     )
     b.set_defaults(func=cmd_bench_retrieval)
     b = bench.add_parser("serve", help="HTTP QPS/latency of the service vs bare in-process queries")

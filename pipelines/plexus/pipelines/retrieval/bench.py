@@ -13,7 +13,7 @@ from plexus.pipelines.retrieval.config import bundled_retrieval_config, load_ret
 from plexus.pipelines.retrieval.data import read_interactions
 from plexus.pipelines.retrieval.evaluate import evaluate_tower
 from plexus.pipelines.retrieval.report import markdown_table, write_report
-from plexus.pipelines.retrieval.tune import tune_allocation_power
+from plexus.pipelines.retrieval.tune import tune_knn_embed
 from plexus.platform import config as config_io
 
 
@@ -25,13 +25,15 @@ def bench_retrieval(
     *,
     overrides: Sequence[str] = (),
     tune_power: Sequence[float] = (),
+    tune_smoothing: Sequence[float] = (),
 ) -> list[dict[str, Any]]:
     """Train (Ray Train; reused if `out` already holds the same model), fit kNN-Embed, compare
     with single-vector retrieval at each K, write DIR/results.json, results.md, retrieval.png
     and log them to MLflow. `fmt`: movielens or lightgcn; `overrides`: `section.key=value`.
 
-    `tune_power`: candidate allocation powers, chosen on a validation split with a second model
-    trained without the validation items (`tune.tune_allocation_power`); empty: the config's.
+    `tune_power`, `tune_smoothing`: candidate allocation powers and neighbour smoothing weights,
+    chosen together on a validation split with a second model trained without the validation
+    items (`tune.tune_knn_embed`); both empty: the config's, untuned.
     """
     from plexus.pipelines import tracking
     from plexus.pipelines.retrieval.job import train_model
@@ -55,16 +57,25 @@ def bench_retrieval(
         params=config_io.flatten(config),
     ):
         interactions = read_interactions(config.data)
-        allocation, tuning = config.export.allocation, []
-        if tune_power:
-            allocation, tuning = tune_allocation_power(
-                config, interactions, tune_power, run_dir(config) / "validation"
+        knn_config, allocation, tuning = config.knn_embed, config.export.allocation, []
+        if tune_power or tune_smoothing:
+            knn_config, allocation, tuning = tune_knn_embed(
+                config,
+                interactions,
+                run_dir(config) / "validation",
+                powers=tune_power,
+                smoothings=tune_smoothing,
             )
-            mlflow.log_params({"tuned.allocation.power": allocation.power})
+            mlflow.log_params(
+                {
+                    "tuned.allocation.power": allocation.power,
+                    "tuned.knn_embed.smoothing": knn_config.smoothing,
+                }
+            )
         model, _ = train_model(config, interactions, run_dir(config))
         tower = evaluate_tower(model, interactions, ks=config.eval.ks)
         mlflow.log_metrics({f"tower.{k.replace('@', '_at_')}": v for k, v in tower.items()})
-        module, state = fit_knn_embed_query(model, interactions, config.knn_embed)
+        module, state = fit_knn_embed_query(model, interactions, knn_config)
         rows = compare_retrieval(
             module, state, interactions, ks=config.eval.ks, allocation=allocation
         )
@@ -73,7 +84,10 @@ def bench_retrieval(
         tower_md = "\n".join(f"- {k}: {v:.4f}" for k, v in sorted(tower.items()))
         with open(out / "results.md", "a") as fh:
             fh.write(f"\nTwo-tower full ranking (exact, train items excluded):\n{tower_md}\n")
-            fh.write(f"\nkNN-Embed allocation power: {allocation.power:g}")
+            fh.write(
+                f"\nkNN-Embed smoothing {knn_config.smoothing:g}, "
+                f"allocation power {allocation.power:g}"
+            )
             if tuning:
                 fh.write(", chosen on the validation split (highest mean recall over K):\n\n")
                 fh.write(generic_table(tuning, list(tuning[0])))

@@ -1,9 +1,11 @@
-"""Choose kNN-Embed's allocation on a validation split, never on the test set.
+"""Choose kNN-Embed's smoothing and allocation on a validation split, never on the test set.
 
-The allocation `power` decides how far K is spread from a user's main interest to the minor
-ones. It is chosen here by the mean kNN-Embed recall over the evaluation cut-offs on a
-validation task (`data.validation_split`: one held-out training item per user), with a model
-trained without those items, so the test figures reported next to it are not tuned on the test.
+The neighbour `smoothing` decides how much of a user's interest mixture comes from similar
+users (El-Kishky et al. 2022, Sec. 3.2); the allocation `power` decides how far K is spread
+from the main interest to the minor ones. Both are chosen here by the mean kNN-Embed recall
+over the evaluation cut-offs on a validation task (`data.validation_split`: one held-out
+training item per user), with a model trained without those items, so the test figures
+reported next to them are not tuned on the test.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from plexus.models.retrieval import KnnEmbedConfig
 from plexus.pipelines.retrieval.compare import compare_retrieval, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import RetrievalJobConfig
 from plexus.pipelines.retrieval.data import InteractionFormat, Interactions, validation_split
@@ -23,52 +26,64 @@ from plexus.serving.knn_embed import AllocationConfig
 VALIDATION_USERS = 5_000  # enough for ~0.005 recall resolution, a few seconds per setting
 
 
-def tune_allocation_power(
+def tune_knn_embed(
     config: RetrievalJobConfig,
     data: Interactions,
-    powers: Sequence[float],
     out: Path,
     *,
+    powers: Sequence[float] = (),
+    smoothings: Sequence[float] = (),
     max_users: int = VALIDATION_USERS,
-) -> tuple[AllocationConfig, list[dict[str, Any]]]:
+) -> tuple[KnnEmbedConfig, AllocationConfig, list[dict[str, Any]]]:
     """Train on the training lists minus a validation item per user (in `out`, reused when
-    already there), then score each power; returns the best allocation and one row per power
-    (`power`, `recall` and `distinct_clusters` = kNN-Embed's means over `config.eval.ks`, and
-    single-vector retrieval's as `single_recall`, `single_distinct_clusters`). The best power is
+    already there), then score every (smoothing, power) pair; an empty list keeps the config's
+    value. Returns the best kNN-Embed config and allocation and one row per pair (`smoothing`,
+    `power`, `recall` and `distinct_clusters` = kNN-Embed's means over `config.eval.ks`, and
+    single-vector retrieval's as `single_recall`, `single_distinct_clusters`). The best pair is
     the one with the highest recall: diversity is reported beside it, not traded for it."""
     from plexus.pipelines.retrieval.job import train_model
 
-    if not powers or min(powers) < 0:
+    if min(powers, default=0.0) < 0:
         raise ConfigError(f"--tune-power {list(powers)}: give powers >= 0, e.g. 0.5,0.7,0.85,1")
+    if not all(0.0 <= s <= 1.0 for s in smoothings):
+        raise ConfigError(f"--tune-smoothing {list(smoothings)}: give weights in [0, 1]")
+    powers = powers or [config.export.allocation.power]
+    smoothings = smoothings or [config.knn_embed.smoothing]
     latest = config.data.format is InteractionFormat.MOVIELENS  # time-ordered lists
     valid = validation_split(data, latest=latest, seed=config.train.seed, max_users=max_users)
     model, _ = train_model(config, valid, out)
-    module, state = fit_knn_embed_query(model, valid, config.knn_embed)
     rows = []
-    for power in powers:
-        allocation = dataclasses.replace(config.export.allocation, power=float(power))
-        scored = compare_retrieval(module, state, valid, ks=config.eval.ks, allocation=allocation)
-        mean = {
-            (method, key): statistics.mean(r[key] for r in scored if r["method"] == method)
-            for method in ("knn_embed", "single")
-            for key in ("recall", "distinct_clusters")
-        }
-        row = {
-            "power": float(power),
-            "recall": mean["knn_embed", "recall"],
-            "distinct_clusters": mean["knn_embed", "distinct_clusters"],
-            "single_recall": mean["single", "recall"],
-            "single_distinct_clusters": mean["single", "distinct_clusters"],
-        }
-        rows.append(row)
-        print(
-            f"[tune] power {power:g}: validation kNN-Embed recall {row['recall']:.4f}, "
-            f"distinct clusters {row['distinct_clusters']:.2f} "
-            f"(single: {row['single_recall']:.4f}, {row['single_distinct_clusters']:.2f})",
-            flush=True,
-        )
+    for smoothing in smoothings:
+        knn_config = dataclasses.replace(config.knn_embed, smoothing=float(smoothing))
+        module, state = fit_knn_embed_query(model, valid, knn_config)
+        for power in powers:
+            allocation = dataclasses.replace(config.export.allocation, power=float(power))
+            scored = compare_retrieval(
+                module, state, valid, ks=config.eval.ks, allocation=allocation
+            )
+            rows.append({"smoothing": float(smoothing), "power": float(power), **_means(scored)})
+            print(
+                f"[tune] smoothing {smoothing:g}, power {power:g}: validation kNN-Embed recall "
+                f"{rows[-1]['recall']:.4f}, distinct clusters {rows[-1]['distinct_clusters']:.2f}"
+                f" (single: {rows[-1]['single_recall']:.4f}, "
+                f"{rows[-1]['single_distinct_clusters']:.2f})",
+                flush=True,
+            )
     best = max(rows, key=lambda r: r["recall"])
-    return dataclasses.replace(config.export.allocation, power=best["power"]), rows
+    return (
+        dataclasses.replace(config.knn_embed, smoothing=best["smoothing"]),
+        dataclasses.replace(config.export.allocation, power=best["power"]),
+        rows,
+    )
 
 
-__all__ = ["VALIDATION_USERS", "tune_allocation_power"]
+def _means(scored: list[dict[str, Any]]) -> dict[str, float]:
+    """Recall and distinct clusters of each method, averaged over the K's."""
+    return {
+        f"{prefix}{key}": statistics.mean(r[key] for r in scored if r["method"] == method)
+        for method, prefix in (("knn_embed", ""), ("single", "single_"))
+        for key in ("recall", "distinct_clusters")
+    }
+
+
+__all__ = ["VALIDATION_USERS", "tune_knn_embed"]
