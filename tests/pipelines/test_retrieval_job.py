@@ -112,9 +112,11 @@ def test_bench_writes_results_json_md_and_png(tmp_path: Path, mlflow_uri: str, m
     chosen, _, tuning = report.partition("chosen on the validation split (highest mean recall")
     assert "kNN-Embed" in report and tuning
     table = [line.split("|")[1:-1] for line in tuning.splitlines() if line.startswith("| 0")]
-    grid = {(float(row[0]), float(row[1])): float(row[2]) for row in table}  # smoothing, power
+    # smoothing, power -> recall, distinct clusters, single-vector's distinct clusters
+    grid = {(float(r[0]), float(r[1])): (float(r[2]), float(r[3]), float(r[5])) for r in table}
     assert set(grid) == {(0.0, 0.5), (0.0, 1.0), (0.3, 0.5), (0.3, 1.0)}
-    smoothing, power = max(grid, key=grid.get)
+    diverse = [key for key, (_, clusters, single) in grid.items() if clusters >= 1.2 * single]
+    smoothing, power = max(diverse or grid, key=lambda key: grid[key][0])
     assert f"kNN-Embed smoothing {smoothing:g}, allocation power {power:g}" in chosen
     assert len(list((tmp_path / "out").glob("*-retrieval-*/validation/model.pt"))) == 1
     assert (tmp_path / "out" / "retrieval.png").stat().st_size > 1000

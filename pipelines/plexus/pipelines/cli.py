@@ -117,6 +117,7 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> None:
         overrides=args.set or (),
         tune_power=_floats(args.tune_power),
         tune_smoothing=_floats(args.tune_smoothing),
+        min_diversity=args.min_diversity,
     )
 
 
@@ -319,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tune-smoothing",
         metavar="S,S,...",
         help="choose kNN-Embed's neighbour smoothing among these, on the same validation split",
+    )
+    b.add_argument(
+        "--min-diversity",
+        type=float,
+        metavar="RATIO",
+        help="tuning keeps settings with >= RATIO x single-vector's distinct clusters "
+        "(default 1.2); 0 chooses by recall alone",
     )
     b.set_defaults(func=cmd_bench_retrieval)
     b = bench.add_parser("serve", help="HTTP QPS/latency of the service vs bare in-process queries")

@@ -13,7 +13,7 @@ from plexus.pipelines.retrieval.config import bundled_retrieval_config, load_ret
 from plexus.pipelines.retrieval.data import read_interactions
 from plexus.pipelines.retrieval.evaluate import evaluate_tower
 from plexus.pipelines.retrieval.report import markdown_table, write_report
-from plexus.pipelines.retrieval.tune import tune_knn_embed
+from plexus.pipelines.retrieval.tune import MIN_DIVERSITY, tune_knn_embed
 from plexus.platform import config as config_io
 
 
@@ -26,6 +26,7 @@ def bench_retrieval(
     overrides: Sequence[str] = (),
     tune_power: Sequence[float] = (),
     tune_smoothing: Sequence[float] = (),
+    min_diversity: float | None = None,
 ) -> list[dict[str, Any]]:
     """Train (Ray Train; reused if `out` already holds the same model), fit kNN-Embed, compare
     with single-vector retrieval at each K, write DIR/results.json, results.md, retrieval.png
@@ -33,10 +34,14 @@ def bench_retrieval(
 
     `tune_power`, `tune_smoothing`: candidate allocation powers and neighbour smoothing weights,
     chosen together on a validation split with a second model trained without the validation
-    items (`tune.tune_knn_embed`); both empty: the config's, untuned.
+    items (`tune.tune_knn_embed`: the best recall among settings with at least `min_diversity`
+    times single-vector retrieval's distinct clusters, default `tune.MIN_DIVERSITY`); both
+    empty: the config's, untuned.
     """
     from plexus.pipelines import tracking
     from plexus.pipelines.retrieval.job import train_model
+
+    min_diversity = MIN_DIVERSITY if min_diversity is None else min_diversity
 
     out = Path(out)
     config = load_retrieval_config(
@@ -65,6 +70,7 @@ def bench_retrieval(
                 run_dir(config) / "validation",
                 powers=tune_power,
                 smoothings=tune_smoothing,
+                min_diversity=min_diversity,
             )
             mlflow.log_params(
                 {
@@ -89,7 +95,10 @@ def bench_retrieval(
                 f"allocation power {allocation.power:g}"
             )
             if tuning:
-                fh.write(", chosen on the validation split (highest mean recall over K):\n\n")
+                fh.write(
+                    ", chosen on the validation split (highest mean recall over K among the "
+                    f"settings with >= {min_diversity:g}x single-vector's distinct clusters):\n\n"
+                )
                 fh.write(generic_table(tuning, list(tuning[0])))
             fh.write("\n")
         for row in rows:

@@ -1,11 +1,12 @@
 """Choose kNN-Embed's smoothing and allocation on a validation split, never on the test set.
 
 The neighbour `smoothing` decides how much of a user's interest mixture comes from similar
-users (El-Kishky et al. 2022, Sec. 3.2); the allocation `power` decides how far K is spread
+users (El-Kishky et al. 2022); the allocation `power` decides how far K is spread
 from the main interest to the minor ones. Both are chosen here by the mean kNN-Embed recall
-over the evaluation cut-offs on a validation task (`data.validation_split`: one held-out
-training item per user), with a model trained without those items, so the test figures
-reported next to them are not tuned on the test.
+over the evaluation cut-offs, among the settings clearly more diverse than single-vector
+retrieval, on a validation task (`data.validation_split`: one held-out training item per
+user), with a model trained without those items, so the test figures reported next to them
+are not tuned on the test.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from plexus.platform.errors import ConfigError
 from plexus.serving.knn_embed import AllocationConfig
 
 VALIDATION_USERS = 5_000  # enough for ~0.005 recall resolution, a few seconds per setting
+MIN_DIVERSITY = 1.2  # "clearly more diverse": a fifth more distinct clusters, mean over K
 
 
 def tune_knn_embed(
@@ -33,14 +35,19 @@ def tune_knn_embed(
     *,
     powers: Sequence[float] = (),
     smoothings: Sequence[float] = (),
+    min_diversity: float = MIN_DIVERSITY,
     max_users: int = VALIDATION_USERS,
 ) -> tuple[KnnEmbedConfig, AllocationConfig, list[dict[str, Any]]]:
     """Train on the training lists minus a validation item per user (in `out`, reused when
     already there), then score every (smoothing, power) pair; an empty list keeps the config's
     value. Returns the best kNN-Embed config and allocation and one row per pair (`smoothing`,
     `power`, `recall` and `distinct_clusters` = kNN-Embed's means over `config.eval.ks`, and
-    single-vector retrieval's as `single_recall`, `single_distinct_clusters`). The best pair is
-    the one with the highest recall: diversity is reported beside it, not traded for it."""
+    single-vector retrieval's as `single_recall`, `single_distinct_clusters`).
+
+    The best pair is the one with the highest recall among those at least `min_diversity` times
+    as diverse as single-vector retrieval (distinct clusters): kNN-Embed is there to cover more
+    of a user's interests, and recall alone would pick settings that cover fewer (with little
+    smoothing, a mixture keeps to the one or two interests of a short history)."""
     from plexus.pipelines.retrieval.job import train_model
 
     if min(powers, default=0.0) < 0:
@@ -69,7 +76,16 @@ def tune_knn_embed(
                 f"{rows[-1]['single_distinct_clusters']:.2f})",
                 flush=True,
             )
-    best = max(rows, key=lambda r: r["recall"])
+    diverse = [
+        r for r in rows if r["distinct_clusters"] >= min_diversity * r["single_distinct_clusters"]
+    ]
+    if not diverse:
+        print(
+            f"[tune] no setting reached {min_diversity:g}x single-vector retrieval's distinct "
+            "clusters; choosing by recall alone (try a lower power or more smoothing)",
+            flush=True,
+        )
+    best = max(diverse or rows, key=lambda r: r["recall"])
     return (
         dataclasses.replace(config.knn_embed, smoothing=best["smoothing"]),
         dataclasses.replace(config.export.allocation, power=best["power"]),
@@ -86,4 +102,4 @@ def _means(scored: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-__all__ = ["VALIDATION_USERS", "tune_knn_embed"]
+__all__ = ["MIN_DIVERSITY", "VALIDATION_USERS", "tune_knn_embed"]
