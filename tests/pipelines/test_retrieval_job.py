@@ -77,8 +77,13 @@ def _check_registered(uri: str, version: str, user: int) -> None:
 
 def test_job_registers_a_new_bundle_version_each_time(tmp_path: Path, mlflow_uri: str) -> None:
     config = _config(tmp_path, mlflow_uri, use_ray=False)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, eval_every=2))
     summary = run_retrieval_job(config)
     assert summary["version"] == "1"
+    import mlflow
+
+    metrics = mlflow.get_run(summary["run_id"]).data.metrics
+    assert "train.recall_at_20" in metrics and "tower.recall_at_10" in metrics  # '@' is refused
     assert summary["tower"]["recall@10"] > 0
     assert summary["export"]["onnx_max_abs_diff"] <= 1e-5
     assert summary["export"]["index_recall_vs_exact"]["20"] == 1.0

@@ -84,6 +84,17 @@ def log_params(params: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(items[start : start + 100]))
 
 
+def log_metrics(prefix: str, metrics: Mapping[str, float], *, step: int | None = None) -> None:
+    """Log `prefix.name` metrics; names like `recall@20` become `recall_at_20` (MLflow rejects
+    '@' in metric names)."""
+    import mlflow
+
+    mlflow.log_metrics(
+        {f"{prefix}.{name.replace('@', '_at_')}": value for name, value in metrics.items()},
+        step=step,
+    )
+
+
 def log_figure(figure: Any, artifact_file: str, *, also_to: Path | None = None) -> Path | None:
     """Log a matplotlib figure as a PNG artifact and optionally write the same PNG to `also_to`."""
     import mlflow

@@ -39,7 +39,8 @@ class _MarginHinge(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, user: torch.Tensor, neg: torch.Tensor, margin: float) -> torch.Tensor:
-        hinge = torch.addmm(torch.tensor(-margin, dtype=user.dtype), user, neg.T)
+        shift = torch.tensor(-margin, dtype=user.dtype, device=user.device)
+        hinge = torch.addmm(shift, user, neg.T)
         hinge.clamp_(min=0.0)
         ctx.save_for_backward(user, neg, hinge)
         return hinge.sum(dim=1)

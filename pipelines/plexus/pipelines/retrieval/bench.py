@@ -80,7 +80,7 @@ def bench_retrieval(
             )
         model, _ = train_model(config, interactions, run_dir(config))
         tower = evaluate_tower(model, interactions, ks=config.eval.ks)
-        mlflow.log_metrics({f"tower.{k.replace('@', '_at_')}": v for k, v in tower.items()})
+        tracking.log_metrics("tower", tower)
         module, state = fit_knn_embed_query(model, interactions, knn_config)
         rows = compare_retrieval(
             module, state, interactions, ks=config.eval.ks, allocation=allocation

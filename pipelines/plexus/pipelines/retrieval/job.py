@@ -256,14 +256,12 @@ def run_retrieval_job(config: RetrievalJobConfig) -> dict[str, Any]:
         mlflow.set_tag("model_reused", str((out / MODEL_FILE).is_file()).lower())
         model, history = train_model(config, data, out)
         for record in history:
-            step = int(record["epoch"])
-            mlflow.log_metrics(
-                {f"train.{k}": v for k, v in record.items() if k != "epoch"}, step=step
-            )
+            values = {k: v for k, v in record.items() if k != "epoch"}
+            tracking.log_metrics("train", values, step=int(record["epoch"]))
         mlflow.log_metric("train_seconds", time.perf_counter() - start)
         start = time.perf_counter()
         tower = evaluate_tower(model, data, ks=config.eval.ks)
-        mlflow.log_metrics({f"tower.{k.replace('@', '_at_')}": v for k, v in tower.items()})
+        tracking.log_metrics("tower", tower)
         mlflow.log_metric("evaluate_seconds", time.perf_counter() - start)
         result = _export_and_register(config, data, model, out, evaluate=True)
         summary = {
