@@ -105,3 +105,25 @@ def test_onnx_bundle_returns_the_same_candidates_as_torch(tmp_path) -> None:
             data.item_ids[torch_single[row]].tolist()
         )
     assert bundle.manifest["export"]["onnx_max_abs_diff"] <= 1e-5
+
+
+def test_diversity_matches_pairwise_definitions() -> None:
+    """Distinct clusters and intra-list distance (mean pairwise 1 - cosine) per list, with
+    padding ids (0) and missing slots (-1) left out, against a brute-force count."""
+    from plexus.pipelines.retrieval.evaluate import diversity
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[0] = 0.0
+    clusters = rng.integers(0, 5, size=30)
+    top = rng.integers(1, 30, size=(6, 7))
+    top[1, 4:] = -1
+    top[2, 2:] = 0
+    got = diversity(top, vectors, clusters, 7)
+    for row, ids in enumerate(top):
+        ids = ids[ids > 0]
+        assert got["distinct_clusters"][row] == len(set(clusters[ids]))
+        pairs = [(a, b) for a in range(len(ids)) for b in range(len(ids)) if a != b]
+        distance = np.mean([1 - vectors[ids[a]] @ vectors[ids[b]] for a, b in pairs])
+        assert got["intra_list_distance"][row] == pytest.approx(distance, abs=1e-5)

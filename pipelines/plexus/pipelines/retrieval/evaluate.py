@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from plexus.models.retrieval import TwoTower
 from plexus.pipelines.retrieval.data import Interactions
 
@@ -62,10 +63,16 @@ def diversity(
     sorted_c = np.sort(clusters, axis=1)
     distinct = ((sorted_c[:, 1:] != sorted_c[:, :-1]) & (sorted_c[:, 1:] >= 0)).sum(1)
     distinct = distinct + (sorted_c[:, 0] >= 0)
-    vecs = item_vectors[np.maximum(ids, 0)] * valid[..., None]
+    # Mean pairwise cosine of unit vectors from their sum: (|sum|^2 - n) / (n (n - 1)). The sum
+    # is a bag lookup, so no (B, k, D) gather of the lists' vectors is materialised.
+    s = F.embedding_bag(
+        torch.from_numpy(np.maximum(ids, 0)),
+        torch.from_numpy(np.ascontiguousarray(item_vectors, dtype=np.float32)),
+        mode="sum",
+        per_sample_weights=torch.from_numpy(valid.astype(np.float32)),
+    ).numpy()
     n = valid.sum(1).astype(np.float64)
-    s = vecs.sum(1)
-    pair_cos = ((s * s).sum(1) - n) / np.maximum(n * (n - 1), 1.0)
+    pair_cos = ((s.astype(np.float64) ** 2).sum(1) - n) / np.maximum(n * (n - 1), 1.0)
     return {"distinct_clusters": distinct.astype(np.float64), "intra_list_distance": 1.0 - pair_cos}
 
 
