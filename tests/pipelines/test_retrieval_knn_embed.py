@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from plexus.models.retrieval import KnnEmbedConfig, KnnEmbedQuery, TwoTowerConfig, fit_knn_embed
-from plexus.pipelines.retrieval.compare import compare_retrieval
+from plexus.pipelines.retrieval.compare import compare_allocations, compare_retrieval
 from plexus.pipelines.retrieval.evaluate import csr_rows, exact_topk
 from plexus.pipelines.retrieval.synthetic import planted_bundle, planted_interests
 from plexus.pipelines.retrieval.train import RetrievalTrainConfig, train_two_tower
@@ -76,6 +76,20 @@ def test_knn_embed_covers_more_planted_interests_than_single_vector(fitted) -> N
     rows = {(r["method"], r["k"]): r for r in compare_retrieval(module, state, data, ks=(k,))}
     assert rows[("knn_embed", k)]["distinct_clusters"] > rows[("single", k)]["distinct_clusters"]
     assert rows[("knn_embed", k)]["recall"] >= rows[("single", k)]["recall"] - 0.05
+
+
+def test_several_allocations_score_as_each_alone(fitted) -> None:
+    """`compare_allocations` shares the query model and single-vector retrieval across
+    allocations; each allocation's rows are those of its own `compare_retrieval`."""
+    data, _, module, state = fitted
+    allocations = [AllocationConfig(power=0.3), AllocationConfig(power=1.0)]
+    together = compare_allocations(module, state, data, allocations, ks=(5, 20), batch_size=64)
+    for allocation, rows in zip(allocations, together, strict=True):
+        alone = compare_retrieval(
+            module, state, data, ks=(5, 20), allocation=allocation, batch_size=64
+        )
+        assert rows == alone
+    assert together[0] != together[1]  # the powers do change kNN-Embed's lists
 
 
 def test_onnx_bundle_returns_the_same_candidates_as_torch(tmp_path) -> None:

@@ -48,7 +48,6 @@ def fit_knn_embed_query(
     return KnnEmbedQuery(model, state, config).eval(), state
 
 
-@torch.no_grad()
 def compare_retrieval(
     module: KnnEmbedQuery,
     state: KnnEmbedState,
@@ -60,8 +59,23 @@ def compare_retrieval(
 ) -> list[dict[str, Any]]:
     """One row per (method, k): recall, ndcg, distinct_clusters, intra_list_distance (means over
     test users), plus `users`. Train items are excluded from both methods' lists."""
+    allocations = [allocation or AllocationConfig()]
+    return compare_allocations(module, state, data, allocations, ks=ks, batch_size=batch_size)[0]
+
+
+@torch.no_grad()
+def compare_allocations(
+    module: KnnEmbedQuery,
+    state: KnnEmbedState,
+    data: Interactions,
+    allocations: Sequence[AllocationConfig],
+    *,
+    ks: Sequence[int] = (20, 50, 100, 200),
+    batch_size: int = 512,
+) -> list[list[dict[str, Any]]]:
+    """`compare_retrieval`'s rows for each allocation. The query model and single-vector
+    retrieval, which do not depend on the allocation, run once for all of them."""
     module.eval()
-    allocation = allocation or AllocationConfig()
     ks = sorted(set(int(k) for k in ks))
     items = module.model.all_item_vectors()
     item_np = items.numpy().astype(np.float32)
@@ -71,12 +85,21 @@ def compare_retrieval(
     )
     histories = torch.from_numpy(data.histories(module.model.config.history_len))
     users = test_users(data)
-    sums: dict[tuple[str, int], dict[str, float]] = {}
+    sums: list[dict[tuple[str, int], dict[str, float]]] = [{} for _ in allocations]
 
-    def add(method: str, k: int, values: dict[str, np.ndarray]) -> None:
-        row = sums.setdefault((method, k), {})
+    def scored(top: np.ndarray, chunk: np.ndarray, k: int) -> dict[str, float]:
+        ranking = ranking_metrics(top, data, chunk, (k,))
+        values = {
+            "recall": ranking[f"recall@{k}"],
+            "ndcg": ranking[f"ndcg@{k}"],
+            **diversity(top, item_np, clusters, k),
+        }
+        return {key: float(v.sum()) for key, v in values.items()}
+
+    def add(which: int, method: str, k: int, values: dict[str, float]) -> None:
+        row = sums[which].setdefault((method, k), {})
         for key, value in values.items():
-            row[key] = row.get(key, 0.0) + float(value.sum())
+            row[key] = row.get(key, 0.0) + value
 
     for lo in range(0, users.size, batch_size):
         chunk = users[lo : lo + batch_size]
@@ -84,29 +107,27 @@ def compare_retrieval(
         hist = histories[u]
         query, mixture, components = module(u, hist, (hist > 0).float())
         single = exact_topk(query, items, data, chunk, max(ks))
-        rows, seen = csr_rows(data.train_indptr, data.train_items, chunk)
+        mixture_np, components_np = mixture.numpy(), components.numpy()
+        excluded = csr_rows(data.train_indptr, data.train_items, chunk)
         for k in ks:
-            knn, _ = search_mixture(
-                index,
-                clusters,
-                mixture.numpy(),
-                components.numpy(),
-                k,
-                (rows, seen),
-                allocation,
-            )
-            for method, top in (("single", single[:, :k]), ("knn_embed", knn)):
-                metrics = ranking_metrics(top, data, chunk, (k,))
-                add(method, k, {"recall": metrics[f"recall@{k}"], "ndcg": metrics[f"ndcg@{k}"]})
-                add(method, k, diversity(top, item_np, clusters, k))
+            single_values = scored(single[:, :k], chunk, k)
+            for which, allocation in enumerate(allocations):
+                knn, _ = search_mixture(
+                    index, clusters, mixture_np, components_np, k, excluded, allocation
+                )
+                add(which, "single", k, single_values)
+                add(which, "knn_embed", k, scored(knn, chunk, k))
     n = max(users.size, 1)
     return [
-        {
-            "method": method,
-            "k": k,
-            **{key: v / n for key, v in sums[(method, k)].items()},
-            "users": int(users.size),
-        }
-        for method in METHODS
-        for k in ks
+        [
+            {
+                "method": method,
+                "k": k,
+                **{key: v / n for key, v in totals[(method, k)].items()},
+                "users": int(users.size),
+            }
+            for method in METHODS
+            for k in ks
+        ]
+        for totals in sums
     ]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from plexus.models.retrieval import KnnEmbedConfig
-from plexus.pipelines.retrieval.compare import compare_retrieval, fit_knn_embed_query
+from plexus.pipelines.retrieval.compare import compare_allocations, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import RetrievalJobConfig
 from plexus.pipelines.retrieval.data import InteractionFormat, Interactions, validation_split
 from plexus.platform.errors import ConfigError
@@ -59,16 +59,18 @@ def tune_knn_embed(
     latest = config.data.format is InteractionFormat.MOVIELENS  # time-ordered lists
     valid = validation_split(data, latest=latest, seed=config.train.seed, max_users=max_users)
     model, _ = train_model(config, valid, out)
+    allocations = [
+        dataclasses.replace(config.export.allocation, power=float(power)) for power in powers
+    ]
     rows = []
     for smoothing in smoothings:
         knn_config = dataclasses.replace(config.knn_embed, smoothing=float(smoothing))
         module, state = fit_knn_embed_query(model, valid, knn_config)
-        for power in powers:
-            allocation = dataclasses.replace(config.export.allocation, power=float(power))
-            scored = compare_retrieval(
-                module, state, valid, ks=config.eval.ks, allocation=allocation
+        scored = compare_allocations(module, state, valid, allocations, ks=config.eval.ks)
+        for power, rows_of_power in zip(powers, scored, strict=True):
+            rows.append(
+                {"smoothing": float(smoothing), "power": float(power), **_means(rows_of_power)}
             )
-            rows.append({"smoothing": float(smoothing), "power": float(power), **_means(scored)})
             print(
                 f"[tune] smoothing {smoothing:g}, power {power:g}: validation kNN-Embed recall "
                 f"{rows[-1]['recall']:.4f}, distinct clusters {rows[-1]['distinct_clusters']:.2f}"
