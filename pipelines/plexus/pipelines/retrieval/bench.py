@@ -12,7 +12,7 @@ from plexus.pipelines.retrieval.compare import compare_retrieval, fit_knn_embed_
 from plexus.pipelines.retrieval.config import bundled_retrieval_config, load_retrieval_config
 from plexus.pipelines.retrieval.data import read_interactions
 from plexus.pipelines.retrieval.evaluate import evaluate_tower
-from plexus.pipelines.retrieval.report import markdown_table, write_report
+from plexus.pipelines.retrieval.report import flat_metrics, markdown_table, write_report
 from plexus.pipelines.retrieval.tune import MIN_DIVERSITY, tune_knn_embed
 from plexus.platform import config as config_io
 
@@ -101,13 +101,7 @@ def bench_retrieval(
                 )
                 fh.write(generic_table(tuning, list(tuning[0])))
             fh.write("\n")
-        for row in rows:
-            mlflow.log_metrics(
-                {
-                    f"{row['method']}.{key}_at_{row['k']}": row[key]
-                    for key in ("recall", "ndcg", "distinct_clusters", "intra_list_distance")
-                }
-            )
+        mlflow.log_metrics(flat_metrics(rows))
         for name in ("results.json", "results.md", "retrieval.png"):
             mlflow.log_artifact(str(out / name), artifact_path="report")
         print(markdown_table(rows))

@@ -22,7 +22,7 @@ from plexus.pipelines.retrieval.config import RetrievalJobConfig
 from plexus.pipelines.retrieval.data import Interactions, read_interactions
 from plexus.pipelines.retrieval.evaluate import evaluate_tower
 from plexus.pipelines.retrieval.export import write_retrieval_bundle
-from plexus.pipelines.retrieval.report import write_report
+from plexus.pipelines.retrieval.report import flat_metrics, write_report
 from plexus.pipelines.retrieval.train import (
     STATE_FILE,
     epoch_reporter,
@@ -176,9 +176,7 @@ def _export_and_register(
             module, state, data, ks=config.eval.ks, allocation=config.export.allocation
         )
         mlflow.log_metric("compare_seconds", time.perf_counter() - start)
-        for row in rows:
-            for key in ("recall", "ndcg", "distinct_clusters", "intra_list_distance"):
-                metrics[f"{row['method']}.{key}_at_{row['k']}"] = row[key]
+        metrics = flat_metrics(rows)
         mlflow.log_metrics(metrics)
         write_report(rows, out, title=f"{config.name}: kNN-Embed vs single-vector retrieval")
         for name in ("results.json", "results.md", "retrieval.png"):

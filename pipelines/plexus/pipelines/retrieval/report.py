@@ -27,6 +27,11 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def flat_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The rows as MLflow metrics: `single.recall_at_20`, `knn_embed.ndcg_at_100`, ..."""
+    return {f"{r['method']}.{c}_at_{r['k']}": float(r[c]) for r in rows for c in COLUMNS}
+
+
 def plot(rows: Sequence[dict[str, Any]], *, title: str) -> Any:
     """Recall, distinct clusters and intra-list distance against K for both methods."""
     import matplotlib
