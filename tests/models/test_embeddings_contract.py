@@ -43,14 +43,21 @@ OPTIONS: dict[EmbeddingMethod, list[dict]] = {
             "pooling": "mean",
         },
     ],
+    # The learned methods over each base: `budget` and the base's options describe the base.
+    EmbeddingMethod.OPTEMBED: [
+        {"budget": 0.5, "chunks": 2, "num_tables": 2, "options": {"base": "unified"}},
+        {"budget": 0.5, "probes": 2, "pooling": "mean", "options": {"base": "multiplexed"}},
+        {"budget": 0.3, "options": {"base": "hashing"}},
+    ],
 }
+LEARNED = {EmbeddingMethod.OPTEMBED}
 
 
 def _cases() -> list:
     cases = []
     for method in registered_methods():
         base = {"method": method.value, "dim": DIM}
-        if method is not EmbeddingMethod.FULL:
+        if method not in (EmbeddingMethod.FULL, *LEARNED):  # learned methods default to full
             base["budget"] = 0.5
         for options in [{}, *OPTIONS.get(method, [])]:
             config = from_dict(EmbeddingConfig, {**base, **options})
@@ -63,8 +70,10 @@ CASES = _cases()
 
 
 def _build(config: EmbeddingConfig):
+    """The tables in eval mode: the outputs a served model computes (a supernet's training
+    forward draws random widths, tested with the method)."""
     torch.manual_seed(0)
-    return build_embedding_tables(config, sparse_features())
+    return build_embedding_tables(config, sparse_features()).eval()
 
 
 def test_every_enum_member_is_registered() -> None:
@@ -109,7 +118,11 @@ def test_num_parameters_matches_the_budget(config: EmbeddingConfig) -> None:
     features = sparse_features()
     counted = sum(p.numel() for p in tables.parameters())
     assert tables.num_parameters() == counted
-    if config.method is EmbeddingMethod.FULL:
+    # A learned method's own parameters (thresholds, ...) come on top of its base tables'.
+    counted -= sum(
+        p.numel() for name, p in tables.named_parameters() if not name.startswith("ebc.")
+    )
+    if config.base_method is EmbeddingMethod.FULL:
         assert counted == full_table_parameters(features, DIM) == (10 + 10 + 10 + 3) * DIM
     else:
         assert counted == budget_rows(features, config.budget) * DIM
@@ -122,7 +135,7 @@ def test_state_dict_round_trip_reproduces_outputs(config: EmbeddingConfig) -> No
     kjt = random_kjt(batch=8, seed=1)
     expected = tables(kjt).values()
     torch.manual_seed(123)  # different init: only the loaded state may make them agree
-    fresh = build_embedding_tables(config, sparse_features())
+    fresh = build_embedding_tables(config, sparse_features()).eval()
     assert not torch.equal(fresh(kjt).values(), expected)
     fresh.load_state_dict(tables.state_dict())
     torch.testing.assert_close(fresh(kjt).values(), expected, rtol=0, atol=0)
@@ -155,7 +168,8 @@ def test_multi_valued_pooling(config: EmbeddingConfig) -> None:
 
 
 @pytest.mark.parametrize(
-    "config", [c for c in CASES if c.values[0].method is not EmbeddingMethod.FULL]
+    "config",
+    [c for c in CASES if c.values[0].method not in (EmbeddingMethod.FULL, *LEARNED)],
 )
 def test_fused_lookup_equals_the_torchrec_lookup(config: EmbeddingConfig) -> None:
     """Hashed methods pool with one embedding_bag per shared table unless sharded (then through
@@ -212,6 +226,7 @@ outputs = []
 for config, state, kjt in zip(saved["configs"], saved["states"], saved["inputs"]):
     tables = build_embedding_tables(from_dict(EmbeddingConfig, json.loads(config)), sparse_features())
     tables.load_state_dict(state)
+    tables.eval()
     outputs.append(tables(kjt).values())
 torch.save(outputs, sys.argv[1] + ".out")
 """

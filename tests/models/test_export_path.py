@@ -8,16 +8,16 @@ import pytest
 import torch
 from plexus.models.backbones import Backbone, ModelConfig, build_ctr_model
 from plexus.models.batch import batch_from_arrow, pad_sparse
-from plexus.models.embeddings import EmbeddingConfig, registered_methods
+from plexus.models.embeddings import EmbeddingConfig, EmbeddingMethod, registered_methods
 from tiny_ctr_data import planted_table, tiny_spec
 
 SPARSE = [f.name for f in tiny_spec().sparse]
 
 
 def _embedding(method: str, budget: float = 0.5, **options) -> EmbeddingConfig:
-    return EmbeddingConfig(
-        method=method, dim=4, budget=1.0 if method == "full" else budget, **options
-    )
+    """`method` at `budget`, or at 1 when it builds on full tables (its default base)."""
+    on_full = EmbeddingConfig(method=method, **options).base_method is EmbeddingMethod.FULL
+    return EmbeddingConfig(method=method, dim=4, budget=1.0 if on_full else budget, **options)
 
 
 def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:

@@ -67,8 +67,22 @@ def test_plan_runs_full_once_per_seed_and_the_others_at_every_budget() -> None:
             ("unified", 1 / 16),
         ]
     ]
-    with pytest.raises(ConfigError, match="optembed"):
-        _plan(["optembed"], [1.0], seeds=1, chunks=2, dim=16)
+    learned = _plan(["optembed", "full"], [1 / 4], seeds=1, chunks=2, dim=16)
+    assert [(m, b) for m, b, _, _ in learned] == [
+        ("full", 1.0),
+        ("optembed:full", 0.25),
+        ("optembed:unified", 0.25),
+    ]
+    on_full, on_unified = learned[1][2], learned[2][2]
+    assert (on_full.base_method.value, on_full.budget, on_full.options.search_budget) == (
+        "full",
+        1.0,
+        0.25,
+    )  # prunes the full tables down to a quarter of their bytes
+    assert (on_unified.base_method.value, on_unified.budget / on_unified.chunks) == ("unified", 0.5)
+    assert on_unified.options.search_budget == 0.25  # a unified table of 2b pruned to b
+    with pytest.raises(ConfigError, match="optembed:unified"):
+        _plan(["optembed:dnis"], [1.0], seeds=1, chunks=2, dim=16)
     with pytest.raises(ConfigError, match="budgets"):
         _plan(["hashing"], [2.0], seeds=1, chunks=2, dim=16)
 
@@ -90,6 +104,8 @@ def test_summary_averages_seeds_and_checks_the_targets_against_full_and_hashing(
                 "chunks": 1, "param_fraction": budget}  # fmt: skip
 
     rows = [row("full", 1.0, s, 0.80 + 0.01 * s, 100.0) for s in range(3)]
+    for r in rows:
+        r["base"] = ""
     rows += [row("hashing", 1 / 16, s, 0.70, 120.0) for s in range(3)]
     rows += [row("unified", 1 / 16, s, 0.805, 90.0) for s in range(3)]
     summary = summarise(rows)

@@ -61,4 +61,4 @@ def test_throughput_only_benchmark_writes_ratios_to_full(tmp_path: Path) -> None
     ]
     assert rows[0]["speed_vs_full"] == 1.0 and rows[1]["speed_vs_full"] > 0
     assert json.loads((tmp_path / "out" / "throughput.json").read_text()) == rows
-    assert "| unified | 1/4 | 2 |" in (tmp_path / "out" / "throughput.md").read_text()
+    assert "| unified |  | 1/4 | 2 |" in (tmp_path / "out" / "throughput.md").read_text()

@@ -197,7 +197,9 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
 
 def _add_job_args(parser: argparse.ArgumentParser, *, force: bool = True) -> None:
     parser.add_argument(
-        "config", help="job YAML path or bundled config name (criteo, avazu, movielens, synthetic)"
+        "config",
+        help="job YAML path or bundled config name (criteo, avazu, movielens, movielens_1m, "
+        "synthetic)",
     )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
     if force:
@@ -275,12 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser(
         "embeddings", help="test AUC vs embedding parameters for every method and budget"
     )
-    b.add_argument("--format", required=True, choices=("criteo", "avazu", "movielens"))
+    b.add_argument(
+        "--format",
+        required=True,
+        choices=("criteo", "avazu", "movielens", "parquet"),
+        help="parquet needs --config with a data.schema (e.g. movielens_1m)",
+    )
     b.add_argument(
         "--data", required=True, help="input file, or a folder with train/dev/test files"
     )
     b.add_argument("--out", required=True)
-    b.add_argument("--methods", default="full,hashing,multiplexed,unified")
+    b.add_argument(
+        "--methods",
+        default="full,hashing,multiplexed,unified,optembed",
+        help="comma-separated; a learned method runs on each of its bases, or name one "
+        "(optembed:full, optembed:unified)",
+    )
     b.add_argument(
         "--budgets", default="1,1/4,1/16,1/64", help="fractions of the full tables' parameters"
     )

@@ -36,6 +36,7 @@ class TrainConfig:
     threads_per_worker: int = 0  # torch intra-op threads; 0 = cores / workers
     shuffle_buffer: int = 100_000  # rows in the local shuffle buffer of each worker
     max_failures: int = 1  # worker restarts from the last checkpoint before the job fails
+    search_workers: int = 0  # parallel fitness evaluations of a search stage; 0 = one per core
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "eval_batch_size", "epochs", "workers"):
@@ -43,8 +44,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
-        if self.patience < 0 or self.threads_per_worker < 0 or self.max_failures < 0:
-            raise ConfigError("train.patience, threads_per_worker and max_failures must be >= 0")
+        for key in ("patience", "threads_per_worker", "max_failures", "search_workers"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

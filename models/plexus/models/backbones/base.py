@@ -79,9 +79,30 @@ class CTRModel(nn.Module):
             config = dataclasses.replace(config, dim=dim)
         return build_embedding_tables(config, self._spec.sparse)
 
+    def build_first_order(self) -> EmbeddingTables:
+        """Width-1 per-id weights of a linear part: the method's base tables, never learned
+        (`EmbeddingConfig.first_order_config`), at the same budget."""
+        return build_embedding_tables(self.embedding_config.first_order_config(), self._spec.sparse)
+
     def embedding_parameters(self) -> int:
-        """Parameters of every embedding table of the model (main and first-order)."""
+        """Parameters of every embedding table of the model (main and first-order), in the
+        form they are served from (compact for a learned method)."""
         return sum(m.num_parameters() for m in self.modules() if isinstance(m, EmbeddingTables))
+
+    def embedding_bytes(self) -> int:
+        """Serving bytes of every embedding table of the model, index arrays included."""
+        return sum(m.num_bytes() for m in self.modules() if isinstance(m, EmbeddingTables))
+
+    def compact(self) -> CTRModel:
+        """A copy whose tables are in their serving form (`EmbeddingTables.compact`): the model
+        to export. Same logits as this model in eval mode."""
+        import copy
+
+        served = copy.deepcopy(self).eval()
+        served.embeddings = served.embeddings.compact()
+        if served.first_order is not None:
+            served.first_order = served.first_order.compact()
+        return served
 
     def interact(
         self, dense: torch.Tensor, embedded: torch.Tensor, first: torch.Tensor | None

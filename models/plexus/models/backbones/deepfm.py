@@ -27,7 +27,7 @@ class DeepFM(CTRModel):
         super().__init__(model, embedding, spec)
         self.embeddings = self.build_tables()
         require_equal_widths(self.embeddings, Backbone.DEEPFM)
-        self.first_order = self.build_tables(dim=1)  # w_f, under the same method and budget
+        self.first_order = self.build_first_order()  # w_f, under the same base and budget
         self.linear = FirstOrder(self.num_dense)
         width = sum(self.embeddings.output_dims().values()) + self.num_dense
         self.dnn = MLP(

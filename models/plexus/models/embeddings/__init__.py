@@ -18,7 +18,13 @@ Example:
     >>> pooled.values().shape                  # (B, sum(tables.output_dims().values()))
 """
 
-from plexus.models.embeddings import full, hashing, multiplexed, unified  # noqa: F401  (registers)
+from plexus.models.embeddings import (  # noqa: F401  (registers)
+    full,
+    hashing,
+    multiplexed,
+    optembed,
+    unified,
+)
 from plexus.models.embeddings.base import (
     EMBEDDING_INIT_STD,
     EmbeddingConfig,

@@ -16,9 +16,11 @@ import abc
 import dataclasses
 import enum
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from plexus.platform.config import coerce_choice
+from plexus.models.embeddings.protocol import SINGLE_STAGE, Evaluate, ParameterGroup, Stage
+from plexus.platform.config import coerce_choice, from_dict
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Feature
 from torch import nn
@@ -34,6 +36,12 @@ class EmbeddingMethod(str, enum.Enum):  # noqa: UP042  (str mixin, as FeatureKin
     HASHING = "hashing"
     MULTIPLEXED = "multiplexed"
     UNIFIED = "unified"
+    OPTEMBED = "optembed"
+
+
+# Typed option classes of the methods that have options of their own (`embedding.options`),
+# filled by `register_embedding(method, options=...)`.
+_METHOD_OPTIONS: dict[EmbeddingMethod, type] = {}
 
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
@@ -51,6 +59,10 @@ class EmbeddingConfig:
     * `chunks` (unified): chunks per feature, concatenated (feature width `chunks * dim`);
       `feature_chunks` overrides it per feature name; `num_tables`: physical tables the chunks
       are spread over round-robin.
+
+    A learned method keeps its own options in a typed config beside it, given as
+    `options: {...}` (e.g. `embedding: {method: optembed, options: {base: unified}}`) and
+    validated into that class; the options above then describe its `base` tables.
     """
 
     method: EmbeddingMethod = EmbeddingMethod.FULL
@@ -61,9 +73,11 @@ class EmbeddingConfig:
     chunks: int = 1
     feature_chunks: dict[str, int] = dataclasses.field(default_factory=dict, hash=False)
     num_tables: int = 1
+    options: Any = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         coerce_choice(self, "method", EmbeddingMethod, "embedding.method")
+        self._coerce_options()
         if self.dim < 1:
             raise ConfigError(f"embedding.dim={self.dim} must be a positive integer (e.g. 16)")
         if not 0.0 < self.budget <= 1.0:
@@ -71,9 +85,9 @@ class EmbeddingConfig:
                 f"embedding.budget={self.budget} must be in (0, 1]: it is the fraction of the "
                 "full per-field tables' parameters"
             )
-        if self.method is EmbeddingMethod.FULL and self.budget != 1.0:
+        if self.base_method is EmbeddingMethod.FULL and self.budget != 1.0:
             raise ConfigError(
-                f"embedding.budget={self.budget} has no effect with method 'full'; "
+                f"embedding.budget={self.budget} has no effect with full tables; "
                 "use method hashing, multiplexed or unified for a smaller budget"
             )
         if self.pooling not in _POOLING:
@@ -94,11 +108,39 @@ class EmbeddingConfig:
             "num_tables": (self.num_tables != 1, EmbeddingMethod.UNIFIED),
         }
         for key, (is_set, method) in uses.items():
-            if is_set and self.method is not method:
+            if is_set and self.base_method is not method:
                 raise ConfigError(
                     f"embedding.{key} applies only to method '{method.value}', not "
                     f"'{self.method.value}'; remove it or set embedding.method={method.value}"
                 )
+
+    def _coerce_options(self) -> None:
+        cls = _METHOD_OPTIONS.get(self.method)
+        if cls is None:
+            if self.options:
+                raise ConfigError(
+                    f"embedding.options is for learned methods; method '{self.method.value}' "
+                    "has none: remove it"
+                )
+            object.__setattr__(self, "options", None)
+        elif not isinstance(self.options, cls):
+            value = {} if self.options is None else self.options
+            object.__setattr__(self, "options", from_dict(cls, value, path="embedding.options"))
+
+    @property
+    def base_method(self) -> EmbeddingMethod:
+        """The method whose tables are built: `options.base` for a learned method, else `method`."""
+        base = getattr(self.options, "base", None)
+        return self.method if base is None else EmbeddingMethod(base)
+
+    def base_config(self) -> EmbeddingConfig:
+        """This config as its plain base method (the tables a learned method starts from)."""
+        return dataclasses.replace(self, method=self.base_method, options=None)
+
+    def first_order_config(self) -> EmbeddingConfig:
+        """The width-1 tables of a backbone's linear part: the base method, unlearned, as in
+        the learned methods' official code (OptEmbed prunes only the field embeddings)."""
+        return dataclasses.replace(self.base_config(), dim=1)
 
     @property
     def pooling_type(self) -> PoolingType:
@@ -138,8 +180,44 @@ class EmbeddingTables(nn.Module, abc.ABC):
         `forward(kjt).values()` for the same bags."""
 
     def num_parameters(self) -> int:
-        """Trainable embedding parameters (what the budget is measured against)."""
+        """Embedding parameters the method serves with (what the budget is measured against)."""
         return sum(p.numel() for p in self.parameters())
+
+    def num_bytes(self) -> int:
+        """Bytes of the form the method serves from: float32 values plus any index arrays."""
+        return 4 * self.num_parameters()
+
+    def compact(self) -> EmbeddingTables:
+        """The serving form (same outputs, pruned storage); plain methods are already compact."""
+        return self
+
+    # Training protocol (see `plexus.models.embeddings.protocol`): no-ops for plain methods.
+
+    def extra_loss(self) -> torch.Tensor | None:
+        """A term added to the task loss at every training step, or None."""
+        return None
+
+    def parameter_groups(self) -> tuple[ParameterGroup, ...]:
+        """Parameters optimised apart from the rest (their own optimiser or learning rate)."""
+        return ()
+
+    def after_step(self) -> None:
+        """Called after every optimiser step."""
+
+    def stages(self) -> tuple[Stage, ...]:
+        """The stages the job runs for this method, in order."""
+        return SINGLE_STAGE
+
+    def begin_stage(self, stage: Stage, previous: EmbeddingTables | None) -> None:
+        """Take over the method's state from `previous` (the last stage's tables, or None)."""
+
+    def search(self, stage: Stage, evaluate: Evaluate) -> dict[str, float]:
+        """A `SEARCH` stage: choose the method's architecture with `evaluate(candidates)`."""
+        raise NotImplementedError(f"{type(self).__name__} has no search stage")
+
+    def apply_candidate(self, candidate: Any) -> None:
+        """Use a search candidate until the next call (fitness evaluation)."""
+        raise NotImplementedError(f"{type(self).__name__} has no search candidates")
 
 
 def sparse_features(features: Sequence[Feature]) -> tuple[Feature, ...]:

@@ -12,6 +12,7 @@ from plexus.models.embeddings.base import (
     init_weight,
     pool_padded,
 )
+from plexus.models.embeddings.hashed import Plan, identity_plan
 from plexus.models.embeddings.registry import register_embedding
 from plexus.models.layers.lookup import pooled_key_blocks
 from plexus.platform.errors import DataError
@@ -39,6 +40,11 @@ class FullEmbeddingTables(EmbeddingTables):
                 for f in self.features
             ]
         )
+
+    @staticmethod
+    def plan(config: EmbeddingConfig, features: Sequence[Feature]) -> Plan:
+        """The same tables as a probe plan (what a learned method over full tables builds on)."""
+        return identity_plan(features)
 
     def output_dims(self) -> dict[str, int]:
         return {name: self.config.dim for name in self.feature_names}

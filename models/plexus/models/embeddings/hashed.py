@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from plexus.models.embeddings.base import EmbeddingTables, init_weight, pool_padded
 from plexus.models.layers.hashing import check_buckets, hash_bucket, seed_tensors
 from plexus.models.layers.lookup import pooled_key_blocks
 from plexus.platform.errors import ConfigError, DataError
+from plexus.platform.feature_spec import Feature
 from plexus.platform.hashing import feature_seed
 from torch.nn import functional
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, KeyedTensor
@@ -47,6 +49,23 @@ class Probe:
     @property
     def key(self) -> str:
         return f"{self.feature}#{self.index}"
+
+
+class Plan(NamedTuple):
+    """A probe plan: the lookups, the rows of each physical table, how a feature's probes
+    combine ("sum" or "concat"). Every hashed method is one; `identity_plan` is the full tables'."""
+
+    probes: tuple[Probe, ...]
+    table_rows: dict[str, int]
+    combine: str
+
+
+def identity_plan(features: Sequence[Feature]) -> Plan:
+    """Full per-field tables as a plan: one unhashed probe per feature into its own table."""
+    probes = tuple(Probe(f.name, 0, f"t_{f.name}", identity=True) for f in features)
+    return Plan(
+        probes, {p.table: f.cardinality for p, f in zip(probes, features, strict=True)}, "concat"
+    )
 
 
 def split_rows(total: int, weights: Sequence[int], minimum: int = 1) -> list[int]:
@@ -85,7 +104,16 @@ class HashedEmbeddingTables(EmbeddingTables):
     "concat" (output width `num_probes(feature) * dim`).
     """
 
-    def _build(self, probes: Sequence[Probe], table_rows: dict[str, int], combine: str) -> None:
+    def _build(
+        self,
+        probes: Sequence[Probe],
+        table_rows: dict[str, int],
+        combine: str,
+        *,
+        with_tables: bool = True,
+    ) -> None:
+        """Set up the plan's hashing and output layout, and (`with_tables`) its TorchRec tables
+        (a compact serving form stores its tables its own way)."""
         dim = self.config.dim
         keys = [p.key for p in probes]
         if len(set(keys)) != len(keys):
@@ -100,19 +128,20 @@ class HashedEmbeddingTables(EmbeddingTables):
         probes = sorted(probes, key=lambda p: order.index(p.table))
         self.probes = tuple(probes)
         self.combine = combine
-        self.ebc = EmbeddingBagCollection(
-            tables=[
-                EmbeddingBagConfig(
-                    name=table,
-                    embedding_dim=dim,
-                    num_embeddings=rows,
-                    feature_names=[p.key for p in probes if p.table == table],
-                    pooling=self.config.pooling_type,
-                    init_fn=init_weight,
-                )
-                for table, rows in table_rows.items()
-            ]
-        )
+        if with_tables:
+            self.ebc = EmbeddingBagCollection(
+                tables=[
+                    EmbeddingBagConfig(
+                        name=table,
+                        embedding_dim=dim,
+                        num_embeddings=rows,
+                        feature_names=[p.key for p in probes if p.table == table],
+                        pooling=self.config.pooling_type,
+                        init_fn=init_weight,
+                    )
+                    for table, rows in table_rows.items()
+                ]
+            )
         self.table_rows = dict(table_rows)
         self._probes_per_table = {t: sum(p.table == t for p in probes) for t in table_rows}
         feature_index = {name: i for i, name in enumerate(self.feature_names)}
@@ -217,10 +246,20 @@ class HashedEmbeddingTables(EmbeddingTables):
 
     def forward_padded(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         pooled = []
-        for table in self.table_rows:  # same column order as the EBC: table by table
+        for table, index, rows in self.padded_rows(ids):
+            weight = self.ebc.embedding_bags[table].weight
+            vectors = functional.embedding(rows, weight)  # (B, Pt, L, dim)
+            feature = self._probe_feature[index]
+            pooled.append(pool_padded(vectors, lengths[:, feature], self.config.pooling))
+        return self._combine(torch.cat(pooled, dim=1).transpose(0, 1))  # (P, B, dim)
+
+    def padded_rows(self, ids: torch.Tensor) -> list[tuple[str, list[int], torch.Tensor]]:
+        """Table by table (the EBC's column order): its probes' indices and their rows
+        (B, Pt, L) for raw padded ids (B, F, L), hashed in the exportable graph."""
+        out = []
+        for table in self.table_rows:
             index = [i for i, p in enumerate(self.probes) if p.table == table]
-            feature = self._probe_feature[index]  # (Pt,)
-            raw = ids[:, feature, :]  # (B, Pt, L)
+            raw = ids[:, self._probe_feature[index], :]  # (B, Pt, L)
             rows = hash_bucket(
                 raw,
                 self._seed_lo[index].unsqueeze(1),
@@ -230,10 +269,8 @@ class HashedEmbeddingTables(EmbeddingTables):
             if any(self.probes[i].identity for i in index):
                 unhashed = torch.remainder(raw, self.table_rows[table])
                 rows = torch.where(self._identity[index].unsqueeze(1), unhashed, rows)
-            weight = self.ebc.embedding_bags[table].weight
-            vectors = functional.embedding(rows, weight)  # (B, Pt, L, dim)
-            pooled.append(pool_padded(vectors, lengths[:, feature], self.config.pooling))
-        return self._combine(torch.cat(pooled, dim=1).transpose(0, 1))  # (P, B, dim)
+            out.append((table, index, rows))
+        return out
 
     def _combine(self, pooled: torch.Tensor) -> torch.Tensor:
         """(P, B, dim) probe outputs in table order -> (B, sum(output_dims)): each feature's

@@ -17,7 +17,7 @@ from plexus.models.embeddings.base import (
     EmbeddingMethod,
     budget_rows,
 )
-from plexus.models.embeddings.hashed import HashedEmbeddingTables, Probe, split_rows
+from plexus.models.embeddings.hashed import HashedEmbeddingTables, Plan, Probe, split_rows
 from plexus.models.embeddings.registry import register_embedding
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Feature
@@ -29,16 +29,21 @@ class HashingEmbeddingTables(HashedEmbeddingTables):
 
     def __init__(self, config: EmbeddingConfig, features: Sequence[Feature]) -> None:
         super().__init__(config, features)
-        total = budget_rows(self.features, config.budget)
-        cards = [f.cardinality for f in self.features]
+        self._build(*self.plan(config, self.features))
+
+    @staticmethod
+    def plan(config: EmbeddingConfig, features: Sequence[Feature]) -> Plan:
+        """One table per feature, rows in proportion to cardinality; unhashed where they fit."""
+        total = budget_rows(features, config.budget)
+        cards = [f.cardinality for f in features]
         if total < len(cards):
             raise ConfigError(
                 f"embedding.budget={config.budget} gives {total} rows for {len(cards)} features; "
                 "the hashing trick needs at least one row per feature: raise the budget"
             )
         rows = split_rows(total, cards)
-        probes = [
+        probes = tuple(
             Probe(f.name, 0, f"t_{f.name}", identity=r >= f.cardinality)
-            for f, r in zip(self.features, rows, strict=True)
-        ]
-        self._build(probes, {p.table: r for p, r in zip(probes, rows, strict=True)}, "concat")
+            for f, r in zip(features, rows, strict=True)
+        )
+        return Plan(probes, {p.table: r for p, r in zip(probes, rows, strict=True)}, "concat")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod, budget_rows
-from plexus.models.embeddings.hashed import HashedEmbeddingTables, Probe
+from plexus.models.embeddings.hashed import HashedEmbeddingTables, Plan, Probe
 from plexus.models.embeddings.registry import register_embedding
 from plexus.platform.feature_spec import Feature
 
@@ -28,7 +28,14 @@ class MultiplexedEmbeddingTables(HashedEmbeddingTables):
 
     def __init__(self, config: EmbeddingConfig, features: Sequence[Feature]) -> None:
         super().__init__(config, features)
-        probes = [
-            Probe(f.name, p, SHARED_TABLE) for f in self.features for p in range(config.probes)
-        ]
-        self._build(probes, {SHARED_TABLE: budget_rows(self.features, config.budget)}, "sum")
+        self._build(*self.plan(config, self.features))
+
+    @staticmethod
+    def plan(config: EmbeddingConfig, features: Sequence[Feature]) -> Plan:
+        return multiplexed_plan(config, features)
+
+
+def multiplexed_plan(config: EmbeddingConfig, features: Sequence[Feature]) -> Plan:
+    """`probes` lookups per feature into one shared table of the budget's rows, summed."""
+    probes = tuple(Probe(f.name, p, SHARED_TABLE) for f in features for p in range(config.probes))
+    return Plan(probes, {SHARED_TABLE: budget_rows(features, config.budget)}, "sum")

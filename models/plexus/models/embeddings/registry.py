@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod, EmbeddingTables
+from plexus.models.embeddings.base import (
+    _METHOD_OPTIONS,
+    EmbeddingConfig,
+    EmbeddingMethod,
+    EmbeddingTables,
+)
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Feature
 
 _REGISTRY: dict[EmbeddingMethod, type[EmbeddingTables]] = {}
 
 
-def register_embedding(method: EmbeddingMethod) -> Callable[[type], type]:
-    """Class decorator: make an `EmbeddingTables` subclass selectable as `method`."""
+def register_embedding(
+    method: EmbeddingMethod, *, options: type | None = None
+) -> Callable[[type], type]:
+    """Class decorator: make an `EmbeddingTables` subclass selectable as `method`.
+
+    `options` is the method's typed config dataclass, read from `embedding.options`.
+    """
 
     def decorate(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, EmbeddingTables)):
@@ -20,6 +30,8 @@ def register_embedding(method: EmbeddingMethod) -> Callable[[type], type]:
         if method in _REGISTRY and _REGISTRY[method] is not cls:
             raise ValueError(f"embedding method {method.value!r} is already registered")
         _REGISTRY[method] = cls
+        if options is not None:
+            _METHOD_OPTIONS[method] = options
         return cls
 
     return decorate
@@ -28,6 +40,13 @@ def register_embedding(method: EmbeddingMethod) -> Callable[[type], type]:
 def registered_methods() -> tuple[EmbeddingMethod, ...]:
     """Every method with an implementation, in enum order."""
     return tuple(m for m in EmbeddingMethod if m in _REGISTRY)
+
+
+def method_class(method: EmbeddingMethod) -> type[EmbeddingTables]:
+    """The class registered as `method` (e.g. a learned method building on a base's plan)."""
+    if method not in _REGISTRY:
+        raise ConfigError(f"embedding method {method.value!r} has no implementation")
+    return _REGISTRY[method]
 
 
 def build_embedding_tables(config: EmbeddingConfig, features: Sequence[Feature]) -> EmbeddingTables:

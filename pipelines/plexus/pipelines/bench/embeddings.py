@@ -8,8 +8,15 @@ is one parent MLflow run with a nested run per row; `results.json`, `results.md`
 `pareto.png` are written to `out/` and logged as artifacts of the parent.
 
 Parameters are measured, never derived: `params` counts every embedding table of the model
-(the `dim`-wide tables and, for FM/DeepFM, the width-1 first-order tables), `bytes` their float32
-storage. Unified Embedding uses `chunks` chunks of `dim / chunks` per feature, so its feature
+(the `dim`-wide tables and, for FM/DeepFM, the width-1 first-order tables) in the form it is
+served from, `bytes` that form's size (float32 values plus any index arrays: a learned method's
+compact tables and their remaps).
+
+Learned methods run on a base (`base` in the rows): `optembed` means `optembed:full` and
+`optembed:unified`. At budget b < 1, OptEmbed's search keeps the model within b of the full
+tables' bytes (`search_budget`); on a unified base it prunes a Unified Embedding of 2b. After
+the planned rows, hashing and Unified Embedding also train at the bytes each OptEmbed row
+reached (rows with `matched_to`), so the Pareto plot compares them at the same size. Unified Embedding uses `chunks` chunks of `dim / chunks` per feature, so its feature
 width equals the full table's `dim`; since `embedding.budget` counts rows of the chunk width, the
 requested fraction `b` is passed as `budget = b * chunks` (fewer chunks where that exceeds 1,
 e.g. one chunk at b = 1).
@@ -39,9 +46,12 @@ from plexus.pipelines.config import JobConfig, TrackingConfig, bundled_config, l
 from plexus.pipelines.ingest import DataConfig, DataFormat, SplitConfig
 from plexus.pipelines.jobs import log_ingest, run_ingest
 from plexus.pipelines.train.job import train
+from plexus.platform.config import from_dict, to_dict
 from plexus.platform.errors import ConfigError
 
 METHODS = tuple(m.value for m in EmbeddingMethod)
+LEARNED = {EmbeddingMethod.OPTEMBED.value: ("full", "unified")}  # method -> its bases here
+MATCHED = ("hashing", "unified")  # trained again at the bytes a learned row reached
 BUDGETS = (1.0, 1 / 4, 1 / 16, 1 / 64)
 ROW_KEYS = (
     "method",
@@ -52,6 +62,7 @@ ROW_KEYS = (
     "test_logloss",
     "examples_per_s",
     "seed",
+    "base",
 )
 _SPLIT_NAMES = {"valid": ("dev", "valid", "validation"), "test": ("test",)}
 
@@ -103,18 +114,36 @@ def bench_embeddings(
         full_params = _embedding_parameters(
             dataclasses.replace(base, embedding=EmbeddingConfig(dim=base.embedding.dim)), ingested
         )
-        for method, budget, embedding, seed in plan:
+        configs: dict[str, EmbeddingConfig] = {}
+
+        def run(method: str, budget: float, embedding: EmbeddingConfig, seed: int) -> None:
             job = dataclasses.replace(
                 base, embedding=embedding, train=dataclasses.replace(base.train, seed=seed)
             )
             result = train(job, ingested, force=force, nested=True)
-            params = _embedding_parameters(job, ingested)
             rows.append(
-                _row(base.name, method, budget, embedding, seed, params, full_params, result)
+                _row(base.name, method, budget, embedding, seed, full_params, result, job, ingested)
             )
+            configs[_key(rows[-1])] = embedding
             print(_progress(rows[-1]), flush=True)
+
+        for method, budget, embedding, seed in plan:
+            run(method, budget, embedding, seed)
+        for learned in [r for r in rows if r["base"]]:
+            fraction = learned["bytes"] / (4 * full_params)
+            for method in MATCHED:
+                if (
+                    min(fraction, 1.0) * full_params
+                    < len(ingested.spec.sparse) * base.embedding.dim
+                ):
+                    continue  # not even a row per feature
+                embedding = embedding_for(
+                    method, min(fraction, 1.0), dim=base.embedding.dim, chunks=chunks
+                )
+                run(method, min(fraction, 1.0), embedding, learned["seed"])
+                rows[-1]["matched_to"] = f"{learned['method']}:{learned['base']}"
         if throughput_batches > 0:
-            _add_back_to_back_throughput(rows, base, plan, ingested, throughput_batches)
+            _add_back_to_back_throughput(rows, base, configs, ingested, throughput_batches)
         summary = summarise(rows)
         markdown = results_markdown(
             base.name,
@@ -123,7 +152,7 @@ def bench_embeddings(
             command=_command(fmt, data, out, plan, budgets, seeds, chunks, config, overrides),
         )
         write_results(out, rows, markdown=markdown)
-        figure = pareto_figure(summary, title=f"{base.name}: test AUC vs embedding parameters")
+        figure = pareto_figure(summary, title=f"{base.name}: test AUC vs embedding bytes")
         tracking.log_figure(figure, "pareto.png", also_to=out / "pareto.png")
         mlflow.log_artifact(str(out / "results.json"))
         mlflow.log_artifact(str(out / "results.md"))
@@ -145,13 +174,22 @@ def parse_budget(text: str) -> float:
     return value
 
 
-def embedding_for(method: str, budget: float, *, dim: int, chunks: int) -> EmbeddingConfig:
+def embedding_for(
+    method: str, budget: float, *, dim: int, chunks: int, base: str | None = None
+) -> EmbeddingConfig:
     """The `embedding:` section of one benchmark row at `budget` of the full `dim`-wide tables.
 
     For `unified`, `c` chunks of `dim / c` (c <= `chunks`, dividing `dim`, with `budget * c <= 1`),
     so the feature width stays `dim` and the rows x chunk width equal `budget` of the full tables.
+    For a learned method on `base`: the search budget `budget` (none at 1), over the base's
+    full tables or, for a shared base, its tables at twice the budget.
     """
     kind = EmbeddingMethod(method)
+    if base is not None:
+        start = 1.0 if base == EmbeddingMethod.FULL.value else min(1.0, 2 * budget)
+        plain = embedding_for(base, start, dim=dim, chunks=chunks)
+        options = {"base": base, "search_budget": None if budget >= 1.0 else budget}
+        return from_dict(EmbeddingConfig, {**to_dict(plain), "method": method, "options": options})
     if kind is EmbeddingMethod.FULL:
         return EmbeddingConfig(method=kind, dim=dim)
     if kind is not EmbeddingMethod.UNIFIED:
@@ -163,29 +201,34 @@ def embedding_for(method: str, budget: float, *, dim: int, chunks: int) -> Embed
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and spread over seeds per (method, budget), with throughput relative to `full`."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["method"], row["budget"]), []).append(row)
+        groups.setdefault((row["method"], row.get("base", ""), row["budget"]), []).append(row)
     # Back-to-back figures where measured: runs minutes apart compare the machine's load too.
     speed_key = (
         "b2b_examples_per_s" if all("b2b_examples_per_s" in r for r in rows) else "examples_per_s"
     )
-    full = groups.get((EmbeddingMethod.FULL.value, 1.0))
+    full = groups.get((EmbeddingMethod.FULL.value, "", 1.0))
     full_speed = statistics.mean(r[speed_key] for r in full) if full else None
     full_auc = statistics.mean(r["test_auc"] for r in full) if full else None
     summary = []
-    for (method, budget), group in groups.items():
+    for (method, base, budget), group in groups.items():
         aucs = [r["test_auc"] for r in group]
         speed = statistics.mean(r[speed_key] for r in group)
         summary.append({
             "method": method,
+            "base": base,
+            "matched_to": group[0].get("matched_to", ""),
             "budget": budget,
             "budget_label": budget_label(budget),
             "chunks": group[0]["chunks"],
             "seeds": len(group),
-            "params": group[0]["params"],
-            "bytes": group[0]["bytes"],
-            "param_fraction": group[0]["param_fraction"],
+            "params": round(statistics.mean(r["params"] for r in group)),
+            "bytes": round(statistics.mean(r["bytes"] for r in group)),
+            "param_fraction": statistics.mean(r["param_fraction"] for r in group),
+            "bytes_fraction": statistics.mean(
+                r.get("bytes_fraction", r["param_fraction"]) for r in group
+            ),
             "test_auc": statistics.mean(aucs),
             "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
             "auc_vs_full": statistics.mean(aucs) - full_auc if full_auc is not None else None,
@@ -195,7 +238,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "speed_vs_full": speed / full_speed if full_speed else None,
         })  # fmt: skip
     order = {m: i for i, m in enumerate(METHODS)}
-    return sorted(summary, key=lambda s: (order.get(s["method"], 99), -s["budget"]))
+    return sorted(summary, key=lambda s: (order.get(s["method"], 99), s["base"], -s["budget"]))
 
 
 def targets(summary: Sequence[dict[str, Any]], *, budget: float = 1 / 16) -> dict[str, Any]:
@@ -232,9 +275,11 @@ def results_markdown(
         {**s, "test_auc": f"{s['test_auc']:.4f} ± {s['auc_std']:.4f}",
          "auc_vs_full": "" if s["auc_vs_full"] is None else f"{s['auc_vs_full']:+.4f}",
          "speed_vs_full": "" if s["speed_vs_full"] is None else f"{s['speed_vs_full']:.2f}",
-         "params": f"{s['params']:,}", "bytes": f"{s['bytes']:,}"}
+         "params": f"{s['params']:,}", "bytes": f"{s['bytes']:,}",
+         "bytes_fraction": f"{s['bytes_fraction']:.4f}"}
         for s in summary
     ]  # fmt: skip
+    learned = learned_comparison(summary)
     goal = targets(summary)
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     lines = [
@@ -244,10 +289,12 @@ def results_markdown(
             shown,
             [
                 "method",
+                "base",
                 "budget_label",
                 "chunks",
                 "params",
                 "bytes",
+                "bytes_fraction",
                 "seeds",
                 "test_auc",
                 "auc_vs_full",
@@ -265,22 +312,65 @@ def results_markdown(
         f"{fmt(goal['unified_minus_full_auc'], '+.4f')} (target >= -0.002 on the synthetic set); "
         f"unified - hashing = {fmt(goal['unified_minus_hashing_auc'], '+.4f')} (target > 0); "
         f"unified examples/s / full = {fmt(goal['unified_speed_vs_full'], '.2f')} (target >= 0.8).\n",
+        *(
+            [
+                "### Learned methods against the plain ones at the same bytes\n",
+                markdown_table(learned, list(learned[0])),
+                "",
+            ]
+            if learned
+            else []
+        ),
         "### Every run\n",
-        markdown_table(rows, [*ROW_KEYS, "chunks", "epochs"]),
+        markdown_table(rows, [*ROW_KEYS, "chunks", "epochs", "matched_to"]),
     ]
     return "\n".join(lines)
 
 
+def learned_comparison(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per learned (method, base, budget): its bytes and AUC against the full tables
+    and against hashing and Unified Embedding trained at the bytes it reached."""
+    full = next((s for s in summary if s["method"] == EmbeddingMethod.FULL.value), None)
+    lines = []
+    for s in summary:
+        if not s["base"]:
+            continue
+        label = f"{s['method']}:{s['base']}"
+        line = {
+            "method": label,
+            "search budget": s["budget_label"],
+            "bytes": f"{s['bytes']:,}",
+            "bytes / full": f"{s['bytes_fraction']:.4f}",
+            "test AUC": f"{s['test_auc']:.4f} ± {s['auc_std']:.4f}",
+            "- full": "" if full is None else f"{s['test_auc'] - full['test_auc']:+.4f}",
+        }
+        for method in MATCHED:
+            match = [m for m in summary if m["method"] == method and m["matched_to"] == label]
+            near = min(match, key=lambda m: abs(m["bytes"] - s["bytes"]), default=None)
+            line[f"- {method} at its bytes"] = (
+                "" if near is None else f"{s['test_auc'] - near['test_auc']:+.4f}"
+            )
+        lines.append(line)
+    return lines
+
+
 def pareto_figure(summary: Sequence[dict[str, Any]], *, title: str) -> Any:
-    """Test AUC (mean, error bar = std over seeds) against embedding parameters, one line per method."""
+    """Test AUC (mean, error bar = std over seeds) against embedding bytes: one line per plain
+    method, learned methods as points (one marker per base)."""
     plt = plots._pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     labelled = False  # budgets share x positions across methods: label one line only
+    for method, base in sorted({(s["method"], s["base"]) for s in summary if s["base"]}):
+        points = [s for s in summary if (s["method"], s["base"]) == (method, base)]
+        ax.errorbar([p["bytes"] for p in points], [p["test_auc"] for p in points],
+                    yerr=[p["auc_std"] for p in points], marker="D" if base == "full" else "P",
+                    markersize=8, linestyle="none", capsize=3, label=f"{method} on {base}")  # fmt: skip
     for method in METHODS:
-        points = sorted((s for s in summary if s["method"] == method), key=lambda s: s["params"])
+        plain = [s for s in summary if s["method"] == method and not s["base"]]
+        points = sorted(plain, key=lambda s: s["bytes"])
         if not points:
             continue
-        xs, ys = [p["params"] for p in points], [p["test_auc"] for p in points]
+        xs, ys = [p["bytes"] for p in points], [p["test_auc"] for p in points]
         errs = [p["auc_std"] for p in points]
         if method == EmbeddingMethod.FULL.value:
             ax.axhline(ys[0], color="black", linestyle=":", linewidth=1)
@@ -290,11 +380,11 @@ def pareto_figure(summary: Sequence[dict[str, Any]], *, title: str) -> Any:
             continue
         ax.errorbar(xs, ys, yerr=errs, marker="o", label=method, capsize=3)
         for p in points if not labelled else ():
-            ax.annotate(p["budget_label"], (p["params"], p["test_auc"]), textcoords="offset points",
+            ax.annotate(p["budget_label"], (p["bytes"], p["test_auc"]), textcoords="offset points",
                         xytext=(4, -10), fontsize=7)  # fmt: skip
         labelled = True
     ax.set_xscale("log")
-    ax.set_xlabel("embedding parameters (log scale)")
+    ax.set_xlabel("embedding bytes, serving form (log scale)")
     ax.set_ylabel("test AUC")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
@@ -315,14 +405,19 @@ def _base_job(
     try:
         kind = DataFormat(fmt)
     except ValueError:
-        raise ConfigError(f"--format {fmt!r}: use criteo, avazu or movielens") from None
-    if kind is DataFormat.PARQUET:
-        raise ConfigError("--format parquet: the benchmark reads criteo, avazu or movielens data")
+        raise ConfigError(f"--format {fmt!r}: use criteo, avazu, movielens or parquet") from None
     if not data.exists():
         raise ConfigError(f"--data {data}: no such file or folder")
+    if kind is DataFormat.PARQUET and config is None:
+        raise ConfigError(
+            "--format parquet: give --config with the data.schema of the file "
+            "(e.g. --config movielens_1m)"
+        )
     source = config or kind.value
     path = Path(source) if Path(source).suffix in (".yaml", ".yml") else bundled_config(str(source))
     job = load_job_config(path, overrides)
+    if kind is DataFormat.PARQUET and job.data.schema is None:
+        raise ConfigError(f"--config {source}: has no data.schema for the Parquet input")
     label = name or (kind.value if data.is_dir() else data.stem)
     # Not MLFLOW_TRACKING_URI: MLflow sets it itself once a run starts, so a second benchmark in
     # the same process would log into the first one's store. The CLI passes the user's value.
@@ -339,7 +434,8 @@ def _base_job(
 def _data_section(kind: DataFormat, data: Path, template: DataConfig) -> DataConfig:
     """The dataset config's encoding options with `data`'s paths: given splits or a seeded split."""
     base = dict(min_count=template.min_count, numeric=template.numeric,
-                hash_buckets=template.hash_buckets, max_reject_ratio=template.max_reject_ratio)  # fmt: skip
+                hash_buckets=template.hash_buckets, max_reject_ratio=template.max_reject_ratio,
+                schema=template.schema if kind is DataFormat.PARQUET else None)  # fmt: skip
     if kind is DataFormat.MOVIELENS or not data.is_dir():
         split = (
             template.split
@@ -365,26 +461,36 @@ def _data_section(kind: DataFormat, data: Path, template: DataConfig) -> DataCon
 def _plan(
     methods: Sequence[str], budgets: Sequence[float], seeds: int, chunks: int, dim: int
 ) -> list[tuple[str, float, EmbeddingConfig, int]]:
-    """(method, budget, embedding, seed) in run order: per seed, full first, then by method and budget."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ConfigError(f"--methods {list(methods)}: choose from {', '.join(METHODS)}")
+    """(method label, budget, embedding, seed) in run order: per seed, full first, then by method
+    and budget. A learned method's label is `method:base` (`optembed` alone: each of its bases)."""
+    labels: list[str] = []
+    for token in methods:
+        method, _, base = token.partition(":")
+        if method not in METHODS or (base and base not in LEARNED.get(method, ())):
+            choices = [*METHODS, *(f"{m}:{b}" for m, bases in LEARNED.items() for b in bases)]
+            raise ConfigError(f"--methods {list(methods)}: choose from {', '.join(choices)}")
+        bases = (base,) if base else LEARNED.get(method, ("",))
+        labels += [f"{method}:{b}" if b else method for b in bases]
+    if not labels:
+        raise ConfigError("--methods: name at least one method")
     if seeds < 1 or chunks < 1:
         raise ConfigError(f"--seeds {seeds} and chunks {chunks} must be >= 1")
     for b in budgets:
         if not 0.0 < b <= 1.0:
             raise ConfigError(f"--budgets: {b} is not in (0, 1]")
     configs = []
-    for method in sorted(dict.fromkeys(methods), key=METHODS.index):
+    for label in sorted(dict.fromkeys(labels), key=lambda x: (METHODS.index(x.split(":")[0]), x)):
+        method, _, base = label.partition(":")
         at = (1.0,) if method == EmbeddingMethod.FULL.value else sorted(set(budgets), reverse=True)
         configs += [
-            (method, float(b), embedding_for(method, b, dim=dim, chunks=chunks)) for b in at
+            (label, float(b), embedding_for(method, b, dim=dim, chunks=chunks, base=base or None))
+            for b in at
         ]
     # Seed-major: an interrupted benchmark still has every (method, budget) for its first seeds.
     return [
-        (method, budget, embedding, seed)
+        (label, budget, embedding, seed)
         for seed in range(seeds)
-        for method, budget, embedding in configs
+        for label, budget, embedding in configs
     ]
 
 
@@ -406,13 +512,26 @@ def bench_embedding_throughput(
     out = Path(out).resolve()
     base = _base_job(fmt, Path(data), out, config, overrides, None, None)
     plan = _plan(methods, budgets, 1, chunks, base.embedding.dim)
-    rows = [{"method": m, "budget": b, "chunks": e.chunks, "dim": e.dim} for m, b, e, _ in plan]
-    _add_back_to_back_throughput(rows, base, plan, run_ingest(base, progress=False), batches)
+    rows = [
+        {"method": m.partition(":")[0], "base": m.partition(":")[2], "budget": b,
+         "chunks": e.chunks, "dim": e.dim}
+        for m, b, e, _ in plan
+    ]  # fmt: skip
+    configs = {_key(r): e for r, (_, _, e, _) in zip(rows, plan, strict=True)}
+    _add_back_to_back_throughput(rows, base, configs, run_ingest(base, progress=False), batches)
     full = next((r["b2b_examples_per_s"] for r in rows if r["method"] == "full"), None)
     for row in rows:
         row["budget_label"] = budget_label(row["budget"])
         row["speed_vs_full"] = row["b2b_examples_per_s"] / full if full else None
-    columns = ["method", "budget_label", "chunks", "dim", "b2b_examples_per_s", "speed_vs_full"]
+    columns = [
+        "method",
+        "base",
+        "budget_label",
+        "chunks",
+        "dim",
+        "b2b_examples_per_s",
+        "speed_vs_full",
+    ]
     table = markdown_table(rows, columns)
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput.md").write_text(table)
@@ -424,32 +543,32 @@ def bench_embedding_throughput(
 def _add_back_to_back_throughput(
     rows: list[dict[str, Any]],
     base: JobConfig,
-    plan: Sequence[tuple[str, float, EmbeddingConfig, int]],
+    configs: dict[str, EmbeddingConfig],
     ingested: Any,
     batches: int,
 ) -> None:
-    """Give every row the `b2b_examples_per_s` of its (method, budget), measured interleaved."""
+    """Give every row the `b2b_examples_per_s` of its model (`configs`, keyed by `_key`),
+    measured interleaved with the others on the same batches."""
     import torch
 
     torch.set_num_threads(
         base.train.threads_per_worker or max(1, (os.cpu_count() or 1) // base.train.workers)
     )
-    configs = {(m, b): e for m, b, e, _ in plan}
     data = load_batches(
         ingested.shards("train"), ingested.spec, batch_size=base.train.batch_size, limit=batches
     )
     print(
         f"[bench embeddings] back-to-back throughput: {len(configs)} models x {len(data)} batches"
     )
-    speeds = embedding_throughput(
-        base.model,
-        {f"{m}@{budget_label(b)}": e for (m, b), e in configs.items()},
-        ingested.spec,
-        data,
-        lr=base.train.lr,
-    )
+    speeds = embedding_throughput(base.model, configs, ingested.spec, data, lr=base.train.lr)
     for row in rows:
-        row["b2b_examples_per_s"] = speeds[f"{row['method']}@{budget_label(row['budget'])}"]
+        row["b2b_examples_per_s"] = speeds[_key(row)]
+
+
+def _key(row: dict[str, Any]) -> str:
+    """`method[:base]@budget`: one trained model configuration of the benchmark."""
+    label = f"{row['method']}:{row['base']}" if row.get("base") else row["method"]
+    return f"{label}@{budget_label(row['budget'])}"
 
 
 def _embedding_parameters(job: JobConfig, data: Any) -> int:
@@ -458,29 +577,38 @@ def _embedding_parameters(job: JobConfig, data: Any) -> int:
 
 def _row(
     dataset: str,
-    method: str,
+    label: str,
     budget: float,
     embedding: EmbeddingConfig,
     seed: int,
-    params: int,
     full_params: int,
     result: Any,
+    job: JobConfig,
+    data: Any,
 ) -> dict[str, Any]:
     metrics, history = result.metrics, result.history
     speeds = sorted(h["examples_per_s"] for h in history) or [metrics["train_examples_per_s"]]
+    method, _, base = label.partition(":")
+    if "embedding_bytes" in metrics:  # the trained model's serving form (compact if learned)
+        params, size = int(metrics["embedding_params"]), int(metrics["embedding_bytes"])
+    else:  # a run finished before these were recorded: a plain method, float32 tables
+        params = _embedding_parameters(job, data)
+        size = 4 * params
     return {
         "method": method,
         "budget": budget,
         "params": params,
-        "bytes": params * 4,  # float32 tables
+        "bytes": size,
         "test_auc": metrics["test_auc"],
         "test_logloss": metrics["test_logloss"],
         "examples_per_s": statistics.median(speeds),  # median epoch: robust to a busy machine
         "seed": seed,
+        "base": base,
         "dataset": dataset,
         "chunks": embedding.chunks,
         "dim": embedding.dim,
         "param_fraction": params / full_params,
+        "bytes_fraction": size / (4 * full_params),
         "valid_auc": metrics["best_valid_auc"],
         "epochs": int(metrics["epochs_run"]),
         "run_id": metrics.get("run_id", result.run_id),
@@ -489,7 +617,7 @@ def _row(
 
 def _progress(row: dict[str, Any]) -> str:
     return (
-        f"[bench embeddings] {row['method']:11s} budget {budget_label(row['budget']):>5s} seed {row['seed']}: "
+        f"[bench embeddings] {row['method'] + (':' + row['base'] if row['base'] else ''):16s} budget {budget_label(row['budget']):>5s} seed {row['seed']}: "
         f"AUC {row['test_auc']:.4f}  logloss {row['test_logloss']:.4f}  params {row['params']:,}  "
         f"{row['examples_per_s']:,.0f} ex/s"
     )
@@ -507,7 +635,8 @@ def _bench_params(job: JobConfig, plan: Sequence[tuple[Any, ...]], seeds: int) -
 
 def _headline_metrics(summary: Sequence[dict[str, Any]]) -> dict[str, float]:
     metrics = {
-        f"{s['method']}_{s['budget_label'].replace('/', 'of')}_test_auc": s["test_auc"]
+        f"{s['method']}{'_' + s['base'] if s['base'] else ''}_"
+        f"{s['budget_label'].replace('/', 'of')}_test_auc": s["test_auc"]
         for s in summary
     }
     metrics.update({k: float(v) for k, v in targets(summary).items() if v is not None})

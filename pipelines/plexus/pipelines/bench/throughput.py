@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import torch
 from plexus.models.backbones import ModelConfig, build_ctr_model
 from plexus.models.batch import Batch, batch_from_arrow
-from plexus.models.embeddings import EmbeddingConfig
+from plexus.models.embeddings import EmbeddingConfig, protocol
 from plexus.platform.feature_spec import FeatureSpec
 
 
@@ -32,15 +32,22 @@ def load_batches(
 
 
 def train_step(model: torch.nn.Module, *, lr: float) -> Callable[[Batch], None]:
-    """One Adam step of the CTR loss on a batch, as the training job takes it."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    """One step of the CTR loss on a batch, as the training loop takes it: a learned method's
+    extra loss, its own optimisers and its after-step hook included (the first stage's)."""
+    optimizers = protocol.build_optimizers(model, lr=lr, weight_decay=0.0)
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
     def step(batch: Batch) -> None:
         loss = loss_fn(model(batch.dense, batch.sparse), batch.labels)
-        optimizer.zero_grad(set_to_none=True)
+        extra = protocol.extra_loss(model)
+        if extra is not None:
+            loss = loss + extra
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
+        protocol.after_step(model)
 
     return step
 

@@ -3,6 +3,10 @@
 Outputs go to `<runs>/<name>/train-<hash>/`, the hash covering the data, model, embedding and
 train sections. A finished folder (`metrics.json` present) is reused unless `force`; an
 unfinished one (a crash) resumes from its last checkpoint and continues the same MLflow run.
+
+A learned embedding method with several stages (`EmbeddingTables.stages()`, e.g. OptEmbed's
+supernet, search and retrain) runs them through `stages.run_stages`, each a nested MLflow run;
+the final stage's model is the one evaluated, saved and served.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ from typing import Any
 import torch
 import yaml
 from plexus.models.backbones import build_ctr_model
+from plexus.models.embeddings import protocol
 from plexus.pipelines import plots, tracking
 from plexus.pipelines.config import JobConfig
+from plexus.pipelines.files import read_json, write_json
 from plexus.pipelines.ingest import IngestResult
 from plexus.pipelines.runtime import default_runs_dir, ensure_ray
 from plexus.pipelines.train.evaluate import evaluate, iter_batches
 from plexus.pipelines.train.loop import STATE_FILE, train_loop
+from plexus.pipelines.train.stages import run_stages
 from plexus.platform import config as config_io
 from plexus.platform.errors import PlexusError
 
@@ -61,10 +68,10 @@ def train(
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    uri = tracking.configure(job.tracking.uri)
+    tracking.configure(job.tracking.uri)
     import mlflow
 
-    previous = _read_json(out / "run.json")
+    previous = read_json(out / "run.json")
     with mlflow.start_run(
         run_id=previous.get("run_id"),
         experiment_id=None if previous else tracking.experiment_id(job.tracking.experiment),
@@ -72,17 +79,22 @@ def train(
         nested=nested,
     ) as active:
         run_id = active.info.run_id
-        _write_json(out / "run.json", {"run_id": run_id})
+        write_json(out / "run.json", {"run_id": run_id})
         if not previous:
             tracking.log_params(config_io.flatten(job))
             mlflow.log_param("data.fingerprint", data.spec.fingerprint)
             mlflow.log_artifact(str(data.output / "feature_spec.json"), artifact_path=MODEL_DIR)
-        result = _fit(job, data, out, uri, run_id)
-        history, best_state = _load_final_state(result)
-
         model = build_ctr_model(job.model, job.embedding, data.spec)
+        stages = protocol.model_stages(model)
+        stage_metrics: dict[str, float] = {}
+        if stages == protocol.SINGLE_STAGE:
+            history, best_state = _load_final_state(_fit(job, data, out, run_id))
+        else:
+            history, best_state, stage_metrics = run_stages(
+                job, data, out, stages, _fit, _load_final_state
+            )
         model.load_state_dict(best_state)
-        metrics = _final_metrics(job, data, model, history)
+        metrics = {**_final_metrics(job, data, model, history), **stage_metrics}
         mlflow.log_metrics(metrics)
         _save_model(out / MODEL_DIR, job, data, model)
         mlflow.log_artifacts(str(out / MODEL_DIR), artifact_path=MODEL_DIR)
@@ -92,13 +104,24 @@ def train(
         )
 
         summary = {**metrics, "run_id": run_id, "history": history}
-        _write_json(out / METRICS_FILE, summary)
+        write_json(out / METRICS_FILE, summary)
         mlflow.log_artifact(str(out / METRICS_FILE))
     return TrainResult(out, run_id, summary, history)
 
 
-def _fit(job: JobConfig, data: IngestResult, out: Path, uri: str, run_id: str) -> Any:
+def _fit(
+    job: JobConfig,
+    data: IngestResult,
+    out: Path,
+    run_id: str,
+    *,
+    init_state: str | None = None,
+    stage: str | None = None,
+) -> Any:
+    """Ray Train over the training loop, checkpointing under `out/ray` and logging per-epoch
+    metrics into MLflow run `run_id`; `init_state` and `stage` as in `loop.train_loop`."""
     ensure_ray()
+    import mlflow
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -116,9 +139,11 @@ def _fit(job: JobConfig, data: IngestResult, out: Path, uri: str, run_id: str) -
         train_loop_config={
             "job": job,
             "spec_path": str(data.output / "feature_spec.json"),
-            "tracking_uri": uri,
+            "tracking_uri": mlflow.get_tracking_uri(),
             "mlflow_run_id": run_id,
             "resume_from": _latest_checkpoint(out / "ray"),
+            "init_state": init_state,
+            "stage": stage,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=job.train.workers, use_gpu=False),
         run_config=ray.train.RunConfig(
@@ -169,6 +194,8 @@ def _final_metrics(
         "epochs_run": float(len(history)),
         "train_examples_per_s": sum(h["examples_per_s"] for h in history) / len(history),
         "embedding_parameters": float(model.embeddings.num_parameters()),
+        "embedding_params": float(model.embedding_parameters()),  # all tables, serving form
+        "embedding_bytes": float(model.embedding_bytes()),
         "parameters": float(sum(p.numel() for p in model.parameters())),
     }
 
@@ -199,13 +226,3 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, JobConfig]:
     model = build_ctr_model(job.model, job.embedding, FeatureSpec.load(folder))
     model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
     return model, job
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)

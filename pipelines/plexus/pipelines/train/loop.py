@@ -5,6 +5,10 @@ set (every worker sees all of it, so all reach the same early-stopping decision 
 then report metrics with a checkpoint. The checkpoint holds the model, the optimiser, the epoch,
 the early-stopping state and the best model so far, so a restarted worker (or a re-run job)
 resumes exactly where the last report left it.
+
+Learned embedding methods plug in through the tables' hooks (`plexus.models.embeddings.protocol`):
+their extra loss term, their own optimisers and an after-step callback. A stage of a multi-stage
+method starts from the state dict the job gives as `init_state`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import torch
 from plexus.models.backbones import build_ctr_model
 from plexus.models.batch import batch_from_arrow
+from plexus.models.embeddings import protocol
 from plexus.pipelines.train.evaluate import evaluate
 from plexus.platform.feature_spec import FeatureSpec
 
@@ -54,22 +59,24 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     spec = FeatureSpec.load(loop_config["spec_path"])
     model = build_ctr_model(job.model, job.embedding, spec)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
+    if loop_config.get("init_state"):
+        model.load_state_dict(torch.load(loop_config["init_state"], weights_only=True))
+    optimizers = protocol.build_optimizers(
+        model, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
     )
+    label = f"[plexus] {loop_config['stage']}: " if loop_config.get("stage") else "[plexus] "
     state = LoopState()
     checkpoint = ray.train.get_checkpoint()
     resume_dir = checkpoint.to_directory() if checkpoint else loop_config.get("resume_from")
     if resume_dir:
         saved = torch.load(Path(resume_dir) / STATE_FILE, weights_only=False)
         model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        for optimizer, saved_state in zip(optimizers, saved["optimizers"], strict=True):
+            optimizer.load_state_dict(saved_state)
         state = LoopState(**saved["loop"])
         best_model = saved["best_model"]
         if rank == 0:
-            print(
-                f"[plexus] resumed after epoch {state.epoch} (best valid AUC {state.best_auc:.4f})"
-            )
+            print(f"{label}resumed after epoch {state.epoch} (best valid AUC {state.best_auc:.4f})")
     else:
         best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if world > 1:
@@ -96,17 +103,22 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             prefetch_batches=2,
         ):
             batch = batch_from_arrow(table, spec)
-            loss = loss_fn(model(batch.dense, batch.sparse), batch.labels)
-            optimizer.zero_grad(set_to_none=True)
+            task_loss = loss_fn(model(batch.dense, batch.sparse), batch.labels)
+            extra = protocol.extra_loss(module)
+            loss = task_loss if extra is None else task_loss + extra
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
+            protocol.after_step(module)
             examples += batch.labels.numel()
-            loss_sum += float(loss.detach())
+            loss_sum += float(task_loss.detach())
             steps += 1
             if rank == 0 and time.perf_counter() - last_line >= PROGRESS_SECONDS:
                 last_line = time.perf_counter()
                 print(
-                    f"[plexus] epoch {epoch}: {examples * world:,} examples  "
+                    f"{label}epoch {epoch}: {examples * world:,} examples  "
                     f"loss {loss_sum / steps:.4f}  "
                     f"{examples * world / (last_line - started):,.0f} ex/s",
                     flush=True,
@@ -139,7 +151,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         state.history.append(metrics)
         if rank == 0:
             print(
-                f"[plexus] epoch {epoch}/{train_cfg.epochs}  loss {metrics['train_loss']:.4f}  "
+                f"{label}epoch {epoch}/{train_cfg.epochs}  loss {metrics['train_loss']:.4f}  "
                 f"valid AUC {valid['auc']:.4f}  logloss {valid['logloss']:.4f}  "
                 f"{metrics['examples_per_s']:,.0f} ex/s  {seconds:.1f}s"
                 + ("  *" if improved else ""),
@@ -151,7 +163,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 torch.save(
                     {
                         "model": module.state_dict(),
-                        "optimizer": optimizer.state_dict(),
+                        "optimizers": [o.state_dict() for o in optimizers],
                         "loop": dataclasses.asdict(state),
                         "best_model": best_model,
                     },
@@ -161,7 +173,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=report_checkpoint)
         if state.bad_epochs > train_cfg.patience and rank == 0:
             print(
-                f"[plexus] early stop: no better valid AUC for {state.bad_epochs} epochs",
+                f"{label}early stop: no better valid AUC for {state.bad_epochs} epochs",
                 flush=True,
             )
 

@@ -1,0 +1,162 @@
+"""The training protocol of learned embedding methods: hooks the training loop and the job call.
+
+Plain methods (full, hashing, multiplexed, unified) train in one stage with the loop's own Adam.
+Learned methods need more, and they say so through the same few hooks on `EmbeddingTables`,
+so that no loop or job ever branches on a method's name:
+
+* `extra_loss()`: a term added to the task loss every step (OptEmbed's threshold regulariser);
+* `parameter_groups()`: parameters with an optimiser of their own (`ParameterGroup`: OptEmbed's
+  thresholds by plain SGD); every other parameter goes to the loop's optimiser;
+* `after_step()`: called after every optimiser step (Dynamic Sparse Learning's masks);
+* `stages()`: what the job runs, in order (`Stage`): `TRAIN` stages go through the training
+  loop, `SEARCH` stages call `search(evaluate)` on the trained tables with a fitness function
+  the pipeline provides (validation AUC of a candidate, evaluated in parallel);
+* `begin_stage(stage, previous)`: carry the method's state (a found architecture) from the
+  previous stage's tables into the fresh tables a `TRAIN` stage starts from.
+
+The loop and the job collect these over every `EmbeddingTables` of a model (a DeepFM has two)
+with the functions below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from plexus.models.embeddings.base import EmbeddingTables
+
+# A batch of candidates -> one fitness each (higher is better), e.g. validation AUC.
+Evaluate = Callable[[list[Any]], list[float]]
+
+
+class StageKind(str, enum.Enum):  # noqa: UP042  (str mixin: plain values in MLflow and JSON)
+    TRAIN = "train"  # the training loop (early stopping on validation AUC), a best model out
+    SEARCH = "search"  # `EmbeddingTables.search(evaluate)` on the previous stage's model
+
+
+class StageInit(str, enum.Enum):  # noqa: UP042
+    """The weights a `TRAIN` stage starts from."""
+
+    CONTINUE = "continue"  # the previous stage's weights
+    REWIND = "rewind"  # the first stage's initial weights (same seed: lottery-ticket rewinding)
+    FRESH = "fresh"  # a new random draw
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One step of a method's job: `name` labels its folder, MLflow run and progress lines."""
+
+    name: str
+    kind: StageKind = StageKind.TRAIN
+    init: StageInit = StageInit.CONTINUE
+
+
+SINGLE_STAGE = (Stage("train"),)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterGroup:
+    """Parameters that a method wants optimised apart from the rest of the model.
+
+    `optimizer` is "sgd" or "adam"; `lr` None means the job's `train.lr`, `weight_decay` None
+    the job's `train.weight_decay`.
+    """
+
+    name: str
+    params: tuple[nn.Parameter, ...]
+    optimizer: str = "adam"
+    lr: float | None = None
+    weight_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"parameter group {self.name!r}: optimizer must be sgd or adam")
+
+
+def embedding_tables(model: nn.Module) -> Iterator[EmbeddingTables]:
+    """Every `EmbeddingTables` module of `model`, in module order."""
+    from plexus.models.embeddings.base import EmbeddingTables
+
+    for module in model.modules():
+        if isinstance(module, EmbeddingTables):
+            yield module
+
+
+def extra_loss(model: nn.Module) -> torch.Tensor | None:
+    """The sum of the tables' `extra_loss()` terms, or None when no table adds one."""
+    terms = [t for t in (m.extra_loss() for m in embedding_tables(model)) if t is not None]
+    return torch.stack(terms).sum() if terms else None
+
+
+def build_optimizers(
+    model: nn.Module, *, lr: float, weight_decay: float
+) -> list[torch.optim.Optimizer]:
+    """The loop's optimisers: one per `ParameterGroup` of the tables, then Adam over the rest.
+
+    The order is fixed (groups in module order, the main optimiser last), so checkpoints of
+    the optimisers' states restore into the same list.
+    """
+    optimizers: list[torch.optim.Optimizer] = []
+    grouped: set[int] = set()
+    for tables in embedding_tables(model):
+        for group in tables.parameter_groups():
+            grouped.update(id(p) for p in group.params)
+            options = {
+                "lr": lr if group.lr is None else group.lr,
+                "weight_decay": weight_decay if group.weight_decay is None else group.weight_decay,
+            }
+            kind = torch.optim.SGD if group.optimizer == "sgd" else torch.optim.Adam
+            optimizers.append(kind(list(group.params), **options))
+    rest = [p for p in model.parameters() if id(p) not in grouped]
+    optimizers.append(torch.optim.Adam(rest, lr=lr, weight_decay=weight_decay))
+    return optimizers
+
+
+def after_step(model: nn.Module) -> None:
+    for tables in embedding_tables(model):
+        tables.after_step()
+
+
+def model_stages(model: nn.Module) -> tuple[Stage, ...]:
+    """The stages of the model's learned tables (at most one table may define several)."""
+    staged = [t.stages() for t in embedding_tables(model) if t.stages() != SINGLE_STAGE]
+    if len(staged) > 1:
+        raise ValueError("at most one embedding-tables module of a model may define stages")
+    return staged[0] if staged else SINGLE_STAGE
+
+
+def begin_stage(model: nn.Module, stage: Stage, previous: nn.Module | None) -> None:
+    """Let each table of `model` take over its state from the same table of `previous`."""
+    mine = list(embedding_tables(model))
+    theirs: Sequence[EmbeddingTables | None] = (
+        list(embedding_tables(previous)) if previous is not None else [None] * len(mine)
+    )
+    for table, before in zip(mine, theirs, strict=True):
+        table.begin_stage(stage, before)
+
+
+def search(model: nn.Module, stage: Stage, evaluate: Evaluate) -> dict[str, float]:
+    """Run a `SEARCH` stage on the model's staged tables; returns its summary metrics."""
+    summary: dict[str, float] = {}
+    for tables in embedding_tables(model):
+        if stage in tables.stages():
+            summary.update(tables.search(stage, evaluate))
+    return summary
+
+
+def apply_candidate(model: nn.Module, candidate: Any) -> None:
+    """Give the staged tables of `model` a search candidate (inside a fitness evaluation)."""
+    for tables in embedding_tables(model):
+        if tables.stages() != SINGLE_STAGE:
+            tables.apply_candidate(candidate)
+
+
+def embedding_bytes(model: nn.Module) -> int:
+    """Serving bytes of every embedding table of `model` (compact forms, index arrays included)."""
+    return sum(t.num_bytes() for t in embedding_tables(model))
