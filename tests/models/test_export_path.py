@@ -9,7 +9,7 @@ import torch
 from plexus.models.backbones import Backbone, ModelConfig, build_ctr_model
 from plexus.models.batch import batch_from_arrow, pad_sparse
 from plexus.models.embeddings import EmbeddingConfig, EmbeddingMethod, registered_methods
-from tiny_ctr_data import planted_table, tiny_spec
+from tiny_ctr_data import onnxruntime_logits, planted_table, tiny_spec
 
 SPARSE = [f.name for f in tiny_spec().sparse]
 
@@ -69,17 +69,6 @@ def test_method_options_through_the_padded_path(embedding: EmbeddingConfig) -> N
         )
 
 
-class _Served(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, dense: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor
-    ) -> torch.Tensor:
-        return self.model.forward_padded(dense, ids, lengths)
-
-
 @pytest.mark.parametrize(
     "embedding",
     [
@@ -91,28 +80,14 @@ class _Served(torch.nn.Module):
 )
 def test_onnxruntime_serves_the_trained_logits(embedding: EmbeddingConfig, tmp_path) -> None:
     pytest.importorskip("onnxscript")
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = _trained_looking(
         build_ctr_model(ModelConfig(backbone=Backbone.DEEPFM, hidden=(8,)), embedding, tiny_spec())
     )
     batch = batch_from_arrow(planted_table(64, seed=6), tiny_spec())
     ids, lengths = pad_sparse(batch.sparse, SPARSE, max_length=3)
-    path = tmp_path / "ctr.onnx"
-    rows = torch.export.Dim("rows")
-    torch.onnx.export(
-        _Served(model),
-        (batch.dense, ids, lengths),
-        str(path),
-        dynamo=True,
-        input_names=["dense", "ids", "lengths"],
-        dynamic_shapes=({0: rows}, {0: rows}, {0: rows}),
-        verbose=False,
-    )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    served = session.run(
-        None, {"dense": batch.dense.numpy(), "ids": ids.numpy(), "lengths": lengths.numpy()}
-    )[0]
+    served = onnxruntime_logits(model, batch.dense, ids, lengths, tmp_path / "ctr.onnx")
     with torch.no_grad():
         trained = model(batch.dense, batch.sparse).numpy()
     np.testing.assert_allclose(served, trained, rtol=1e-5, atol=1e-5)

@@ -12,7 +12,13 @@ from plexus.models.embeddings import EmbeddingConfig, build_embedding_tables, pr
 from plexus.models.embeddings.optembed import BinaryStep, OptEmbedTables
 from plexus.platform.config import from_dict
 from plexus.platform.errors import ConfigError
-from tiny_ctr_data import planted_table, random_kjt, sparse_features, tiny_spec
+from tiny_ctr_data import (
+    onnxruntime_logits,
+    planted_table,
+    random_kjt,
+    sparse_features,
+    tiny_spec,
+)
 
 SPARSE = [f.name for f in tiny_spec().sparse]
 BASES = {
@@ -170,7 +176,7 @@ def test_a_shared_row_pruned_for_every_feature_leaves_the_compact_table() -> Non
 @pytest.mark.parametrize("base", ["full", "unified"])
 def test_onnxruntime_serves_the_compact_ctr_model(base: str, tmp_path) -> None:
     pytest.importorskip("onnxscript")
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = build_ctr_model(
         ModelConfig(backbone=Backbone.DEEPFM, hidden=(8,)), _config(base), tiny_spec()
@@ -183,32 +189,8 @@ def test_onnxruntime_serves_the_compact_ctr_model(base: str, tmp_path) -> None:
         expected = model.eval()(batch.dense, batch.sparse)
         torch.testing.assert_close(served(batch.dense, batch.sparse), expected)
 
-    class Graph(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = served
-
-        def forward(
-            self, dense: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor
-        ) -> torch.Tensor:
-            return self.model.forward_padded(dense, ids, lengths)
-
-    path = tmp_path / "optembed.onnx"
-    rows = torch.export.Dim("rows")
-    torch.onnx.export(
-        Graph(),
-        (batch.dense, ids, lengths),
-        str(path),
-        dynamo=True,
-        input_names=["dense", "ids", "lengths"],
-        dynamic_shapes=({0: rows}, {0: rows}, {0: rows}),
-        verbose=False,
-    )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = session.run(
-        None, {"dense": batch.dense.numpy(), "ids": ids.numpy(), "lengths": lengths.numpy()}
-    )
-    np.testing.assert_allclose(out[0], expected.numpy(), rtol=1e-5, atol=1e-5)
+    out = onnxruntime_logits(served, batch.dense, ids, lengths, tmp_path / "optembed.onnx")
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_retrain_takes_over_the_architecture_and_the_stages_are_declared() -> None:

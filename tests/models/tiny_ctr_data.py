@@ -81,3 +81,31 @@ def planted_table(rows: int, seed: int) -> pa.Table:
             "click": pa.array(click),
         }
     )
+
+
+def onnxruntime_logits(model, dense: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, path):
+    """Export `model.forward_padded` (batch dimension dynamic) to ONNX at `path` and run it in
+    onnxruntime on the same inputs: the logits a served model computes, as numpy."""
+    import onnxruntime as ort
+
+    class Served(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, dense, ids, lengths):  # noqa: ANN001, ANN202
+            return self.model.forward_padded(dense, ids, lengths)
+
+    rows = torch.export.Dim("rows")
+    torch.onnx.export(
+        Served(),
+        (dense, ids, lengths),
+        str(path),
+        dynamo=True,
+        input_names=["dense", "ids", "lengths"],
+        dynamic_shapes=({0: rows}, {0: rows}, {0: rows}),
+        verbose=False,
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"dense": dense.numpy(), "ids": ids.numpy(), "lengths": lengths.numpy()}
+    return session.run(None, feeds)[0]

@@ -75,6 +75,28 @@ def run(
         yield active
 
 
+@contextlib.contextmanager
+def resumable_run(
+    folder: Path, experiment: str, run_name: str, *, nested: bool = False
+) -> Iterator[tuple[Any, bool]]:
+    """An MLflow run tied to an output folder: the run recorded in `folder/run.json` is
+    continued (a crashed job resumes into the same run), else a new one is started and recorded.
+    Yields (the active run, whether it was resumed)."""
+    import mlflow
+    from plexus.pipelines.files import read_json, write_json
+
+    record = folder / "run.json"
+    previous = read_json(record)
+    with mlflow.start_run(
+        run_id=previous.get("run_id"),
+        experiment_id=None if previous else experiment_id(experiment),
+        run_name=run_name,
+        nested=nested,
+    ) as active:
+        write_json(record, {"run_id": active.info.run_id})
+        yield active, bool(previous)
+
+
 def log_params(params: Mapping[str, Any]) -> None:
     """Log params in chunks (MLflow caps a batch at 100) with values stringified and truncated."""
     import mlflow

@@ -24,7 +24,7 @@ from plexus.models.backbones import build_ctr_model
 from plexus.models.embeddings import protocol
 from plexus.pipelines import plots, tracking
 from plexus.pipelines.config import JobConfig
-from plexus.pipelines.files import read_json, write_json
+from plexus.pipelines.files import write_json
 from plexus.pipelines.ingest import IngestResult
 from plexus.pipelines.runtime import default_runs_dir, ensure_ray
 from plexus.pipelines.train.evaluate import evaluate, iter_batches
@@ -71,16 +71,11 @@ def train(
     tracking.configure(job.tracking.uri)
     import mlflow
 
-    previous = read_json(out / "run.json")
-    with mlflow.start_run(
-        run_id=previous.get("run_id"),
-        experiment_id=None if previous else tracking.experiment_id(job.tracking.experiment),
-        run_name=f"{job.name}-train",
-        nested=nested,
-    ) as active:
+    with tracking.resumable_run(
+        out, job.tracking.experiment, f"{job.name}-train", nested=nested
+    ) as (active, resumed):
         run_id = active.info.run_id
-        write_json(out / "run.json", {"run_id": run_id})
-        if not previous:
+        if not resumed:
             tracking.log_params(config_io.flatten(job))
             mlflow.log_param("data.fingerprint", data.spec.fingerprint)
             mlflow.log_artifact(str(data.output / "feature_spec.json"), artifact_path=MODEL_DIR)

@@ -14,7 +14,6 @@ the method's own state (a found architecture) is carried over by `EmbeddingTable
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,20 +57,14 @@ def run_stages(
         folder.mkdir(parents=True, exist_ok=True)
         done = folder / STAGE_FILE
         if done.is_file():
-            saved = json.loads(done.read_text())
+            saved = read_json(done)
             state = torch.load(folder / "model.pt", weights_only=True)
             print(f"[plexus] stage {i + 1}/{len(stages)} {stage.name}: finished earlier, reused")
         else:
             print(f"[plexus] stage {i + 1}/{len(stages)} {stage.name} ({stage.kind.value})")
-            run_file = folder / "run.json"
-            earlier = read_json(run_file)
-            with mlflow.start_run(
-                run_id=earlier.get("run_id"),
-                experiment_id=None if earlier else tracking.experiment_id(job.tracking.experiment),
-                run_name=f"{job.name}-{stage.name}",
-                nested=True,
-            ) as active:
-                write_json(run_file, {"run_id": active.info.run_id})
+            with tracking.resumable_run(
+                folder, job.tracking.experiment, f"{job.name}-{stage.name}", nested=True
+            ) as (active, _):
                 mlflow.set_tags({"plexus.stage": stage.name, "plexus.stage_index": str(i)})
                 model = _stage_start(job, data, stage, i, previous)
                 started = time.perf_counter()
