@@ -105,3 +105,14 @@ def test_a_crash_after_the_search_resumes_at_the_retrain_stage(optembed_run) -> 
     after = json.loads(metrics_path.read_text())
     assert after["search.compact_fraction"] == before["search.compact_fraction"]
     assert after["test_auc"] == pytest.approx(before["test_auc"], abs=0.01)
+
+
+def test_bench_search_times_one_worker_against_two_and_finds_the_same_widths(optembed_run) -> None:
+    tmp, config, _, _ = optembed_run
+    out = tmp / "bench-search"
+    done = _plexus("bench", "search", str(config), "--out", str(out), "--workers", "1,2", cwd=tmp)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["workers"] for r in rows] == [1, 2]
+    assert all(r["same_result"] and r["evaluations"] >= 6 and r["seconds"] > 0 for r in rows)
+    assert rows[0]["speedup"] == 1.0 and len(rows[0]["widths"]) == 39  # one width per field

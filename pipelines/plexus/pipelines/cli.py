@@ -138,6 +138,13 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
     bench_train(Path(args.out), rows=args.rows, seed=args.seed)
 
 
+def cmd_bench_search(args: argparse.Namespace) -> None:
+    from plexus.pipelines.bench.search import bench_search
+
+    workers = [int(w) for w in args.workers.split(",")]
+    bench_search(_config_path(args.config), args.overrides, Path(args.out), workers=workers)
+
+
 def cmd_bench_quality(args: argparse.Namespace) -> None:
     from plexus.pipelines.bench.quality import bench_quality
 
@@ -265,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rows", type=int, default=200_000)
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_bench_train)
+    b = bench.add_parser(
+        "search", help="a learned method's search stage, one worker against all cores"
+    )
+    _add_job_args(b, force=False)
+    b.add_argument("--out", required=True)
+    b.add_argument("--workers", default="1,0", help="worker counts to time (0: one per core)")
+    b.set_defaults(func=cmd_bench_search)
     b = bench.add_parser("quality", help="test AUC/logloss of each backbone on the real samples")
     b.add_argument("--out", required=True)
     b.add_argument(

@@ -462,15 +462,21 @@ def _plan(
     methods: Sequence[str], budgets: Sequence[float], seeds: int, chunks: int, dim: int
 ) -> list[tuple[str, float, EmbeddingConfig, int]]:
     """(method label, budget, embedding, seed) in run order: per seed, full first, then by method
-    and budget. A learned method's label is `method:base` (`optembed` alone: each of its bases)."""
-    labels: list[str] = []
+    and budget. A learned method's label is `method:base` (`optembed` alone: each of its bases);
+    a token `method@b` (e.g. `optembed:unified@1/16`) runs at budget b only, not at `budgets`."""
+    labels: dict[str, tuple[float, ...] | None] = {}
     for token in methods:
-        method, _, base = token.partition(":")
+        name, _, only = token.partition("@")
+        method, _, base = name.partition(":")
         if method not in METHODS or (base and base not in LEARNED.get(method, ())):
             choices = [*METHODS, *(f"{m}:{b}" for m, bases in LEARNED.items() for b in bases)]
             raise ConfigError(f"--methods {list(methods)}: choose from {', '.join(choices)}")
-        bases = (base,) if base else LEARNED.get(method, ("",))
-        labels += [f"{method}:{b}" if b else method for b in bases]
+        for b in (base,) if base else LEARNED.get(method, ("",)):
+            label = f"{method}:{b}" if b else method
+            if only:
+                labels[label] = (*(labels.get(label) or ()), parse_budget(only))
+            else:
+                labels.setdefault(label, None)
     if not labels:
         raise ConfigError("--methods: name at least one method")
     if seeds < 1 or chunks < 1:
@@ -479,9 +485,14 @@ def _plan(
         if not 0.0 < b <= 1.0:
             raise ConfigError(f"--budgets: {b} is not in (0, 1]")
     configs = []
-    for label in sorted(dict.fromkeys(labels), key=lambda x: (METHODS.index(x.split(":")[0]), x)):
+    for label in sorted(labels, key=lambda x: (METHODS.index(x.split(":")[0]), x)):
         method, _, base = label.partition(":")
-        at = (1.0,) if method == EmbeddingMethod.FULL.value else sorted(set(budgets), reverse=True)
+        own = labels[label]
+        at = (
+            (1.0,)
+            if method == EmbeddingMethod.FULL.value
+            else sorted(set(own or budgets), reverse=True)
+        )
         configs += [
             (label, float(b), embedding_for(method, b, dim=dim, chunks=chunks, base=base or None))
             for b in at

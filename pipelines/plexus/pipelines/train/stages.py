@@ -66,7 +66,7 @@ def run_stages(
                 folder, job.tracking.experiment, f"{job.name}-{stage.name}", nested=True
             ) as (active, _):
                 mlflow.set_tags({"plexus.stage": stage.name, "plexus.stage_index": str(i)})
-                model = _stage_start(job, data, stage, i, previous)
+                model = stage_start(job, data, stage, i, previous)
                 started = time.perf_counter()
                 if stage.kind is StageKind.TRAIN:
                     init = folder / "init.pt"
@@ -88,7 +88,7 @@ def run_stages(
                     }
                 else:
                     stage_history = []
-                    metrics, state = _search(job, data, model, stage)
+                    metrics, state = search_stage(job, data, model, stage)
                 metrics["seconds"] = time.perf_counter() - started
                 mlflow.log_metrics(metrics)
                 _save_state(folder / "model.pt", state)
@@ -102,7 +102,7 @@ def run_stages(
     return history, previous, summary
 
 
-def _stage_start(
+def stage_start(
     job: JobConfig,
     data: IngestResult,
     stage: Stage,
@@ -123,10 +123,18 @@ def _stage_start(
     return model
 
 
-def _search(
-    job: JobConfig, data: IngestResult, model: torch.nn.Module, stage: Stage
+def search_stage(
+    job: JobConfig,
+    data: IngestResult,
+    model: torch.nn.Module,
+    stage: Stage,
+    *,
+    workers: int | None = None,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    fitness = RayFitness(job, data, model, workers=job.train.search_workers)
+    """Run a `SEARCH` stage on `model` with Ray actors (`workers`, default
+    `train.search_workers`); returns its metrics and the searched model's state."""
+    count = job.train.search_workers if workers is None else workers
+    fitness = RayFitness(job, data, model, workers=count)
     try:
         metrics = protocol.search(model, stage, fitness)
     finally:
