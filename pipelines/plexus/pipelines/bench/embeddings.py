@@ -14,7 +14,8 @@ compact tables and their remaps).
 
 Learned methods run on a base (`base` in the rows): `optembed` means `optembed:full` and
 `optembed:unified`. At budget b < 1, OptEmbed's search keeps the model within b of the full
-tables' bytes (`search_budget`); on a unified base it prunes a Unified Embedding of 2b. After
+tables' bytes (`search_budget`); on a unified base it prunes a Unified Embedding of 0.95b (a
+shared row is rarely pruned for every feature, so the search must fit b with all rows kept). After
 the planned rows, hashing and Unified Embedding also train at the bytes each OptEmbed row
 reached (rows with `matched_to`), so the Pareto plot compares them at the same size. Unified Embedding uses `chunks` chunks of `dim / chunks` per feature, so its feature
 width equals the full table's `dim`; since `embedding.budget` counts rows of the chunk width, the
@@ -182,11 +183,13 @@ def embedding_for(
     For `unified`, `c` chunks of `dim / c` (c <= `chunks`, dividing `dim`, with `budget * c <= 1`),
     so the feature width stays `dim` and the rows x chunk width equal `budget` of the full tables.
     For a learned method on `base`: the search budget `budget` (none at 1), over the base's
-    full tables or, for a shared base, its tables at twice the budget.
+    full tables or, for a shared base, its tables at 0.95 of the budget.
     """
     kind = EmbeddingMethod(method)
     if base is not None:
-        start = 1.0 if base == EmbeddingMethod.FULL.value else min(1.0, 2 * budget)
+        # A shared base starts just under b: its rows are rarely pruned for every feature, so
+        # the search must be able to fit b with all of them kept (5% leaves room for the levels).
+        start = 1.0 if base == EmbeddingMethod.FULL.value or budget >= 1.0 else 0.95 * budget
         plain = embedding_for(base, start, dim=dim, chunks=chunks)
         options = {"base": base, "search_budget": None if budget >= 1.0 else budget}
         return from_dict(EmbeddingConfig, {**to_dict(plain), "method": method, "options": options})
