@@ -142,7 +142,13 @@ def cmd_bench_search(args: argparse.Namespace) -> None:
     from plexus.pipelines.bench.search import bench_search
 
     workers = [int(w) for w in args.workers.split(",")]
-    bench_search(_config_path(args.config), args.overrides, Path(args.out), workers=workers)
+    bench_search(
+        _config_path(args.config),
+        args.overrides,
+        Path(args.out),
+        workers=workers,
+        generations=args.generations,
+    )
 
 
 def cmd_bench_quality(args: argparse.Namespace) -> None:
@@ -278,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_args(b, force=False)
     b.add_argument("--out", required=True)
     b.add_argument("--workers", default="1,0", help="worker counts to time (0: one per core)")
+    b.add_argument("--generations", type=int, help="search generations (default: the job's)")
     b.set_defaults(func=cmd_bench_search)
     b = bench.add_parser("quality", help="test AUC/logloss of each backbone on the real samples")
     b.add_argument("--out", required=True)

@@ -150,7 +150,7 @@ def bench_embeddings(
             base.name,
             rows,
             summary,
-            command=_command(fmt, data, out, plan, budgets, seeds, chunks, config, overrides),
+            command=_command(fmt, data, out, methods, budgets, seeds, chunks, config, overrides),
         )
         write_results(out, rows, markdown=markdown)
         figure = pareto_figure(summary, title=f"{base.name}: test AUC vs embedding bytes")
@@ -661,7 +661,7 @@ def _command(
     fmt: str,
     data: Path,
     out: Path,
-    plan: Sequence[tuple[Any, ...]],
+    method_tokens: Sequence[str],
     budget_list: Sequence[float],
     seeds: int,
     chunks: int,
@@ -669,7 +669,7 @@ def _command(
     overrides: Sequence[str],
 ) -> str:
     """The command line that reproduces this benchmark."""
-    methods = ",".join(dict.fromkeys(p[0] for p in plan))
+    methods = ",".join(dict.fromkeys(method_tokens))
     budgets = ",".join(budget_label(b) for b in sorted(set(budget_list), reverse=True))
     parts = [f"plexus bench embeddings --format {fmt} --data {data} --out {out}",
              f"--methods {methods} --budgets {budgets} --seeds {seeds}"]  # fmt: skip

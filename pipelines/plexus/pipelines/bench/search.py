@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,8 +37,10 @@ def bench_search(
     out: Path,
     *,
     workers: Sequence[int] = (1, 0),
+    generations: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Time the job's first search stage at each worker count (0: one per core)."""
+    """Time the job's first search stage at each worker count (0: one per core), for
+    `generations` generations if given (else the job's own search length)."""
     path = Path(config) if Path(config).suffix in (".yaml", ".yml") else bundled_config(str(config))
     job = load_job_config(path, overrides)
     data = run_ingest(job, progress=False)
@@ -56,6 +59,13 @@ def bench_search(
             f"(its {before.name} stage is what the search starts from)"
         )
     state = torch.load(saved, weights_only=True)
+    if generations is not None:  # after locating the folder: its hash covers the options
+        options = job.embedding.options
+        search = dataclasses.replace(options.search, generations=generations)
+        embedding = dataclasses.replace(
+            job.embedding, options=dataclasses.replace(options, search=search)
+        )
+        job = dataclasses.replace(job, embedding=embedding)
     rows: list[dict[str, Any]] = []
     for count in workers:
         model = stage_start(job, data, stages[index], index, state)
