@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import evaluate_saved_model, plexus
 from plexus.pipelines.data.synth import synth_criteo
-
-PLEXUS = [sys.executable, "-m", "plexus.pipelines.cli"]
-
-
-def _plexus(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PLEXUS, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +31,7 @@ tracking: {{uri: "sqlite:///{tmp / "mlflow.db"}", experiment: oe}}
 output: {tmp / "runs"}
 """
     )
-    done = _plexus("run", str(config), cwd=tmp)
+    done = plexus("run", str(config), cwd=tmp, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     metrics_path = Path(done.stdout.strip().splitlines()[-1])
     return tmp, config, done, metrics_path
@@ -81,12 +74,7 @@ def test_each_stage_is_a_nested_mlflow_run_of_the_training_run(optembed_run) -> 
 def test_the_saved_model_reloads_with_its_architecture(optembed_run) -> None:
     tmp, _, _, metrics_path = optembed_run
     metrics = json.loads(metrics_path.read_text())
-    data = next((tmp / "runs" / "data").iterdir())
-    done = _plexus(
-        "evaluate", "--model", str(metrics_path.parent / "model"), "--data", str(data), cwd=tmp
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    evaluated = json.loads(done.stdout.strip().splitlines()[-1])
+    evaluated = evaluate_saved_model(tmp, metrics_path)
     assert evaluated["test_auc"] == pytest.approx(metrics["test_auc"], abs=1e-6)
 
 
@@ -96,7 +84,7 @@ def test_a_crash_after_the_search_resumes_at_the_retrain_stage(optembed_run) -> 
     train_dir = metrics_path.parent
     metrics_path.unlink()  # as if the job died during the retrain stage
     shutil.rmtree(train_dir / "stages" / "2-retrain")
-    done = _plexus("train", str(config), cwd=tmp)
+    done = plexus("train", str(config), cwd=tmp, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout + done.stderr
     assert "stage 1/3 supernet: finished earlier, reused" in out
@@ -110,7 +98,7 @@ def test_a_crash_after_the_search_resumes_at_the_retrain_stage(optembed_run) -> 
 def test_bench_search_times_one_worker_against_two_and_finds_the_same_widths(optembed_run) -> None:
     tmp, config, _, _ = optembed_run
     out = tmp / "bench-search"
-    done = _plexus("bench", "search", str(config), "--out", str(out), "--workers", "1,2", cwd=tmp)
+    done = plexus("bench", "search", str(config), "--out", str(out), "--workers", "1,2", cwd=tmp)
     assert done.returncode == 0, done.stderr[-4000:]
     rows = json.loads((out / "results.json").read_text())
     assert [r["workers"] for r in rows] == [1, 2]

@@ -6,14 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_runner import PLEXUS, evaluate_saved_model, plexus
 from plexus.pipelines.data.synth import synth_criteo
-
-PLEXUS = [sys.executable, "-m", "plexus.pipelines.cli"]
 
 
 def _config(tmp: Path, raw: Path, *, epochs: int = 3) -> Path:
@@ -32,10 +30,6 @@ output: {tmp / "runs"}
     return config
 
 
-def _plexus(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PLEXUS, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def finished_run(
     tmp_path_factory: pytest.TempPathFactory,
@@ -43,7 +37,7 @@ def finished_run(
     tmp = tmp_path_factory.mktemp("e2e")
     raw = synth_criteo(tmp / "criteo.tsv", rows=30_000, seed=3)
     config = _config(tmp, raw)
-    done = _plexus("run", str(config), cwd=tmp)
+    done = plexus("run", str(config), cwd=tmp)
     assert done.returncode == 0, done.stderr[-4000:]
     return tmp, config, done
 
@@ -88,25 +82,20 @@ def test_evaluate_reproduces_the_test_metrics(finished_run) -> None:
     tmp, _, done = finished_run
     metrics_path = Path(done.stdout.strip().splitlines()[-1])
     metrics = json.loads(metrics_path.read_text())
-    data = next((tmp / "runs" / "data").iterdir())
-    out = _plexus(
-        "evaluate", "--model", str(metrics_path.parent / "model"), "--data", str(data), cwd=tmp
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    evaluated = json.loads(out.stdout.strip().splitlines()[-1])
+    evaluated = evaluate_saved_model(tmp, metrics_path)
     assert evaluated["test_auc"] == pytest.approx(metrics["test_auc"], abs=1e-6)
 
 
 def test_rerun_reuses_finished_work(finished_run) -> None:
     tmp, config, done = finished_run
-    again = _plexus("run", str(config), cwd=tmp)
+    again = plexus("run", str(config), cwd=tmp)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reusing finished training run" in again.stdout
     assert again.stdout.strip().splitlines()[-1] == done.stdout.strip().splitlines()[-1]
 
 
 def test_bad_override_names_the_key(tmp_path: Path) -> None:
-    out = _plexus("run", "synthetic", "train.epochz=3", cwd=tmp_path)
+    out = plexus("run", "synthetic", "train.epochz=3", cwd=tmp_path)
     assert out.returncode == 2
     assert "train.epochz" in out.stderr
 
@@ -135,7 +124,7 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(tmp_path: Path)
     time.sleep(3)  # let the checkpoint land
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    resumed = _plexus("train", str(config), cwd=tmp_path)
+    resumed = plexus("train", str(config), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     text = resumed.stdout + resumed.stderr
     assert "resumed after epoch" in text, text[-3000:]

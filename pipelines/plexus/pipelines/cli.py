@@ -16,23 +16,14 @@ from pathlib import Path
 from plexus.platform.errors import PlexusError
 
 
-def _config_path(name: str) -> Path:
-    """A YAML path as given, or the bundled config of that name (`criteo`, `retrieval_movielens`)."""
-    from plexus.pipelines.config import bundled_config
-
-    path = Path(name)
-    if not path.exists() and "/" not in name and not name.endswith(".yaml"):
-        path = bundled_config(name)
-    return path
-
-
 def _job(args: argparse.Namespace):  # -> JobConfig
-    from plexus.pipelines.config import load_job_config
+    from plexus.pipelines.config import config_path, load_job_config
 
-    return load_job_config(_config_path(args.config), args.overrides)
+    return load_job_config(config_path(args.config), args.overrides)
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
+
     from plexus.pipelines.data import synth
 
     out = Path(args.out)
@@ -79,6 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from plexus.pipelines.config import config_path
     from plexus.pipelines.jobs import run_job
     from plexus.pipelines.retrieval import (
         is_retrieval_config,
@@ -86,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         run_retrieval_job,
     )
 
-    path = _config_path(args.config)
+    path = config_path(args.config)
     if is_retrieval_config(path):
         outcome = run_retrieval_job(load_retrieval_config(path, args.overrides))
         print(f"[plexus] MLflow run: {outcome['run_id']}")
@@ -99,9 +91,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from plexus.pipelines.config import config_path
     from plexus.pipelines.retrieval import export_retrieval, load_retrieval_config
 
-    outcome = export_retrieval(load_retrieval_config(_config_path(args.config), args.overrides))
+    outcome = export_retrieval(load_retrieval_config(config_path(args.config), args.overrides))
     print(f"[plexus] registered {outcome['model_name']} version {outcome['version']}")
     print(outcome["version"])
 
@@ -140,10 +133,11 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
 
 def cmd_bench_search(args: argparse.Namespace) -> None:
     from plexus.pipelines.bench.search import bench_search
+    from plexus.pipelines.config import config_path
 
     workers = [int(w) for w in args.workers.split(",")]
     bench_search(
-        _config_path(args.config),
+        config_path(args.config),
         args.overrides,
         Path(args.out),
         workers=workers,

@@ -85,6 +85,15 @@ def load_job_config(
     return config_io.load(JobConfig, path, overrides)
 
 
+def config_path(name: str | Path) -> Path:
+    """A YAML path as given, or the bundled config of that name (`criteo`, `movielens_1m`)."""
+    path = Path(name)
+    text = str(name)
+    if not path.exists() and "/" not in text and not text.endswith((".yaml", ".yml")):
+        path = bundled_config(text)
+    return path
+
+
 def bundled_config(name: str) -> Path:
     """The path of an example config shipped with Plexus (`criteo`, `avazu`, `movielens`, ...)."""
     path = Path(__file__).parent / "configs" / f"{name}.yaml"

@@ -41,6 +41,7 @@ first-order (linear) tables of FM/DeepFM are not pruned, as in the official code
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -262,11 +263,7 @@ class OptEmbedTables(_MaskedTables):
         if self.options.pruned == "oov":
             self.oov = nn.Parameter(init_weight(torch.empty(len(self.probes), config.dim)))
         total = sum(self.table_rows.values())
-        starts, first = [], 0
-        for rows in self.table_rows.values():
-            starts.append(first)
-            first += rows
-        self._table_start = starts
+        self._table_start = [0, *itertools.accumulate(self.table_rows.values())][:-1]
         self.register_buffer("frozen", torch.tensor(False))
         self.register_buffer("frozen_norm", torch.zeros(total))
         self.register_buffer("frozen_threshold", torch.zeros(len(self.feature_names)))
@@ -353,13 +350,14 @@ class OptEmbedTables(_MaskedTables):
         )
         self.apply_candidate(result.best)
         kept = self.kept_rows()
+        compact_bytes = self.num_bytes()
         return {
             "search_valid_auc": result.fitness,
             "search_evaluations": float(result.evaluations),
             "kept_rows": float(sum(int(k.sum()) for k in kept.values())),
             "total_rows": float(sum(self.table_rows.values())),
-            "compact_bytes": float(self.num_bytes()),
-            "compact_fraction": self.num_bytes() / full,
+            "compact_bytes": float(compact_bytes),
+            "compact_fraction": compact_bytes / full,
             **{
                 f"width.{n}": float(w) for n, w in zip(self.feature_names, result.best, strict=True)
             },

@@ -43,7 +43,7 @@ from plexus.models.embeddings import EmbeddingConfig, EmbeddingMethod
 from plexus.pipelines import plots, tracking
 from plexus.pipelines.bench.report import markdown_table, write_results
 from plexus.pipelines.bench.throughput import embedding_throughput, load_batches
-from plexus.pipelines.config import JobConfig, TrackingConfig, bundled_config, load_job_config
+from plexus.pipelines.config import JobConfig, TrackingConfig, config_path, load_job_config
 from plexus.pipelines.ingest import DataConfig, DataFormat, SplitConfig
 from plexus.pipelines.jobs import log_ingest, run_ingest
 from plexus.pipelines.train.job import train
@@ -417,8 +417,7 @@ def _base_job(
             "(e.g. --config movielens_1m)"
         )
     source = config or kind.value
-    path = Path(source) if Path(source).suffix in (".yaml", ".yml") else bundled_config(str(source))
-    job = load_job_config(path, overrides)
+    job = load_job_config(config_path(source), overrides)
     if kind is DataFormat.PARQUET and job.data.schema is None:
         raise ConfigError(f"--config {source}: has no data.schema for the Parquet input")
     label = name or (kind.value if data.is_dir() else data.stem)

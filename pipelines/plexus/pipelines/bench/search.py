@@ -24,7 +24,7 @@ import torch
 from plexus.models.backbones import build_ctr_model
 from plexus.models.embeddings import protocol
 from plexus.pipelines.bench.report import markdown_table, write_results
-from plexus.pipelines.config import bundled_config, load_job_config
+from plexus.pipelines.config import config_path, load_job_config
 from plexus.pipelines.jobs import run_ingest
 from plexus.pipelines.train.job import run_output_dir
 from plexus.pipelines.train.stages import search_stage, stage_start
@@ -41,8 +41,7 @@ def bench_search(
 ) -> list[dict[str, Any]]:
     """Time the job's first search stage at each worker count (0: one per core), for
     `generations` generations if given (else the job's own search length)."""
-    path = Path(config) if Path(config).suffix in (".yaml", ".yml") else bundled_config(str(config))
-    job = load_job_config(path, overrides)
+    job = load_job_config(config_path(config), overrides)
     data = run_ingest(job, progress=False)
     stages = protocol.model_stages(build_ctr_model(job.model, job.embedding, data.spec))
     index = next((i for i, s in enumerate(stages) if s.kind is protocol.StageKind.SEARCH), None)
