@@ -75,3 +75,19 @@ def test_unset_env_without_default_is_an_error(tmp_path: Path) -> None:
 def test_flatten_gives_dotted_keys() -> None:
     flat = flatten(Outer(name="a"))
     assert flat["inner.lr"] == 0.1 and flat["inner.color"] == "red" and flat["name"] == "a"
+
+
+def test_missing_required_keys_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing required config key 'name'"):
+        from_dict(Outer, {"inner": {"lr": 0.5}})
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match=r"empty\.yaml: the file is empty"):
+        load(Outer, empty)
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path: Path) -> None:
+    config = tmp_path / "twice.yaml"
+    config.write_text("name: a\ninner:\n  lr: 0.5\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml.*'lr' is given twice \(lines 3 and 4\)"):
+        load(Outer, config)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from plexus.platform.errors import PlexusError
+from plexus.platform.errors import ConfigError, PlexusError
 
 
 def _job(args: argparse.Namespace):  # -> JobConfig
@@ -27,6 +27,12 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from plexus.pipelines.data import synth
 
     out = Path(args.out)
+    if args.rows < 1:
+        raise ConfigError(f"--rows {args.rows}: give a positive number of rows")
+    if not 0 <= args.malformed <= args.rows:
+        raise ConfigError(f"--malformed {args.malformed}: give 0 to --rows ({args.rows}) lines")
+    if args.format == "criteo" and (out.is_dir() or not out.name):
+        raise ConfigError(f"--out {args.out}: is a folder; give a file path such as runs/c.tsv")
     if args.format == "criteo":
         path = synth.synth_criteo(out, rows=args.rows, seed=args.seed, malformed=args.malformed)
     else:
@@ -65,6 +71,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             f"no {args.split!r} shards under {data}; pass the folder `plexus ingest` printed"
         )
     spec = FeatureSpec.load(data)
+    trained_on = FeatureSpec.load(args.model).fingerprint
+    if spec.fingerprint != trained_on:
+        raise PlexusError(
+            f"{data} was ingested with feature spec {spec.fingerprint}, but the model in "
+            f"{args.model} was trained on spec {trained_on}: its ids mean other values there. "
+            "Pass the data folder the model was trained on, or ingest the new data with the "
+            "model's spec"
+        )
     metrics = evaluate(model, iter_batches(shards, spec, job.train.eval_batch_size))
     print(json.dumps({f"{args.split}_{k}": v for k, v in metrics.items()}))
 

@@ -81,8 +81,20 @@ class JobConfig:
 def load_job_config(
     path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
 ) -> JobConfig:
-    """Load a job YAML plus `key=value` overrides; errors name the file and the key."""
-    return config_io.load(JobConfig, path, overrides)
+    """Load a job YAML plus `key=value` overrides; errors name the file and the key.
+
+    `data.path=...` given without `data.valid_path` and `data.test_path` means "split this file":
+    the config file's own validation and test files (the bundled sample's, say) are dropped,
+    so a model is never validated and tested on data the user did not name.
+    """
+    return config_io.load(JobConfig, path, [*overrides, *_split_the_new_path(overrides)])
+
+
+def _split_the_new_path(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    keys = {item.partition("=")[0].strip() for item in overrides}
+    if "data.path" not in keys or keys & {"data.valid_path", "data.test_path"}:
+        return []
+    return ["data.valid_path=null", "data.test_path=null"]
 
 
 def config_path(name: str | Path) -> Path:

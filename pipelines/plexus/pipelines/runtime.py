@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from plexus.platform.errors import PlexusError
+
+T = TypeVar("T")
+RAY_START_ATTEMPTS = 4  # waits of 2, 4 and 8 s between them
 
 # Tools that phone home or write into $HOME unless told otherwise (see DEPENDENCIES.md).
 _QUIET_ENV = {
@@ -64,7 +73,7 @@ def ensure_ray(*, num_cpus: int | None = None, address: str | None = None) -> No
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    ray.init(
+    options = dict(
         num_cpus=num_cpus or os.cpu_count() or 1,
         object_store_memory=1 << 30,
         include_dashboard=False,
@@ -75,6 +84,50 @@ def ensure_ray(*, num_cpus: int | None = None, address: str | None = None) -> No
             "worker_process_setup_hook": f"{__name__}.quiet_ray_worker",
         },
     )
+    retry(
+        lambda: ray.init(**options),
+        what="start a local Ray",
+        advice=(
+            "the machine is probably overloaded (Ray's node start-up timed out): wait for "
+            "other jobs to finish and run the command again, or set RAY_ADDRESS to join a "
+            "running Ray cluster"
+        ),
+        cleanup=ray.shutdown,
+    )
+
+
+def retry(
+    action: Callable[[], T],
+    *,
+    what: str,
+    advice: str,
+    attempts: int = RAY_START_ATTEMPTS,
+    first_wait: float = 2.0,
+    cleanup: Callable[[], object] | None = None,
+) -> T:
+    """`action()`, retried with doubling waits when it raises; then a `PlexusError` that says
+    what failed, the last cause and what to do, instead of a raw traceback."""
+    wait = first_wait
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if cleanup is not None:
+                cleanup()
+            if attempt == attempts:
+                raise PlexusError(
+                    f"could not {what} after {attempts} tries ({type(exc).__name__}: {exc}); "
+                    f"{advice}"
+                ) from exc
+            print(
+                f"[plexus] could not {what} ({type(exc).__name__}); retrying in {wait:.0f} s "
+                f"({attempt}/{attempts})",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")
 
 
 def default_runs_dir() -> Path:

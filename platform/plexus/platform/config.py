@@ -45,6 +45,20 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, path: str = "") -> T:
         raise ConfigError(
             f"unknown config key '{where}{unknown[0]}'; valid keys here: {', '.join(sorted(fields))}"
         )
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            "missing required config key"
+            + ("s " if len(missing) > 1 else " ")
+            + ", ".join(f"'{where}{name}'" for name in missing)
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {
         name: _coerce(hints[name], value, f"{path}.{name}" if path else name)
@@ -135,9 +149,13 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
         if not file.is_file():
             raise ConfigError(f"config file not found: {file}")
         try:
-            loaded = yaml.safe_load(file.read_text()) or {}
+            loaded = yaml.load(file.read_text(), Loader=_UniqueKeyLoader)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            raise ConfigError(
+                f"{file}: the file is empty; a config needs its sections (copy a bundled one)"
+            )
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: top level must be a mapping of config sections")
         data = loaded
@@ -147,6 +165,26 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
     except ConfigError as exc:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{exc}") from exc.__cause__
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (plain YAML
+    keeps the last value silently, so the first setting would be ignored without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (lines {seen[key]} and {line}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

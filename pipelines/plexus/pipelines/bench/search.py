@@ -51,7 +51,7 @@ def bench_search(
             "stage; use a learned method such as optembed"
         )
     before = stages[index - 1]
-    saved = run_output_dir(job) / "stages" / f"{index - 1}-{before.name}" / "model.pt"
+    saved = run_output_dir(job, data) / "stages" / f"{index - 1}-{before.name}" / "model.pt"
     if not saved.is_file():
         raise PlexusError(
             f"{saved} is missing: run `plexus train {config}` with the same overrides first "

@@ -1,7 +1,9 @@
 """The training job (driver side): Ray Train fit, test evaluation, MLflow logging, outputs.
 
 Outputs go to `<runs>/<name>/train-<hash>/`, the hash covering the data, model, embedding and
-train sections. A finished folder (`metrics.json` present) is reused unless `force`; an
+train sections and the fingerprint of the ingested data's feature spec (which covers the input
+files' contents): edited input data means a new training, never the old model. A finished
+folder (`metrics.json` present) is reused unless `force`; an
 unfinished one (a crash) resumes from its last checkpoint and continues the same MLflow run.
 
 A learned embedding method with several stages (`EmbeddingTables.stages()`, e.g. OptEmbed's
@@ -12,6 +14,7 @@ the final stage's model is the one evaluated, saved and served.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -50,16 +53,19 @@ class TrainResult:
         return self.output / METRICS_FILE
 
 
-def run_output_dir(job: JobConfig) -> Path:
+def run_output_dir(job: JobConfig, data: IngestResult) -> Path:
+    """`<runs>/<name>/train-<hash>`: one folder per (config, ingested data) pair."""
     runs = Path(job.output).resolve() if job.output else default_runs_dir()
-    return runs / job.name / f"train-{job.fingerprint('data', 'model', 'embedding', 'train')}"
+    sections = job.fingerprint("data", "model", "embedding", "train")
+    key = hashlib.sha256(f"{sections}:{data.spec.fingerprint}".encode()).hexdigest()[:12]
+    return runs / job.name / f"train-{key}"
 
 
 def train(
     job: JobConfig, data: IngestResult, *, force: bool = False, nested: bool = False
 ) -> TrainResult:
     """Train `job`'s model on ingested `data`, evaluate on the test split, track it all in MLflow."""
-    out = run_output_dir(job)
+    out = run_output_dir(job, data)
     if (out / METRICS_FILE).is_file() and not force:
         saved = json.loads((out / METRICS_FILE).read_text())
         print(f"[plexus] reusing finished training run {out} (pass --force to retrain)")
@@ -154,14 +160,21 @@ def _fit(
 
 
 def _latest_checkpoint(storage: Path) -> str | None:
-    """The newest checkpoint folder a previous (crashed) attempt left, if any."""
+    """The newest readable checkpoint folder a previous (crashed) attempt left, if any.
+
+    A checkpoint torn by a kill (truncated or empty `state.pt`) is skipped with a warning, so
+    the job resumes from the previous good one instead of failing on it.
+    """
     candidates = sorted(storage.glob("**/checkpoint_*/" + STATE_FILE)) if storage.exists() else []
-    if not candidates:
+    epochs: dict[Path, int] = {}
+    for path in candidates:
+        try:
+            epochs[path] = int(torch.load(path, weights_only=False)["loop"]["epoch"])
+        except Exception as exc:  # a torn file: EOFError, a zip error, a missing key, ...
+            print(f"[plexus] skipping unreadable checkpoint {path.parent}: {exc!r}", flush=True)
+    if not epochs:
         return None
-    newest = max(
-        candidates, key=lambda p: (torch.load(p, weights_only=False)["loop"]["epoch"], str(p))
-    )
-    return str(newest.parent)
+    return str(max(epochs, key=lambda p: (epochs[p], str(p))).parent)
 
 
 def _load_final_state(result: Any) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
