@@ -25,3 +25,22 @@ def evaluate_saved_model(tmp: Path, metrics_path: Path) -> dict[str, float]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def tiny_ctr_job(tmp: Path, name: str, *, rows: int, seed: int, sections: str) -> Path:
+    """A job YAML over `rows` synthetic Criteo lines written in `tmp` (20/20 % valid/test
+    split), tracked in `tmp/mlflow.db` with outputs under `tmp/runs`; `sections` gives the
+    model, embedding and train sections as YAML lines."""
+    from plexus.pipelines.data.synth import synth_criteo
+
+    raw = synth_criteo(tmp / "day.tsv", rows=rows, seed=seed)
+    config = tmp / "job.yaml"
+    config.write_text(
+        f"name: {name}\n"
+        f"data: {{format: criteo, path: {raw}, min_count: 2, "
+        "split: {valid: 0.2, test: 0.2, seed: 1}}\n"
+        f"{sections.strip()}\n"
+        f'tracking: {{uri: "sqlite:///{tmp / "mlflow.db"}", experiment: {name}}}\n'
+        f"output: {tmp / 'runs'}\n"
+    )
+    return config

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runner import plexus
+from cli_runner import plexus, tiny_ctr_job
 from plexus.pipelines.config import load_job_config
 from plexus.pipelines.data.synth import synth_criteo
 from plexus.pipelines.runtime import retry
@@ -18,30 +18,24 @@ from plexus.platform.errors import PlexusError
 from plexus.platform.feature_spec import FeatureSpec
 
 
-def _config(tmp: Path, raw: Path) -> Path:
-    config = tmp / "job.yaml"
-    config.write_text(
-        f"""
-name: inputs
-data: {{format: criteo, path: {raw}, min_count: 2, split: {{valid: 0.2, test: 0.2, seed: 1}}}}
-model: {{backbone: lr}}
-embedding: {{method: full, dim: 4}}
-train: {{batch_size: 512, epochs: 1, threads_per_worker: 1}}
-tracking: {{uri: "sqlite:///{tmp / "mlflow.db"}", experiment: inputs}}
-output: {tmp / "runs"}
-"""
-    )
-    return config
-
-
 def _metrics_path(done) -> Path:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return Path(done.stdout.strip().splitlines()[-1])
 
 
 def test_edited_input_retrains_and_old_model_is_refused_on_new_shards(tmp_path: Path) -> None:
-    raw = synth_criteo(tmp_path / "day.tsv", rows=3_000, seed=5)
-    config = _config(tmp_path, raw)
+    config = tiny_ctr_job(
+        tmp_path,
+        "inputs",
+        rows=3_000,
+        seed=5,
+        sections="""
+model: {backbone: lr}
+embedding: {method: full, dim: 4}
+train: {batch_size: 512, epochs: 1, threads_per_worker: 1}
+""",
+    )
+    raw = tmp_path / "day.tsv"
     first = _metrics_path(plexus("train", str(config), cwd=tmp_path))
 
     synth_criteo(raw, rows=3_000, seed=6)  # same path and config, other rows

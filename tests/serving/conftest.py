@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -27,9 +29,19 @@ def tiny_bundle(folder: Path, *, seed: int) -> Path:
 
 
 def broken_bundle(source: Path, folder: Path) -> Path:
-    """A copy of `source` whose item index is garbage: loading it must fail."""
+    """A copy of `source` whose item index is garbage with a matching checksum (a bad export,
+    not a bad download): loading it must fail in faiss."""
     shutil.copytree(source, folder)
     (folder / "items.faiss").write_bytes(b"not a faiss index" * 10)
+    return reseal(folder, "items.faiss")
+
+
+def reseal(folder: Path, name: str) -> Path:
+    """Record the current sha256 of `folder/name` in the bundle's manifest (a file changed on
+    purpose, as a bad export would write it, rather than damaged in transit)."""
+    manifest = json.loads((folder / "bundle.json").read_text())
+    manifest["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    (folder / "bundle.json").write_text(json.dumps(manifest))
     return folder
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import reseal
 from fastapi.testclient import TestClient
 from plexus.platform.errors import ConfigError, RegistryError
 from plexus.serving.app import create_app
@@ -57,6 +58,7 @@ def test_smoke_test_refuses_a_bundle_with_nan_scores(
     item_index.save_index(
         item_index.build_cluster_index(vectors, clusters, centroids, ids), bad / "items.faiss"
     )
+    reseal(bad, "items.faiss")
     with pytest.raises(RegistryError, match="non-finite|no items"):
         smoke_test(Bundle.load(bad))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,32 @@ def test_rejects_a_folder_that_is_not_a_bundle(tmp_path: Path, planted) -> None:
     (bad / "bundle.json").write_text(json.dumps(manifest))
     with pytest.raises(RegistryError, match="not supported"):
         Bundle.load(bad)
+
+
+@pytest.mark.parametrize(
+    "name", ["query.onnx", "items.faiss", "seen_items.npy", "feature_spec.json"]
+)
+def test_a_truncated_or_altered_file_is_refused_at_load(tmp_path: Path, planted, name) -> None:
+    folder, _ = planted
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    file = copy / name
+    if not file.is_file():
+        pytest.skip(f"this bundle has no {name}")
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(RegistryError, match=f"{name}: sha256 differs"):
+        Bundle.load(copy)
+    file.unlink()
+    with pytest.raises(RegistryError, match=f"{name} is missing"):
+        Bundle.load(copy)
+
+
+def test_a_manifest_naming_a_file_outside_the_bundle_is_refused(tmp_path: Path, planted) -> None:
+    folder, _ = planted
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    manifest = json.loads((copy / "bundle.json").read_text())
+    manifest["files"]["../../etc/passwd"] = "0" * 64
+    (copy / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(RegistryError, match="outside the bundle"):
+        Bundle.load(copy)

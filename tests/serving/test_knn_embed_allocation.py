@@ -11,6 +11,7 @@ from plexus.serving.knn_embed import (
     AllocationConfig,
     ComponentPlan,
     allocate,
+    cap_allocation,
     merge_components,
     plan_components,
 )
@@ -88,3 +89,26 @@ def test_power_below_one_flattens_toward_minor_interests() -> None:
     uniform = allocate(weights, 20, floor_components=0, power=0.0)
     assert flat[0, 0] < proportional[0, 0] and flat[0, 1] > proportional[0, 1]
     assert uniform.tolist() == [[5, 5, 5, 5]]
+
+
+def test_cap_allocation_moves_the_surplus_of_small_clusters_to_the_next_interests() -> None:
+    alloc = np.array([[80, 20, 0, 0], [10, 0, 0, 0]])
+    capacity = np.array([[30, 50, 40, 5], [4, 3, 0, 100]])
+    weights = np.array([[0.7, 0.3, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    capped = cap_allocation(alloc, capacity, weights)
+    assert capped.tolist() == [[30, 50, 20, 0], [4, 0, 0, 6]]  # outside the mixture: most room
+    assert (capped <= capacity).all() and capped.sum(axis=1).tolist() == [100, 10]
+    tiny = cap_allocation(np.array([[9, 0]]), np.array([[2, 3]]), np.array([[1.0, 0.0]]))
+    assert tiny.tolist() == [[2, 3]]  # the catalog holds only 5: all of it
+
+
+def test_knn_embed_returns_k_items_like_single_vector_near_the_catalog_size(bundle_dirs) -> None:
+    from plexus.serving.bundle import Bundle
+
+    bundle = Bundle.load(bundle_dirs["v1"])
+    for user in bundle.user_ids[1:11]:
+        for k in (100, 300):
+            diverse = bundle.recommend(user_id=int(user), k=k, diversify=True)
+            single = bundle.recommend(user_id=int(user), k=k, diversify=False)
+            assert len(diverse.item_ids) == len(single.item_ids) == k
+            assert len(set(diverse.item_ids.tolist())) == k

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from plexus.pipelines import reaper
 from plexus.platform.errors import PlexusError
 
 T = TypeVar("T")
@@ -94,6 +95,11 @@ def ensure_ray(*, num_cpus: int | None = None, address: str | None = None) -> No
         ),
         cleanup=ray.shutdown,
     )
+    global _reaper
+    _reaper = reaper.start(os.getpid())
+
+
+_reaper: object = None  # the watchdog that ends this Ray if the process is killed (`reaper`)
 
 
 def retry(

@@ -81,20 +81,41 @@ def resumable_run(
 ) -> Iterator[tuple[Any, bool]]:
     """An MLflow run tied to an output folder: the run recorded in `folder/run.json` is
     continued (a crashed job resumes into the same run), else a new one is started and recorded.
-    Yields (the active run, whether it was resumed)."""
+    Yields (the active run, whether it was resumed).
+
+    A nested run resumed under a new parent (the rerun of a killed `plexus run`) is moved under
+    that parent, so the finished parent has all its children; the killed parent it leaves is
+    marked KILLED rather than left RUNNING forever.
+    """
     import mlflow
     from plexus.pipelines.files import read_json, write_json
 
     record = folder / "run.json"
     previous = read_json(record)
+    parent = mlflow.active_run() if nested else None
     with mlflow.start_run(
         run_id=previous.get("run_id"),
         experiment_id=None if previous else experiment_id(experiment),
         run_name=run_name,
         nested=nested,
     ) as active:
+        if previous and parent is not None:
+            _adopt(active.info.run_id, parent.info.run_id)
         write_json(record, {"run_id": active.info.run_id})
         yield active, bool(previous)
+
+
+def _adopt(run_id: str, parent_id: str) -> None:
+    """Make `parent_id` the parent of the resumed run `run_id`; end its old parent as KILLED."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    old = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+    if old == parent_id:
+        return
+    client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+    if old and client.get_run(old).info.status == "RUNNING":
+        client.set_terminated(old, status="KILLED")
 
 
 def log_params(params: Mapping[str, Any]) -> None:

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from plexus.serving.knn_embed import (
     AllocationConfig,
     ComponentPlan,
     allocate,
+    cap_allocation,
     merge_components,
     plan_components,
 )
@@ -33,7 +35,7 @@ from plexus.serving.knn_embed import (
 __all__ = ["Bundle", "Candidates", "write_bundle", "search_mixture", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "plexus.retrieval-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest holds a sha256 per file (`files`), checked at load
 MANIFEST = "bundle.json"
 REGISTRY_FILE = "registry.json"
 ONNX_FILE = "query.onnx"
@@ -96,9 +98,11 @@ def write_bundle(
         np.save(out / f"{name}.npy", np.ascontiguousarray(arrays[name]))
     for name, text in (extra_files or {}).items():
         (out / name).write_text(text)
+    written = [ONNX_FILE, INDEX_FILE, *(f"{name}.npy" for name in ARRAYS), *(extra_files or {})]
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "files": {name: _sha256(out / name) for name in sorted(written)},
         "num_items": int(len(arrays["item_ids"]) - 1),
         "num_users": int(len(arrays["user_ids"]) - 1),
         "onnx": {"file": ONNX_FILE, "inputs": ONNX_INPUTS, "outputs": ONNX_OUTPUTS},
@@ -107,6 +111,33 @@ def write_bundle(
     }
     (out / MANIFEST).write_text(json.dumps(full, indent=1, sort_keys=True))
     return out
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_files(folder: Path, files: dict[str, str] | None) -> None:
+    """Every file the manifest lists is present, inside the folder, with its recorded sha256:
+    a truncated or altered download is refused before any of it is parsed."""
+    if not isinstance(files, dict) or not files:
+        raise RegistryError(f"{folder / MANIFEST}: no file checksums; re-export the bundle")
+    root = folder.resolve()
+    for name, expected in sorted(files.items()):
+        file = (folder / name).resolve()
+        if not file.is_relative_to(root):
+            raise RegistryError(f"{folder / MANIFEST}: file {name!r} is outside the bundle")
+        if not file.is_file():
+            raise RegistryError(f"{folder}: {name} is missing")
+        if _sha256(file) != expected:
+            raise RegistryError(
+                f"{folder / name}: sha256 differs from the manifest's (corrupt or truncated "
+                "download?); the bundle is refused"
+            )
 
 
 def search_mixture(
@@ -130,6 +161,8 @@ def search_mixture(
     if excluded[0].size:
         flat = excluded[0] * num_clusters + item_clusters[excluded[1]]
         per_cluster = np.bincount(flat, minlength=batch * num_clusters).reshape(batch, -1)
+    sizes = np.bincount(item_clusters[item_clusters >= 0], minlength=num_clusters)
+    alloc = cap_allocation(alloc, sizes[None, :num_clusters] - per_cluster, mixture)
     plan = plan_components(alloc, excluded_per_cluster=per_cluster, slack=max(1, k // 10))
     vectors = components[plan.rows, plan.clusters]
     scores, ids = item_index.search_clusters(index, vectors, plan.clusters, plan.fetch)
@@ -161,7 +194,7 @@ class Bundle:
         retrieval = manifest["retrieval"]
         self.nprobe: int = int(retrieval["nprobe"])
         self.allocation = AllocationConfig(**retrieval["allocation"])
-        arr = {name: np.load(path / f"{name}.npy") for name in ARRAYS}
+        arr = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in ARRAYS}
         self.item_ids: np.ndarray = arr["item_ids"]
         self.item_clusters: np.ndarray = arr["item_clusters"]
         self.item_popularity: np.ndarray = arr["item_popularity"].astype(np.float32)
@@ -197,6 +230,7 @@ class Bundle:
                 f"{file}: format {manifest.get('format')!r} v{manifest.get('format_version')} is not "
                 f"supported (expected {FORMAT!r} v{FORMAT_VERSION}); re-export the bundle"
             )
+        _verify_files(folder, manifest.get("files"))
         if version is None and (folder / REGISTRY_FILE).is_file():
             version = (
                 str(json.loads((folder / REGISTRY_FILE).read_text()).get("version", "")) or None

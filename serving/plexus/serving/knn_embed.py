@@ -19,7 +19,14 @@ import dataclasses
 import numpy as np
 from plexus.platform.errors import ConfigError
 
-__all__ = ["AllocationConfig", "ComponentPlan", "allocate", "plan_components", "merge_components"]
+__all__ = [
+    "AllocationConfig",
+    "ComponentPlan",
+    "allocate",
+    "cap_allocation",
+    "plan_components",
+    "merge_components",
+]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -98,6 +105,28 @@ def allocate(
     short = remaining - base.sum(axis=1)
     extra = _row_rank(frac) < short[:, None]
     return (counts + base + extra).astype(np.int64)
+
+
+def cap_allocation(alloc: np.ndarray, capacity: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Keep each component's count within what its cluster can still return, (B, C) each.
+
+    A user whose interests lie in small clusters would otherwise get fewer than K items near
+    the catalog's size (a cluster of 30 items cannot give 100). The surplus goes to the user's
+    other clusters with room, by descending weight, then by descending room (clusters outside
+    the mixture). Rows keep their sum unless the clusters together hold fewer items.
+    """
+    capacity = np.maximum(capacity, 0)
+    capped = np.minimum(alloc, capacity)
+    surplus = (alloc - capped).sum(axis=1)
+    for row in np.nonzero(surplus)[0]:
+        room = capacity[row] - capped[row]
+        for cluster in np.lexsort((-room, -weights[row])):
+            if surplus[row] == 0:
+                break
+            give = min(int(room[cluster]), int(surplus[row]))
+            capped[row, cluster] += give
+            surplus[row] -= give
+    return capped
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,9 @@ one, runs smoke queries on it, and only then replaces the reference (a single at
 store, atomic under the GIL). Requests read `watcher.current` once and keep that bundle for
 their whole computation, so none sees a half-loaded model. A bundle that fails to download,
 load or pass the smoke queries is refused: the old one keeps serving, the reason is logged
-and exported as `plexus_model_last_refusal_info`.
+and exported as `plexus_model_last_refusal_info`. While the registry cannot be reached the
+loaded bundle keeps serving (and `/readyz` stays ready); the poll interval doubles after each
+failed poll, up to `MAX_BACKOFF` seconds, and returns to normal at the first answer.
 
 mlflow is imported lazily (mlflow-skinny is enough): a local folder needs no MLflow at all.
 """
@@ -32,6 +34,7 @@ from plexus.serving.metrics import ServiceMetrics
 __all__ = ["ModelRef", "BundleWatcher", "smoke_test"]
 
 log = logging.getLogger("plexus.serving")
+MAX_BACKOFF = 300.0  # seconds between polls at most while the registry is unreachable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +136,7 @@ class BundleWatcher:
         self._thread: threading.Thread | None = None
         self._client = None
         self._lock = threading.Lock()  # one load at a time
+        self.failed_polls = 0  # consecutive polls that could not reach the registry
 
     # ---- registry ---------------------------------------------------------------------------
     def _mlflow_client(self):  # -> mlflow.MlflowClient
@@ -232,9 +236,15 @@ class BundleWatcher:
             try:
                 version = self.resolve()
             except RegistryError as exc:
+                self.failed_polls += 1
                 self.metrics.registry_errors.inc()
-                log.warning("%s", exc)
+                log.warning(
+                    "%s (poll %d failed; next in %.0f s)", exc, self.failed_polls, self.next_wait()
+                )
                 return False
+            if self.failed_polls:
+                log.info("registry reachable again after %d failed polls", self.failed_polls)
+                self.failed_polls = 0
             if self.current is not None and self.current.bundle.version == version:
                 return False
             if version in self.refused:
@@ -272,12 +282,17 @@ class BundleWatcher:
                     log.exception("registry poll failed")
             if self.current is not None and not (self.ref.polls and self.poll_interval > 0):
                 return
-            wait = (
-                self.poll_interval
-                if self.current is not None
-                else min(self.poll_interval or 2.0, 2.0)
-            )
-            self._stop.wait(wait)
+            self._stop.wait(self.next_wait())
+
+    def next_wait(self) -> float:
+        """Seconds to the next poll: the interval (at most 2 s until a bundle is loaded),
+        doubled for each consecutive failed poll, capped at `MAX_BACKOFF`."""
+        base = (
+            self.poll_interval if self.current is not None else min(self.poll_interval or 2.0, 2.0)
+        )
+        if not self.failed_polls:
+            return base
+        return min(base * 2.0 ** min(self.failed_polls, 16), max(base, MAX_BACKOFF))
 
     def stop(self) -> None:
         self._stop.set()

@@ -79,7 +79,14 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 
 def serve(config: ServeConfig) -> None:
-    """Run the service in this process until interrupted (blocking)."""
+    """Run the service in this process until interrupted (blocking).
+
+    The first bundle is loaded and smoke-tested before the port opens: a missing bundle,
+    version or alias, an unreachable registry or a bundle that fails to load ends the process
+    with a `RegistryError` naming the reference, instead of a service that never gets ready.
+    Later versions are loaded in the background and a bad one is refused while the loaded one
+    keeps serving.
+    """
     import uvicorn
     from plexus.serving.app import create_app
 
@@ -88,14 +95,25 @@ def serve(config: ServeConfig) -> None:
     )
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    # MLflow's HTTP client retries a refused connection for minutes, which would freeze the
+    # poller through a registry outage; the watcher has its own back-off, so fail a poll fast.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:  # one thread for faiss: concurrency comes from requests, not from splitting one search
         import faiss
 
         faiss.omp_set_num_threads(1)
     except ImportError:
         pass
+    app = create_app(config)
+    watcher = app.state.plexus.watcher
+    try:  # fail fast: a service that can never become ready must not sit there unready
+        watcher.start(background=False)
+    except BaseException:
+        watcher.stop()
+        raise
     uvicorn.run(
-        create_app(config),
+        app,
         host=config.host,
         port=config.port,
         log_level=config.log_level.lower(),
@@ -114,5 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlexusError as exc:
         print(f"plexus serve: {exc}", file=sys.stderr)
         return 2
-    serve(config)
+    try:
+        serve(config)
+    except PlexusError as exc:
+        print(f"plexus serve: nothing to serve: {exc}", file=sys.stderr)
+        return 2
     return 0
