@@ -13,7 +13,7 @@ import pytest
 from plexus.models.backbones.base import Backbone, ModelConfig
 from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod
 from plexus.models.retrieval import KnnEmbedConfig, LossKind, QueryVariant
-from plexus.pipelines.retrieval.data import InteractionFormat, RetrievalDataConfig, SplitKind
+from plexus.pipelines.ingest.config import HoldOut, InteractionsConfig, InteractionSplit
 from plexus.pipelines.retrieval.train import LrSchedule, RetrievalTrainConfig
 from plexus.platform.errors import ConfigError
 from plexus.serving.config import Batching, ServeConfig
@@ -23,8 +23,8 @@ CHOICES: list[tuple[type, dict[str, Any], str, type[enum.Enum], str]] = [
     (EmbeddingConfig, {}, "method", EmbeddingMethod, "embedding.method"),
     (RetrievalTrainConfig, {}, "loss", LossKind, "train.loss"),
     (RetrievalTrainConfig, {}, "lr_schedule", LrSchedule, "train.lr_schedule"),
-    (RetrievalDataConfig, {"path": "x"}, "format", InteractionFormat, "data.format"),
-    (RetrievalDataConfig, {"path": "x"}, "split", SplitKind, "data.split"),
+    (InteractionsConfig, {}, "split", InteractionSplit, "data.interactions.split"),
+    (InteractionsConfig, {}, "validation_pick", HoldOut, "data.interactions.validation_pick"),
     (KnnEmbedConfig, {}, "query_variant", QueryVariant, "knn_embed.query_variant"),
     (ServeConfig, {"model": "m@champion"}, "batching", Batching, "serve.batching"),
 ]

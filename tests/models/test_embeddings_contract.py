@@ -20,6 +20,7 @@ from plexus.models.embeddings import (
     registered_methods,
 )
 from plexus.models.embeddings.hashed import HashedEmbeddingTables
+from plexus.models.embeddings.sparse_storage import MaskedTables
 from plexus.platform.config import from_dict, to_dict
 from plexus.platform.errors import ConfigError
 from tiny_ctr_data import random_kjt, sparse_features
@@ -49,8 +50,27 @@ OPTIONS: dict[EmbeddingMethod, list[dict]] = {
         {"budget": 0.5, "probes": 2, "pooling": "mean", "options": {"base": "multiplexed"}},
         {"budget": 0.3, "options": {"base": "hashing"}},
     ],
+    EmbeddingMethod.DSL: [
+        {"options": {"byte_budget": 0.4}},
+        {"budget": 0.5, "chunks": 2, "num_tables": 2, "options": {"base": "unified"}},
+        {"budget": 0.5, "probes": 2, "pooling": "mean", "options": {"base": "multiplexed"}},
+        {"budget": 0.3, "options": {"base": "hashing", "density": 0.3}},
+    ],
+    EmbeddingMethod.MAGNITUDE_PRUNING: [
+        {"budget": 0.5, "chunks": 2, "options": {"base": "unified", "byte_budget": 0.25}},
+    ],
 }
-LEARNED = {EmbeddingMethod.OPTEMBED}
+OPTIONS[EmbeddingMethod.DNIS] = [
+    {"budget": 0.5, "chunks": 2, "num_tables": 2, "options": {"base": "unified"}},
+    {"budget": 0.5, "probes": 2, "pooling": "mean", "options": {"base": "multiplexed"}},
+    {"budget": 0.3, "options": {"base": "hashing", "blocks": [2, 5]}},
+]
+LEARNED = {
+    EmbeddingMethod.OPTEMBED,
+    EmbeddingMethod.DSL,
+    EmbeddingMethod.MAGNITUDE_PRUNING,
+    EmbeddingMethod.DNIS,
+}
 
 
 def _cases() -> list:
@@ -117,7 +137,11 @@ def test_num_parameters_matches_the_budget(config: EmbeddingConfig) -> None:
     tables = _build(config)
     features = sparse_features()
     counted = sum(p.numel() for p in tables.parameters())
-    assert tables.num_parameters() == counted
+    if isinstance(tables, MaskedTables) and tables._sparse():  # served: the non-zeros
+        assert tables.num_parameters() == sum(tables.nonzeros()) < counted
+        assert tables.num_bytes() < 4 * counted
+    else:
+        assert tables.num_parameters() == counted
     # A learned method's own parameters (thresholds, ...) come on top of its base tables'.
     counted -= sum(
         p.numel() for name, p in tables.named_parameters() if not name.startswith("ebc.")

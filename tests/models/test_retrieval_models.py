@@ -31,9 +31,10 @@ def test_user_vectors_mix_id_and_history_and_drop_missing_parts() -> None:
     assert vecs.shape == (4, 4)
     torch.testing.assert_close(vecs[:3].norm(dim=1), torch.ones(3))
     # History only = normalised history mean; id only = normalised id embedding; neither = 0.
-    mean = model.item_embedding(torch.tensor([1, 2])).mean(0)
+    mean = TwoTower.lookup(model.item_tables, torch.tensor([1, 2])).mean(0)
     torch.testing.assert_close(vecs[1], F.normalize(mean, dim=0))
-    torch.testing.assert_close(vecs[2], F.normalize(model.user_embedding.weight[2], dim=0))
+    user_row = model.user_tables.ebc.embedding_bags["t_user_id"].weight[2]
+    torch.testing.assert_close(vecs[2], F.normalize(user_row, dim=0))
     assert vecs[3].abs().sum() == 0
     assert model.all_item_vectors().shape == (11, 4)
 
@@ -136,3 +137,53 @@ def test_neighbours_never_include_the_user_itself() -> None:
     sims[0, 0] = sims[0, 1] = -10.0
     top = torch.topk(sims, 2, dim=1).indices[0]
     torch.testing.assert_close(mixture[0], state.user_dist[top].mean(0))
+
+
+def test_the_history_mean_skips_masked_items_anywhere_in_the_row() -> None:
+    model = _model()
+    hist = torch.tensor([[1, 2, 3]])
+    vecs = model.user_vectors(torch.tensor([0]), hist, torch.tensor([[1.0, 0.0, 1.0]]))
+    mean = TwoTower.lookup(model.item_tables, torch.tensor([1, 3])).mean(0)
+    torch.testing.assert_close(vecs[0], F.normalize(mean, dim=0))
+
+
+_EMBEDDINGS = {
+    "full": {"method": "full", "dim": 4},
+    "hashing": {"method": "hashing", "dim": 4, "budget": 0.5},
+    "unified": {"method": "unified", "dim": 2, "budget": 0.5, "chunks": 2},
+}
+
+
+@pytest.mark.parametrize("method", list(_EMBEDDINGS))
+def test_table_lookups_get_sparse_gradients_equal_to_the_dense_ones(method: str) -> None:
+    """Inside `sparse_lookups` every method's table weights get sparse gradients (what keeps a
+    retrieval step cheap), equal to the dense gradients of the same computation."""
+    from plexus.models.embeddings import EmbeddingConfig
+    from plexus.models.retrieval.sparse import retrieval_optimizers, sparse_lookups
+    from plexus.platform.config import from_dict
+
+    embedding = from_dict(EmbeddingConfig, _EMBEDDINGS[method])
+    torch.manual_seed(0)
+    model = TwoTower(
+        TwoTowerConfig(dim=4, history_len=3, user_weight=0.3), num_users=5, num_items=10,
+        embedding=embedding,
+    )  # fmt: skip
+
+    def loss() -> torch.Tensor:
+        hist = torch.tensor([[1, 2, 0], [4, 0, 5]])
+        users = model.user_vectors(torch.tensor([1, 3]), hist, (hist > 0).float())
+        return (users @ model.item_vectors(torch.tensor([2, 7, 9])).T).square().sum()
+
+    loss().backward()
+    dense = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    lookups = sparse_lookups()
+    with lookups:
+        loss().backward()
+    looked_up = [(n, p) for n, p in model.named_parameters() if id(p) in lookups.weights]
+    assert len(looked_up) >= 2  # a user table and an item table at least
+    for name, param in looked_up:
+        assert param.grad.is_sparse, name
+        torch.testing.assert_close(param.grad.to_dense(), dense[name])
+    kinds = [type(o).__name__ for o in retrieval_optimizers(model, lookups, lr=0.1)]
+    assert kinds == ["SparseAdam"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-from plexus.models.retrieval import TwoTowerConfig
+from plexus.models.retrieval import TwoTower, TwoTowerConfig
 from plexus.pipelines.retrieval.synthetic import planted_interests
 from plexus.pipelines.retrieval.train import RetrievalTrainConfig, train_two_tower
 
@@ -29,8 +30,8 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() -> None:
     assert resumed_history[1]["loss"] == history[1]["loss"]
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)
-    first = states[0]["model"]["item_embedding.weight"]
-    assert not torch.equal(first, straight.state_dict()["item_embedding.weight"])
+    key = "item_tables.ebc.embedding_bags.t_item_id.weight"
+    assert not torch.equal(states[0]["model"][key], straight.state_dict()[key])
 
 
 def test_the_latest_checkpoint_is_the_one_with_most_epochs(tmp_path) -> None:
@@ -47,8 +48,8 @@ def test_the_latest_checkpoint_is_the_one_with_most_epochs(tmp_path) -> None:
 def test_in_process_training_resumes_from_its_epoch_checkpoint(tmp_path, capsys) -> None:
     """`use_ray: false` saves the training state every epoch; a run that finds one (its
     predecessor was killed) continues after that epoch and removes it once model.pt is saved."""
+    from plexus.pipelines.ingest import DataConfig
     from plexus.pipelines.retrieval.config import RetrievalJobConfig
-    from plexus.pipelines.retrieval.data import RetrievalDataConfig
     from plexus.pipelines.retrieval.job import MODEL_FILE, train_model
     from plexus.pipelines.retrieval.train import STATE_FILE
 
@@ -56,7 +57,7 @@ def test_in_process_training_resumes_from_its_epoch_checkpoint(tmp_path, capsys)
     model_cfg, train_cfg = _configs(3)
     config = RetrievalJobConfig(
         name="resume",
-        data=RetrievalDataConfig(path=str(tmp_path)),
+        data=DataConfig(format="lightgcn", path=str(tmp_path)),
         model=model_cfg,
         train=train_cfg,
         use_ray=False,
@@ -73,3 +74,63 @@ def test_in_process_training_resumes_from_its_epoch_checkpoint(tmp_path, capsys)
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)
     assert (crashed / MODEL_FILE).is_file() and not (crashed / STATE_FILE).exists()
+
+
+_METHODS = {
+    "full": {"method": "full", "dim": 16},
+    "hashing": {"method": "hashing", "dim": 16, "budget": 0.75},
+    "multiplexed": {"method": "multiplexed", "dim": 16, "budget": 0.5},
+    "unified": {"method": "unified", "dim": 8, "budget": 0.5, "chunks": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_interests(
+        num_users=120, num_groups=4, items_per_group=20, per_user=12, test_per_user=3, seed=0
+    )[0]
+
+
+@pytest.mark.parametrize("method", list(_METHODS))
+def test_a_retrieval_model_trains_with_each_embedding_method(planted, method: str) -> None:
+    """The towers' tables are the platform's: `embedding.method` picks them, training finds the
+    planted interests with each, and the budget bounds the tables' parameters."""
+    from plexus.models.embeddings import EmbeddingConfig
+    from plexus.models.embeddings.registry import method_class
+    from plexus.pipelines.retrieval.evaluate import evaluate_tower
+    from plexus.platform.config import from_dict
+
+    embedding = from_dict(EmbeddingConfig, _METHODS[method])
+    model_cfg = TwoTowerConfig(dim=16, history_len=8)
+    train_cfg = RetrievalTrainConfig(
+        epochs=8, batch_size=128, num_negatives=64, lr=0.02, loss="sampled_softmax",
+        temperature=0.2, threads=1,
+    )  # fmt: skip
+    model, history = train_two_tower(planted, model_cfg, train_cfg, embedding=embedding)
+    assert type(model.item_tables) is method_class(embedding.method)
+    full_rows = planted.num_users + planted.num_items + 2
+    params = sum(t.num_parameters() for t in (model.user_tables, model.item_tables))
+    assert params <= full_rows * 16 * embedding.budget + 16
+    recall = evaluate_tower(model, planted, ks=(10,))["recall@10"]
+    untrained = evaluate_tower(
+        TwoTower(model_cfg, num_users=planted.num_users, num_items=planted.num_items,
+                 embedding=embedding),
+        planted, ks=(10,),
+    )["recall@10"]  # fmt: skip
+    assert history[-1]["loss"] < history[0]["loss"]
+    # Measured: full 0.33, hashing (3/4) 0.21, multiplexed 0.19, unified 0.21, untrained
+    # 0.13-0.16; collisions cost more on these 81-row tables than on CTR fields.
+    assert recall > untrained + (0.15 if method == "full" else 0.03), (recall, untrained)
+
+
+def test_a_multi_stage_method_is_refused_naming_the_key(planted) -> None:
+    from plexus.models.embeddings import EmbeddingConfig
+    from plexus.platform.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="embedding.method=optembed runs stages"):
+        train_two_tower(
+            planted,
+            TwoTowerConfig(dim=16, history_len=8),
+            RetrievalTrainConfig(epochs=1, threads=1),
+            embedding=EmbeddingConfig(method="optembed", dim=16),
+        )

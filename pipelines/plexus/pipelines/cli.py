@@ -7,6 +7,7 @@ by `key=value` overrides, e.g. `plexus run criteo data.path=day_0.tsv train.epoc
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -41,9 +42,18 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
+    from plexus.pipelines.config import config_path
     from plexus.pipelines.jobs import run_ingest
+    from plexus.pipelines.retrieval import is_retrieval_config
 
-    result = run_ingest(_job(args))
+    if is_retrieval_config(config_path(args.config)):  # an interaction log: same ingest job
+        from plexus.pipelines.retrieval import ingest_interactions, load_retrieval_config
+        from plexus.pipelines.retrieval.job import data_dir
+
+        job = load_retrieval_config(config_path(args.config), args.overrides)
+        result, _ = ingest_interactions(job.data, data_dir(job))
+    else:
+        result = run_ingest(_job(args))
     print(f"[plexus] rows: {result.rows}  rejects: {result.rejects or 'none'}")
     print(result.output)
 
@@ -102,6 +112,19 @@ def cmd_run(args: argparse.Namespace) -> None:
     result = run_job(_job(args), force=args.force)
     print(f"[plexus] MLflow run: {result.run_id}")
     print(result.metrics_path)
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from plexus.pipelines.tune import load_space, tune
+
+    result = tune(
+        _job(args),
+        load_space(args.space),
+        trials=args.trials,
+        command=" ".join(["plexus", "tune", *sys.argv[2:]]) if sys.argv[1:2] == ["tune"] else None,
+    )
+    print(f"[plexus] MLflow run: {result.run_id}")
+    print(result.best_config)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -165,9 +188,10 @@ def cmd_bench_quality(args: argparse.Namespace) -> None:
     bench_quality(
         Path(args.out),
         data_root=Path(args.data_root),
-        backbones=args.backbones.split(","),
+        backbones=[b for b in args.backbones.split(",") if b],
         datasets=args.datasets.split(","),
         seeds=args.seeds,
+        with_baselines=not args.no_baselines,
     )
 
 
@@ -217,10 +241,13 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
 
 
 def _add_job_args(parser: argparse.ArgumentParser, *, force: bool = True) -> None:
+    # The bundled configs' names, read here rather than from `config` (which imports torch).
+    bundled_config_names = sorted(
+        p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml")
+    )
     parser.add_argument(
         "config",
-        help="job YAML path or bundled config name (criteo, avazu, movielens, movielens_1m, "
-        "synthetic)",
+        help=f"job YAML path or bundled config name ({', '.join(bundled_config_names)})",
     )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
     if force:
@@ -254,6 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=helptext)
         _add_job_args(sub, force=force)
         sub.set_defaults(func=func)
+
+    tune_verb = verbs.add_parser(
+        "tune", help="hyper-parameter search on Ray Tune; writes the best config as a YAML"
+    )
+    _add_job_args(tune_verb, force=False)
+    tune_verb.add_argument(
+        "--space", required=True, help="search-space YAML (e.g. configs/spaces/movielens.yaml)"
+    )
+    tune_verb.add_argument(
+        "--trials", type=int, help="sampled configurations (default: the space's)"
+    )
+    tune_verb.set_defaults(func=cmd_tune)
 
     export = verbs.add_parser(
         "export", help="export a trained retrieval model as a registered bundle"
@@ -299,9 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--data-root", default="../shared/data", help="folder holding the shared datasets"
     )
-    b.add_argument("--backbones", default="lr,fm,deepfm,dcnv2")
-    b.add_argument("--datasets", default="movielens,criteo,avazu")
-    b.add_argument("--seeds", type=int, default=1)
+    b.add_argument("--backbones", default="lr,fm,deepfm,dcnv2", help="'' for baselines only")
+    b.add_argument("--datasets", default="movielens,movielens_random,movielens_1m,criteo,avazu")
+    b.add_argument(
+        "--seeds", type=int, help="training seeds (default: 3 for criteo/avazu, 1 otherwise)"
+    )
+    b.add_argument("--no-baselines", action="store_true", help="skip the non-neural baselines")
     b.set_defaults(func=cmd_bench_quality)
     b = bench.add_parser(
         "embeddings", help="test AUC vs embedding parameters for every method and budget"
@@ -389,7 +431,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlexusError as exc:
         print(f"plexus: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        cause = _storage_error(exc)
+        if cause is None:
+            raise
+        print(f"plexus: error: {cause}", file=sys.stderr)
+        return 2
     return 0
+
+
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "the disk is full: free space there, or point output= at another disk",
+    errno.EDQUOT: "the disk quota is used up: free space there, or point output= elsewhere",
+    errno.EROFS: "the file system is read-only: point output= at a writable folder",
+    errno.EACCES: "permission denied: point output= at a folder you can write",
+}
+
+
+def _storage_error(exc: BaseException) -> str | None:
+    """A one-line message for a full, read-only or forbidden output folder, found in `exc` or
+    its causes (Ray and pyarrow wrap the OSError); None for any other error. Jobs write to a
+    temporary name and rename, so the previous outputs are still whole when this happens."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+            where = exc.filename or "the output folder"
+            return f"cannot write {where}: {_STORAGE_ERRNOS[exc.errno]}; earlier outputs are kept"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":

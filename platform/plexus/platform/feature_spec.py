@@ -77,6 +77,19 @@ class FeatureSpec:
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
     splits: dict[str, int] = dataclasses.field(default_factory=dict)
     format_version: int = SPEC_FORMAT_VERSION
+    # Retrieval logs: the features of each entity, its id first, e.g. {"user": ["user_id",
+    # "gender"], "item": ["item_id", "genres"]}. Empty for CTR data (and then not serialized,
+    # so CTR specs keep their bytes and fingerprints).
+    groups: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def group(self, name: str) -> tuple[Feature, ...]:
+        """The features of entity `name` ("user", "item"), its id feature first."""
+        if name not in self.groups:
+            raise DataError(
+                f"spec {self.name!r} has no {name!r} features (groups: {sorted(self.groups)}); "
+                "ingest the log with data.interactions set"
+            )
+        return tuple(self[f] for f in self.groups[name])
 
     @property
     def sparse(self) -> tuple[Feature, ...]:
@@ -100,8 +113,10 @@ class FeatureSpec:
             data = {
                 f.name: getattr(self, f.name)
                 for f in dataclasses.fields(self)
-                if f.name != "features"
+                if f.name not in ("features", "groups")
             }
+            if self.groups:
+                data["groups"] = {k: list(v) for k, v in self.groups.items()}
             data["features"] = [
                 {
                     **{f.name: getattr(feature, f.name) for f in dataclasses.fields(feature)},
@@ -140,7 +155,8 @@ class FeatureSpec:
             )
             for f in data.pop("features")
         )
-        return cls(features=features, **data)
+        groups = {k: tuple(v) for k, v in data.pop("groups", {}).items()}
+        return cls(features=features, groups=groups, **data)
 
     def save(self, directory: str | Path) -> Path:
         """Write `feature_spec.json` atomically into `directory`."""

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -162,8 +163,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _receive_body(scope: dict, receive: Any, limit: int) -> bytes:
-    """ASGI version of `_read_body`."""
+async def _receive_body(scope: dict, receive: Any, limit: int, timeout: float) -> bytes:
+    """ASGI version of `_read_body`, with a deadline: a client that declares a body and stops
+    sending it (a half-open connection) gets a 408 after `timeout` s instead of holding the
+    connection and its buffers forever."""
+    try:
+        return await asyncio.wait_for(_receive_all(scope, receive, limit), timeout)
+    except TimeoutError:
+        raise RequestError(408, f"request body not received within {timeout:g} s") from None
+
+
+async def _receive_all(scope: dict, receive: Any, limit: int) -> bytes:
     for name, value in scope["headers"]:
         if name == b"content-length":
             _check_length(value, limit)
@@ -202,7 +212,8 @@ class RetrievalASGI:
             return
         start = time.perf_counter()
         try:
-            body = await _receive_body(scope, receive, self._service.config.max_body_bytes)
+            config = self._service.config
+            body = await _receive_body(scope, receive, config.max_body_bytes, config.body_timeout)
             status, payload = await handler(body)
         except RequestError as exc:
             status, payload = exc.status, _error_body(exc.status, exc.message)
@@ -226,6 +237,7 @@ def _openapi_body(schema: dict[str, Any], response: dict[str, Any]) -> dict[str,
             },
             400: {"description": "Body is not JSON.", **error},
             404: {"description": "Unknown user and no history.", **error},
+            408: {"description": "Body not received within the body timeout.", **error},
             413: {"description": "Body too large.", **error},
             422: {"description": "A field is missing, of the wrong type or out of range.", **error},
             503: {"description": "No bundle loaded yet.", **error},
@@ -272,7 +284,13 @@ def create_app(config: ServeConfig, *, watcher: BundleWatcher | None = None) -> 
     async def _answer(request: Request, handler: Any) -> Response:
         start = time.perf_counter()
         try:
-            status, payload = await handler(await _read_body(request, config.max_body_bytes))
+            body = await asyncio.wait_for(
+                _read_body(request, config.max_body_bytes), config.body_timeout
+            )
+            status, payload = await handler(body)
+        except TimeoutError:
+            message = f"request body not received within {config.body_timeout:g} s"
+            status, payload = 408, _error_body(408, message)
         except RequestError as exc:
             status, payload = exc.status, _error_body(exc.status, exc.message)
         metrics.observe_request(request.url.path, status, time.perf_counter() - start)

@@ -58,6 +58,7 @@ class ServeConfig:
     max_exclude: int = 10_000
     max_batch_request: int = 256  # queries in one POST /v1/retrieve/batch
     max_body_bytes: int = 1 << 20
+    body_timeout: float = 10.0  # seconds to receive a whole request body before a 408
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -66,6 +67,8 @@ class ServeConfig:
             raise ConfigError("serve.model: give NAME@ALIAS, NAME/VERSION or a bundle folder")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"serve.port: must be in [0, 65535], got {self.port}")
+        if self.body_timeout <= 0:
+            raise ConfigError(f"serve.body_timeout: must be > 0 seconds, got {self.body_timeout}")
         if self.poll_interval < 0:
             raise ConfigError(
                 f"serve.poll_interval: must be >= 0 seconds, got {self.poll_interval}"

@@ -56,6 +56,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--max-batch", type=int, default=64, help="queries per micro-batch")
     p.add_argument("--max-k", type=int, default=1000)
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send a request body before it gets a 408 (default 10)",
+    )
     p.add_argument("--log-level", default=env("PLEXUS_SERVE_LOG_LEVEL", "info"))
     return p
 
@@ -74,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_batch=args.max_batch,
         max_k=args.max_k,
         max_body_bytes=args.max_body_bytes,
+        body_timeout=args.body_timeout,
         log_level=args.log_level,
     )
 

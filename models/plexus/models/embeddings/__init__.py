@@ -19,8 +19,11 @@ Example:
 """
 
 from plexus.models.embeddings import (  # noqa: F401  (registers)
+    dnis,
+    dsl,
     full,
     hashing,
+    magnitude_pruning,
     multiplexed,
     optembed,
     unified,

@@ -19,7 +19,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from plexus.models.embeddings.protocol import SINGLE_STAGE, Evaluate, ParameterGroup, Stage
+from plexus.models.embeddings.protocol import (
+    SINGLE_STAGE,
+    Evaluate,
+    ParameterGroup,
+    Stage,
+    StepContext,
+)
 from plexus.platform.config import coerce_choice, from_dict
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Feature
@@ -37,6 +43,9 @@ class EmbeddingMethod(str, enum.Enum):  # noqa: UP042  (str mixin, as FeatureKin
     MULTIPLEXED = "multiplexed"
     UNIFIED = "unified"
     OPTEMBED = "optembed"
+    DNIS = "dnis"
+    DSL = "dsl"
+    MAGNITUDE_PRUNING = "magnitude_pruning"
 
 
 # Typed option classes of the methods that have options of their own (`embedding.options`),
@@ -201,8 +210,8 @@ class EmbeddingTables(nn.Module, abc.ABC):
         """Parameters optimised apart from the rest (their own optimiser or learning rate)."""
         return ()
 
-    def after_step(self) -> None:
-        """Called after every optimiser step."""
+    def after_step(self, context: StepContext) -> None:
+        """Called after every optimiser step (`protocol.StepContext`: optimiser state, steps)."""
 
     def stages(self) -> tuple[Stage, ...]:
         """The stages the job runs for this method, in order."""
@@ -218,6 +227,10 @@ class EmbeddingTables(nn.Module, abc.ABC):
     def apply_candidate(self, candidate: Any) -> None:
         """Use a search candidate until the next call (fitness evaluation)."""
         raise NotImplementedError(f"{type(self).__name__} has no search candidates")
+
+    def figures(self) -> dict[str, Any]:
+        """Plots of the method's state (name -> matplotlib figure), logged after each stage."""
+        return {}
 
 
 def sparse_features(features: Sequence[Feature]) -> tuple[Feature, ...]:

@@ -220,11 +220,7 @@ class HashedEmbeddingTables(EmbeddingTables):
             pooled = self._pool_per_table(probes)  # (P, B, dim)
         else:  # sharded by DistributedModelParallel: let TorchRec's kernels do the lookups
             pooled = self._pool_torchrec(probes)
-        return KeyedTensor(
-            keys=list(self.feature_names),
-            length_per_key=[self._widths[n] for n in self.feature_names],
-            values=self._combine(pooled),
-        )
+        return self._keyed(self._combine(pooled))
 
     def _pool_torchrec(self, probes: KeyedJaggedTensor) -> torch.Tensor:
         """Pooled probe lookups through the (possibly sharded) EBC: (P, B, dim), table order."""
@@ -271,6 +267,24 @@ class HashedEmbeddingTables(EmbeddingTables):
                 rows = torch.where(self._identity[index].unsqueeze(1), unhashed, rows)
             out.append((table, index, rows))
         return out
+
+    def _pooled_output(
+        self, pooled: list[torch.Tensor], lengths: torch.Tensor, batch: int
+    ) -> torch.Tensor:
+        """Per-probe pooled sums, each (probes_i * B, D) in probe order -> the features'
+        values (B, sum(output_dims())): `mean` pooling applied, probes combined per feature."""
+        flat = torch.cat(pooled, dim=0)
+        if self.config.pooling == "mean":
+            flat = flat / lengths.clamp(min=1).unsqueeze(1).to(flat.dtype)
+        return self._combine(flat.view(len(self.probes), batch, -1))
+
+    def _keyed(self, values: torch.Tensor) -> KeyedTensor:
+        """(B, sum(output_dims())) values as the features' `KeyedTensor`."""
+        return KeyedTensor(
+            keys=list(self.feature_names),
+            length_per_key=[self._widths[n] for n in self.feature_names],
+            values=values,
+        )
 
     def _combine(self, pooled: torch.Tensor) -> torch.Tensor:
         """(P, B, dim) probe outputs in table order -> (B, sum(output_dims)): each feature's

@@ -216,15 +216,8 @@ class _MaskedTables(HashedEmbeddingTables):
             out = vectors.new_zeros(count * batch, vectors.shape[-1])
             pooled.append(out.index_add(0, bag[start:stop] - first * batch, vectors))
             first += count
-        flat = torch.cat(pooled, dim=0)
-        if self.config.pooling == "mean":
-            flat = flat / lengths.clamp(min=1).unsqueeze(1).to(flat.dtype)
-        values_out = self._combine(flat.view(len(self.probes), batch, -1))
-        return KeyedTensor(
-            keys=list(self.feature_names),
-            length_per_key=[self._widths[n] for n in self.feature_names],
-            values=values_out * self._width_mask(batch, values_out.dtype),
-        )
+        values = self._pooled_output(pooled, lengths, batch)
+        return self._keyed(values * self._width_mask(batch, values.dtype))
 
     def forward_padded(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         pooled = []

@@ -6,13 +6,17 @@ so that no loop or job ever branches on a method's name:
 
 * `extra_loss()`: a term added to the task loss every step (OptEmbed's threshold regulariser);
 * `parameter_groups()`: parameters with an optimiser of their own (`ParameterGroup`: OptEmbed's
-  thresholds by plain SGD); every other parameter goes to the loop's optimiser;
-* `after_step()`: called after every optimiser step (Dynamic Sparse Learning's masks);
+  thresholds by plain SGD), or held fixed (`optimizer="none"`), or stepped on validation batches
+  (`batches=BatchSource.VALID`: DNIS's alpha); every other parameter goes to the loop's
+  optimiser, unless the stage holds it fixed (`Stage.freeze_rest`);
+* `after_step(context)`: called after every optimiser step, with the step's `StepContext`
+  (the optimisers' state of a parameter, the planned steps; Dynamic Sparse Learning's masks);
 * `stages()`: what the job runs, in order (`Stage`): `TRAIN` stages go through the training
   loop, `SEARCH` stages call `search(evaluate)` on the trained tables with a fitness function
   the pipeline provides (validation AUC of a candidate, evaluated in parallel);
 * `begin_stage(stage, previous)`: carry the method's state (a found architecture) from the
-  previous stage's tables into the fresh tables a `TRAIN` stage starts from.
+  previous stage's tables into the fresh tables a `TRAIN` stage starts from;
+* `figures()`: plots of the method's state (matplotlib figures) the job logs after a stage.
 
 The loop and the job collect these over every `EmbeddingTables` of a model (a DeepFM has two)
 with the functions below.
@@ -48,13 +52,30 @@ class StageInit(str, enum.Enum):  # noqa: UP042
     FRESH = "fresh"  # a new random draw
 
 
+class BatchSource(str, enum.Enum):  # noqa: UP042
+    """The batches whose loss steps a parameter group's optimiser."""
+
+    TRAIN = "train"
+    VALID = "valid"  # a validation batch drawn after each training step (bi-level search)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One step of a method's job: `name` labels its folder, MLflow run and progress lines."""
+    """One step of a method's job: `name` labels its folder, MLflow run and progress lines.
+
+    `freeze_rest`: only the tables' parameter groups train in this stage, every other parameter
+    of the model is held fixed (DNIS's search). `epochs`: the stage's epoch limit (None: the
+    job's `train.epochs`). `keep_start`: the weights the stage starts from count as its epoch
+    0, so that early stopping returns them when no epoch beats them on validation AUC (a
+    fine-tune never ends worse than it started).
+    """
 
     name: str
     kind: StageKind = StageKind.TRAIN
     init: StageInit = StageInit.CONTINUE
+    freeze_rest: bool = False
+    epochs: int | None = None
+    keep_start: bool = False
 
 
 SINGLE_STAGE = (Stage("train"),)
@@ -64,8 +85,9 @@ SINGLE_STAGE = (Stage("train"),)
 class ParameterGroup:
     """Parameters that a method wants optimised apart from the rest of the model.
 
-    `optimizer` is "sgd" or "adam"; `lr` None means the job's `train.lr`, `weight_decay` None
-    the job's `train.weight_decay`.
+    `optimizer` is "sgd", "adam" or "none" (held fixed in this stage); `lr` None means the job's
+    `train.lr`, `weight_decay` None the job's `train.weight_decay`; `batches` the batches whose
+    loss steps it (training, or validation batches drawn in turn with the training ones).
     """
 
     name: str
@@ -73,10 +95,11 @@ class ParameterGroup:
     optimizer: str = "adam"
     lr: float | None = None
     weight_decay: float | None = None
+    batches: BatchSource = BatchSource.TRAIN
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"parameter group {self.name!r}: optimizer must be sgd or adam")
+        if self.optimizer not in ("sgd", "adam", "none"):
+            raise ValueError(f"parameter group {self.name!r}: optimizer must be sgd, adam or none")
 
 
 def embedding_tables(model: nn.Module) -> Iterator[EmbeddingTables]:
@@ -95,32 +118,84 @@ def extra_loss(model: nn.Module) -> torch.Tensor | None:
 
 
 def build_optimizers(
-    model: nn.Module, *, lr: float, weight_decay: float
+    model: nn.Module, *, lr: float, weight_decay: float, stage: Stage | None = None
 ) -> list[torch.optim.Optimizer]:
-    """The loop's optimisers: one per `ParameterGroup` of the tables, then Adam over the rest.
+    """The loop's optimisers: one per `ParameterGroup` of the tables, then Adam over the rest
+    (none when `stage.freeze_rest`; groups with optimizer "none" get none either).
 
     The order is fixed (groups in module order, the main optimiser last), so checkpoints of
-    the optimisers' states restore into the same list.
+    the optimisers' states restore into the same list. Each optimiser's param group records
+    its `batches` (`optimizer_batches` reads it back).
     """
     optimizers: list[torch.optim.Optimizer] = []
     grouped: set[int] = set()
     for tables in embedding_tables(model):
         for group in tables.parameter_groups():
             grouped.update(id(p) for p in group.params)
+            if group.optimizer == "none":
+                continue
             options = {
                 "lr": lr if group.lr is None else group.lr,
                 "weight_decay": weight_decay if group.weight_decay is None else group.weight_decay,
             }
             kind = torch.optim.SGD if group.optimizer == "sgd" else torch.optim.Adam
             optimizers.append(kind(list(group.params), **options))
+            optimizers[-1].param_groups[0]["batches"] = BatchSource(group.batches).value
     rest = [p for p in model.parameters() if id(p) not in grouped]
-    optimizers.append(torch.optim.Adam(rest, lr=lr, weight_decay=weight_decay))
+    if rest and not (stage is not None and stage.freeze_rest):
+        optimizers.append(torch.optim.Adam(rest, lr=lr, weight_decay=weight_decay))
     return optimizers
 
 
-def after_step(model: nn.Module) -> None:
+def optimizer_batches(optimizer: torch.optim.Optimizer) -> BatchSource:
+    """The batches that step `optimizer` (as `build_optimizers` recorded them)."""
+    return BatchSource(optimizer.param_groups[0].get("batches", BatchSource.TRAIN.value))
+
+
+def stage_named(model: nn.Module, name: str | None) -> Stage | None:
+    """The model's stage called `name` (None for a single-stage model or no name)."""
+    return next((s for s in model_stages(model) if s.name == name), None) if name else None
+
+
+def figures(model: nn.Module) -> dict[str, Any]:
+    """Every table's `figures()`: name -> matplotlib figure, to log after a stage."""
+    out: dict[str, Any] = {}
     for tables in embedding_tables(model):
-        tables.after_step()
+        out.update(tables.figures())
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """What an `after_step` hook sees besides its own tables, after an optimiser step.
+
+    `optimizer_state(p)` is the state dict of the optimiser that owns parameter `p` (Adam's
+    `exp_avg`/`exp_avg_sq`, SGD's `momentum_buffer`; empty before its first step), to be edited
+    in place; `total_steps` the optimiser steps this training stage plans (epochs x batches
+    per epoch of a worker), None when the caller cannot know it. Gradients of the step are
+    still on `.grad`.
+    """
+
+    optimizer_state: Callable[[nn.Parameter], dict[str, Any]]
+    total_steps: int | None = None
+
+
+def after_step(
+    model: nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer] = (),
+    *,
+    total_steps: int | None = None,
+) -> None:
+    """Call every table's `after_step` with a `StepContext` over `optimizers`."""
+    owner = {id(p): o for o in optimizers for g in o.param_groups for p in g["params"]}
+
+    def optimizer_state(param: nn.Parameter) -> dict[str, Any]:
+        optimizer = owner.get(id(param))
+        return {} if optimizer is None else optimizer.state[param]
+
+    context = StepContext(optimizer_state, total_steps)
+    for tables in embedding_tables(model):
+        tables.after_step(context)
 
 
 def model_stages(model: nn.Module) -> tuple[Stage, ...]:

@@ -17,7 +17,10 @@ Learned methods run on a base (`base` in the rows): `optembed` means `optembed:f
 tables' bytes (`search_budget`); on a unified base it prunes a Unified Embedding of 0.95b (a
 shared row is rarely pruned for every feature, so the search must fit b with all rows kept). After
 the planned rows, hashing and Unified Embedding also train at the bytes each OptEmbed row
-reached (rows with `matched_to`), so the Pareto plot compares them at the same size. Unified Embedding uses `chunks` chunks of `dim / chunks` per feature, so its feature
+reached (rows with `matched_to`), so the Pareto plot compares them at the same size. DSL and magnitude pruning (`dsl`,
+`magnitude_pruning`, on `full` and `unified`) run at a byte budget of the full tables (index
+overhead included), and every learned row also gets the lookup latency of its served (compact)
+tables against its dense ones (`bench.lookup`, a section of `results.md`). Unified Embedding uses `chunks` chunks of `dim / chunks` per feature, so its feature
 width equals the full table's `dim`; since `embedding.budget` counts rows of the chunk width, the
 requested fraction `b` is passed as `budget = b * chunks` (fewer chunks where that exceeds 1,
 e.g. one chunk at b = 1).
@@ -41,6 +44,7 @@ from typing import Any
 from plexus.models.backbones import build_ctr_model
 from plexus.models.embeddings import EmbeddingConfig, EmbeddingMethod
 from plexus.pipelines import plots, tracking
+from plexus.pipelines.bench.lookup import add_lookup_latency, lookup_section
 from plexus.pipelines.bench.report import markdown_table, write_results
 from plexus.pipelines.bench.throughput import embedding_throughput, load_batches
 from plexus.pipelines.config import JobConfig, TrackingConfig, config_path, load_job_config
@@ -51,7 +55,12 @@ from plexus.platform.config import from_dict, to_dict
 from plexus.platform.errors import ConfigError
 
 METHODS = tuple(m.value for m in EmbeddingMethod)
-LEARNED = {EmbeddingMethod.OPTEMBED.value: ("full", "unified")}  # method -> its bases here
+LEARNED = {  # method -> its bases here
+    EmbeddingMethod.OPTEMBED.value: ("full", "unified"),
+    EmbeddingMethod.DSL.value: ("full", "unified"),
+    EmbeddingMethod.MAGNITUDE_PRUNING.value: ("full", "unified"),
+    EmbeddingMethod.DNIS.value: ("full", "unified"),
+}
 MATCHED = ("hashing", "unified")  # trained again at the bytes a learned row reached
 BUDGETS = (1.0, 1 / 4, 1 / 16, 1 / 64)
 ROW_KEYS = (
@@ -116,6 +125,7 @@ def bench_embeddings(
             dataclasses.replace(base, embedding=EmbeddingConfig(dim=base.embedding.dim)), ingested
         )
         configs: dict[str, EmbeddingConfig] = {}
+        model_dirs: dict[int, Path] = {}  # row -> its trained model folder
 
         def run(method: str, budget: float, embedding: EmbeddingConfig, seed: int) -> None:
             job = dataclasses.replace(
@@ -126,6 +136,7 @@ def bench_embeddings(
                 _row(base.name, method, budget, embedding, seed, full_params, result, job, ingested)
             )
             configs[_key(rows[-1])] = embedding
+            model_dirs[len(rows) - 1] = result.output / "model"
             print(_progress(rows[-1]), flush=True)
 
         for method, budget, embedding, seed in plan:
@@ -145,6 +156,10 @@ def bench_embeddings(
                 rows[-1]["matched_to"] = f"{learned['method']}:{learned['base']}"
         if throughput_batches > 0:
             _add_back_to_back_throughput(rows, base, configs, ingested, throughput_batches)
+        learned_dirs = {i: d for i, d in model_dirs.items() if rows[i]["base"]}
+        add_lookup_latency(
+            rows, learned_dirs, ingested.shards("test"), ingested.spec, threads=_threads(base)
+        )
         summary = summarise(rows)
         markdown = results_markdown(
             base.name,
@@ -152,6 +167,7 @@ def bench_embeddings(
             summary,
             command=_command(fmt, data, out, methods, budgets, seeds, chunks, config, overrides),
         )
+        markdown += lookup_section(rows)
         write_results(out, rows, markdown=markdown)
         figure = pareto_figure(summary, title=f"{base.name}: test AUC vs embedding bytes")
         tracking.log_figure(figure, "pareto.png", also_to=out / "pareto.png")
@@ -182,10 +198,16 @@ def embedding_for(
 
     For `unified`, `c` chunks of `dim / c` (c <= `chunks`, dividing `dim`, with `budget * c <= 1`),
     so the feature width stays `dim` and the rows x chunk width equal `budget` of the full tables.
-    For a learned method on `base`: the search budget `budget` (none at 1), over the base's
-    full tables or, for a shared base, its tables at 0.95 of the budget.
+    For a learned method on `base`: its options class's `at_budget(base, budget)` when it has
+    one (DSL, magnitude pruning: a byte budget), else OptEmbed's search budget `budget` (none
+    at 1), over the base's full tables or, for a shared base, its tables at 0.95 of the budget.
     """
     kind = EmbeddingMethod(method)
+    at_budget = None if base is None else getattr(_options_class(method, base), "at_budget", None)
+    if base is not None and at_budget is not None:  # the method sizes its own row
+        start, options = at_budget(base, budget)
+        plain = embedding_for(base, start, dim=dim, chunks=chunks)
+        return from_dict(EmbeddingConfig, {**to_dict(plain), "method": method, "options": options})
     if base is not None:
         # A shared base starts just under b: its rows are rarely pruned for every feature, so
         # the search must be able to fit b with all of them kept (5% leaves room for the levels).
@@ -200,6 +222,15 @@ def embedding_for(
     fitting = [c for c in range(chunks, 0, -1) if dim % c == 0 and budget * c <= 1.0 + 1e-12]
     c = fitting[0]
     return EmbeddingConfig(method=kind, dim=dim // c, budget=min(1.0, budget * c), chunks=c)
+
+
+def _options_class(method: str, base: str) -> type:
+    """The typed `embedding.options` class of a learned method."""
+    return type(from_dict(EmbeddingConfig, {"method": method, "options": {"base": base}}).options)
+
+
+def _threads(job: JobConfig) -> int:
+    return job.train.threads_per_worker or max(1, (os.cpu_count() or 1) // job.train.workers)
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,20 +1,57 @@
-"""`plexus bench quality`: test AUC and logloss of every backbone on the real data samples.
+"""`plexus bench quality`: every backbone beside non-neural baselines, per dataset and split.
 
-Each (dataset, backbone, seed) trains through the real job (ingest is shared per dataset) with
-the bundled config of the dataset and `model.backbone` / `train.seed` overridden.
+Each (dataset, backbone, seed) trains through the real job (ingest is shared per dataset) with the
+tuned config of that backbone when one is bundled (`configs/tuned/<config>-<backbone>.yaml`,
+written by `plexus tune`), else the dataset's bundled config with `model.backbone` overridden.
+Beside them, on the same ingested shards (same split, same features, same encoding), the
+baselines of `bench.baselines`: a one-hot scikit-learn logistic regression with `C` chosen on
+validation, and for MovieLens the item-popularity and user-mean predictors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from plexus.pipelines.bench import baselines
 from plexus.pipelines.bench.report import markdown_table, write_results
 from plexus.pipelines.config import bundled_config, load_job_config
 from plexus.pipelines.jobs import run_ingest
 from plexus.pipelines.train.job import train
+from plexus.platform.errors import ConfigError
+
+TUNED_DIR = bundled_config("movielens").parent / "tuned"
+BASELINES = ("sklearn_lr", "item_popularity", "user_mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A benchmark dataset: a bundled config, overrides (the split) and default seeds."""
+
+    config: str
+    overrides: tuple[str, ...] = ()
+    seeds: int = 1
+    title: str = ""
+
+
+DATASETS = {
+    "movielens": Dataset("movielens", title="MovieLens-100K, time split"),
+    "movielens_random": Dataset(
+        "movielens", ("data.split.by=random",), title="MovieLens-100K, random split"
+    ),
+    "movielens_1m": Dataset("movielens_1m", title="MovieLens-1M CTR, random split"),
+    "criteo": Dataset("criteo", seeds=3, title="Criteo sample (7,200 train rows)"),
+    "avazu": Dataset("avazu", seeds=3, title="Avazu sample (8,087 train rows)"),
+}
+
+
+def tuned_config(config: str, backbone: str) -> Path | None:
+    """The bundled tuned config of `backbone` on `config`'s dataset, if there is one."""
+    path = TUNED_DIR / f"{config}-{backbone}.yaml"
+    return path if path.is_file() else None
 
 
 def bench_quality(
@@ -22,74 +59,119 @@ def bench_quality(
     *,
     data_root: Path,
     backbones: Sequence[str] = ("lr", "fm", "deepfm", "dcnv2"),
-    datasets: Sequence[str] = ("movielens", "criteo", "avazu"),
-    seeds: int = 1,
+    datasets: Sequence[str] = ("movielens", "movielens_random", "movielens_1m", "criteo", "avazu"),
+    seeds: int | None = None,
+    with_baselines: bool = True,
 ) -> list[dict[str, object]]:
-    """Train every backbone on every dataset; write results.json / results.md; return the rows."""
+    """Train every backbone on every dataset beside the baselines; write results.json /
+    results.md; return the rows (one per run, baselines with `seed` -1)."""
+    unknown = [d for d in datasets if d not in DATASETS]
+    if unknown:
+        raise ConfigError(f"--datasets: unknown {unknown[0]!r}; one of {', '.join(DATASETS)}")
     out = out.resolve()
     os.environ["PLEXUS_DATA"] = str(data_root.resolve())
-    tracking = f"tracking.uri=sqlite:///{out / 'mlflow.db'}"
+    common = [
+        f"output={out / 'runs'}",
+        f"tracking.uri=sqlite:///{out / 'mlflow.db'}",
+        "tracking.experiment=bench-quality",
+    ]
     rows: list[dict[str, object]] = []
-    for dataset in datasets:
+    for name in datasets:
+        dataset = DATASETS[name]
+        base = load_job_config(bundled_config(dataset.config), [*dataset.overrides, *common])
+        data = run_ingest(base, progress=False)
+        if with_baselines:
+            rows += _baseline_rows(name, data, base.embedding.pooling)
         for backbone in backbones:
-            for seed in range(seeds):
+            tuned = tuned_config(dataset.config, backbone)
+            for seed in range(seeds or dataset.seeds):
                 job = load_job_config(
-                    bundled_config(dataset),
+                    tuned or bundled_config(dataset.config),
                     [
+                        *dataset.overrides,
                         f"model.backbone={backbone}",
                         f"train.seed={seed}",
-                        f"output={out / 'runs'}",
-                        tracking,
-                        "tracking.experiment=bench-quality",
+                        *common,
                     ],
                 )
                 result = train(job, run_ingest(job, progress=False))
                 rows.append(
                     {
-                        "dataset": dataset,
-                        "backbone": backbone,
+                        "dataset": name,
+                        "model": backbone,
+                        "tuned": tuned is not None,
                         "seed": seed,
+                        "valid_auc": result.metrics["best_valid_auc"],
                         "test_auc": result.metrics["test_auc"],
                         "test_logloss": result.metrics["test_logloss"],
                         "epochs": result.metrics["epochs_run"],
                     }
                 )
-                print(
-                    f"[bench quality] {dataset:10s} {backbone:7s} seed {seed}: "
-                    f"AUC {rows[-1]['test_auc']:.4f}  logloss {rows[-1]['test_logloss']:.4f}",
-                    flush=True,
-                )
-    summary = _summarise(rows)
-    write_results(
-        out,
-        rows,
-        markdown=markdown_table(
-            summary, ["dataset", "backbone", "seeds", "test_auc", "auc_std", "test_logloss"]
-        ),
-    )
-    print(
-        markdown_table(
-            summary, ["dataset", "backbone", "seeds", "test_auc", "auc_std", "test_logloss"]
-        )
-    )
+                _print_row(rows[-1])
+    summary = summarise(rows)
+    columns = ["dataset", "model", "seeds", "test_auc", "auc_std", "test_logloss", "valid_auc"]
+    markdown = markdown_table(summary, columns) + "\n" + wide_table(summary)
+    write_results(out, rows, markdown=markdown)
+    print(markdown)
     return rows
 
 
-def _summarise(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+def _baseline_rows(name: str, data: object, pooling: str) -> list[dict[str, object]]:
+    fitted = {"sklearn_lr": baselines.fit_sklearn_lr(data, pooling=pooling)}  # type: ignore[arg-type]
+    fitted.update(baselines.predictor_baselines(data))  # type: ignore[arg-type]
+    rows: list[dict[str, object]] = []
+    for model, metrics in fitted.items():
+        rows.append({"dataset": name, "model": model, "seed": -1, **metrics})
+        _print_row(rows[-1])
+    return rows
+
+
+def _print_row(row: dict[str, object]) -> None:
+    print(
+        f"[bench quality] {row['dataset']:16s} {row['model']:15s} seed {row['seed']}: "
+        f"valid AUC {float(row['valid_auc']):.4f}  test AUC {float(row['test_auc']):.4f}  "  # type: ignore[arg-type]
+        f"logloss {float(row['test_logloss']):.4f}",  # type: ignore[arg-type]
+        flush=True,
+    )
+
+
+def summarise(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Mean (and spread over seeds) of every (dataset, model)."""
     groups: dict[tuple[object, object], list[dict[str, object]]] = {}
     for row in rows:
-        groups.setdefault((row["dataset"], row["backbone"]), []).append(row)
+        groups.setdefault((row["dataset"], row["model"]), []).append(row)
     summary = []
-    for (dataset, backbone), group in groups.items():
+    for (dataset, model), group in groups.items():
         aucs = [float(r["test_auc"]) for r in group]  # type: ignore[arg-type]
         summary.append(
             {
                 "dataset": dataset,
-                "backbone": backbone,
+                "model": model,
                 "seeds": len(group),
                 "test_auc": statistics.mean(aucs),
                 "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
                 "test_logloss": statistics.mean(float(r["test_logloss"]) for r in group),  # type: ignore[arg-type]
+                "valid_auc": statistics.mean(float(r["valid_auc"]) for r in group),  # type: ignore[arg-type]
             }
         )
     return summary
+
+
+def wide_table(summary: list[dict[str, object]]) -> str:
+    """Test AUC, one row per dataset, the baselines then every backbone (± std over seeds)."""
+    models = list(dict.fromkeys(str(r["model"]) for r in summary))
+    models = [m for m in BASELINES if m in models] + [m for m in models if m not in BASELINES]
+    table: dict[object, dict[str, str]] = {}
+    for row in summary:
+        cell = f"{float(row['test_auc']):.4f}"  # type: ignore[arg-type]
+        if int(row["seeds"]) > 1:  # type: ignore[call-overload]
+            cell += f" ± {float(row['auc_std']):.4f}"  # type: ignore[arg-type]
+        table.setdefault(row["dataset"], {})[str(row["model"])] = cell
+    lines = [
+        "| dataset (test AUC) | " + " | ".join(models) + " |",
+        "|" + "---|" * (len(models) + 1),
+    ]
+    for dataset, cells in table.items():
+        title = DATASETS[str(dataset)].title if str(dataset) in DATASETS else str(dataset)
+        lines.append(f"| {title} | " + " | ".join(cells.get(m, "") for m in models) + " |")
+    return "\n".join(lines) + "\n"

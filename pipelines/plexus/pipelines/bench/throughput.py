@@ -31,9 +31,12 @@ def load_batches(
     return [batch_from_arrow(table.slice(i, batch_size), spec) for i in starts]
 
 
-def train_step(model: torch.nn.Module, *, lr: float) -> Callable[[Batch], None]:
+def train_step(
+    model: torch.nn.Module, *, lr: float, total_steps: int | None = None
+) -> Callable[[Batch], None]:
     """One step of the CTR loss on a batch, as the training loop takes it: a learned method's
-    extra loss, its own optimisers and its after-step hook included (the first stage's)."""
+    extra loss, its own optimisers and its after-step hook included (the first stage's), with
+    `total_steps` the steps the caller plans (a schedule over training, e.g. DSL's)."""
     optimizers = protocol.build_optimizers(model, lr=lr, weight_decay=0.0)
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
@@ -47,7 +50,7 @@ def train_step(model: torch.nn.Module, *, lr: float) -> Callable[[Batch], None]:
         loss.backward()
         for optimizer in optimizers:
             optimizer.step()
-        protocol.after_step(model)
+        protocol.after_step(model, optimizers, total_steps=total_steps)
 
     return step
 
@@ -86,9 +89,11 @@ def embedding_throughput(
 ) -> dict[str, float]:
     """Examples/s of `model` over each named embedding config, measured back to back."""
     steps = {}
+    planned = (passes + 1) * len(batches)  # warm-up and passes: DSL updates its masks as in a job
     for name, embedding in embeddings.items():
         torch.manual_seed(seed)
-        steps[name] = train_step(build_ctr_model(model, embedding, spec), lr=lr)
+        net = build_ctr_model(model, embedding, spec)
+        steps[name] = train_step(net, lr=lr, total_steps=planned)
     return interleaved_examples_per_s(steps, batches, passes=passes)
 
 

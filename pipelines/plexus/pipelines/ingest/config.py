@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError
 
 
@@ -15,6 +16,25 @@ class DataFormat(str, enum.Enum):  # noqa: UP042  (the API the lead fixed)
     AVAZU = "avazu"
     MOVIELENS = "movielens"
     PARQUET = "parquet"
+    LIGHTGCN = "lightgcn"  # interaction logs only: train.txt + test.txt lines `user item item ...`
+
+
+class InteractionSplit(enum.StrEnum):
+    """Retrieval splits: `given` (the LightGCN files' own train/test), `leave_last` (each user's
+    latest positive to test), `temporal` (the latest `test_fraction` of all positives to test)."""
+
+    GIVEN = "given"
+    LEAVE_LAST = "leave_last"
+    TEMPORAL = "temporal"
+
+
+class HoldOut(enum.StrEnum):
+    """Which training item of a user the validation hold-out takes: `latest` (time-ordered logs),
+    `random`, or `auto` (latest when the log has time, else random)."""
+
+    AUTO = "auto"
+    LATEST = "latest"
+    RANDOM = "random"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,6 +91,53 @@ class ParquetSchema:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class InteractionsConfig:
+    """`data.interactions`: ingest the input as a retrieval interaction log (one row per
+    (user, item) positive) instead of CTR rows.
+
+    Positives are the rows whose rating (MovieLens) or label column (Parquet) is >= `min_rating`
+    (None keeps every row; implicit LightGCN logs have no ratings). The split is written once
+    as shards: `test` by `split`; `valid` holds one training item of up to `validation_users`
+    users with two or more (drawn with `seed`), the hold-out used for tuning; those rows stay in
+    `train` too (a tuning model trains on train minus valid). Parquet logs name their user and
+    item columns (`user`, `item`) and their side features (`user_features`, `item_features`,
+    declared in `data.schema` too); MovieLens side features are found by the reader.
+
+    Example (YAML):
+        data:
+          format: movielens
+          path: ../shared/data/movielens_100k
+          interactions: {min_rating: 4, split: leave_last, validation_users: 5000}
+    """
+
+    min_rating: float | None = 4.0
+    split: InteractionSplit = InteractionSplit.LEAVE_LAST
+    test_fraction: float = 0.2
+    validation_users: int = 5000
+    validation_pick: HoldOut = HoldOut.AUTO
+    seed: int = 0
+    user: str = "user_id"
+    item: str = "item_id"
+    user_features: tuple[str, ...] = ()
+    item_features: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        coerce_choice(self, "split", InteractionSplit, "data.interactions.split")
+        coerce_choice(self, "validation_pick", HoldOut, "data.interactions.validation_pick")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(
+                f"data.interactions.test_fraction: must be in (0, 1), got {self.test_fraction}"
+            )
+        if self.validation_users < 0:
+            raise ConfigError(
+                f"data.interactions.validation_users: must be >= 0 (0 = no hold-out), "
+                f"got {self.validation_users}"
+            )
+        if not self.user or not self.item or self.user == self.item:
+            raise ConfigError("data.interactions.user / item: two different column names")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Input files, format, split and encoding options of the ingest job.
 
@@ -97,6 +164,7 @@ class DataConfig:
     schema: ParquetSchema | None = None
     compression: str = "zstd"
     name: str | None = None
+    interactions: InteractionsConfig | None = None  # a retrieval log (None: CTR rows)
 
     def __post_init__(self) -> None:
         if not isinstance(self.format, DataFormat):
@@ -140,3 +208,45 @@ class DataConfig:
             raise ConfigError(
                 f"data.schema: only used with format=parquet, not {self.format.value}"
             )
+        self._check_interactions()
+
+    def _check_interactions(self) -> None:
+        if self.format is DataFormat.LIGHTGCN and self.interactions is None:
+            object.__setattr__(
+                self, "interactions", InteractionsConfig(split=InteractionSplit.GIVEN)
+            )
+        log = self.interactions
+        if log is None:
+            return
+        if self.valid_path is not None:
+            raise ConfigError(
+                "data.valid_path / data.test_path: not used for interaction logs; the split "
+                "is data.interactions.split (a LightGCN folder gives its own test.txt)"
+            )
+        given = self.format is DataFormat.LIGHTGCN
+        if given != (log.split is InteractionSplit.GIVEN):
+            raise ConfigError(
+                f"data.interactions.split={log.split.value}: "
+                + ("a LightGCN folder has its own test split; use split: given" if given
+                   else f"'given' needs format=lightgcn; {self.format.value} logs split by "
+                   "leave_last or temporal")
+            )  # fmt: skip
+        if self.format in (DataFormat.CRITEO, DataFormat.AVAZU):
+            raise ConfigError(
+                f"data.interactions: {self.format.value} is a CTR format; interaction logs are "
+                "movielens, lightgcn or parquet"
+            )
+        if self.format is DataFormat.PARQUET and self.schema is not None:
+            declared = {*self.schema.categorical, *self.schema.multi_categorical}
+            for key in ("user", "item"):
+                if getattr(log, key) not in self.schema.categorical:
+                    raise ConfigError(
+                        f"data.interactions.{key}={getattr(log, key)!r}: declare it in "
+                        "data.schema.categorical"
+                    )
+            for name in (*log.user_features, *log.item_features):
+                if name not in declared:
+                    raise ConfigError(
+                        f"data.interactions side feature {name!r}: declare it in data.schema "
+                        "(categorical or multi_categorical)"
+                    )

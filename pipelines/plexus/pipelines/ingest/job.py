@@ -7,6 +7,8 @@ never leaves a half-written dataset that looks complete):
     OUT/rejects.jsonl       OUT/manifest.json (input fingerprints + config hash; written last)
 
 Re-running on the same inputs and config reuses OUT (`skipped=True`); outputs are byte-identical.
+With `data.interactions` the input is a retrieval log, split and ordered by
+`plexus.pipelines.ingest.interactions`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pyarrow.parquet as pq
 from plexus.pipelines.ingest.config import DataConfig, DataFormat
 from plexus.pipelines.ingest.delimited import LINE, read_bytes
 from plexus.pipelines.ingest.encode import arrow_schema, encode, fit_spec, to_arrow
+from plexus.pipelines.ingest.interactions import ORDER, finish_interactions, split_interactions
 from plexus.pipelines.ingest.readers import TIME, RawTable, read_input, source_files
 from plexus.platform.config import to_dict
 from plexus.platform.errors import ConfigError, DataError
@@ -99,7 +102,11 @@ def ingest(
         return _reused(out, previous)
     rejects = pl.concat([t.rejects for t in tables.values()])
     _check_rejects(rejects, sum(t.lines for t in tables.values()), config.max_reject_ratio)
-    frame = _split(tables, config)
+    roles, groups = tables["train"].roles, {}
+    if config.interactions is not None:
+        frame, roles, groups = split_interactions(tables["train"], config)
+    else:
+        frame = _split(tables, config)
     rows = {
         name: int(n)
         for name, n in zip(SPLITS, np.bincount(frame[SPLIT].to_numpy(), minlength=3), strict=True)
@@ -111,20 +118,27 @@ def ingest(
     source = {"format": config.format.value, "inputs": input_prints, "config_hash": config_hash}
     spec = fit_spec(
         frame,
-        tables["train"].roles,
+        roles,
         config,
         name=name,
         source=source,
         splits=rows,
         train=pl.col(SPLIT) == 0,
     )
+    if groups:
+        spec = dataclasses.replace(spec, groups=groups)
     log(f"spec: {len(spec.features)} features")
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         # Serializing a large vocabulary (Python) overlaps with encoding (polars, no GIL).
         spec_json = pool.submit(spec.to_json)
-        encoded = encode(frame, spec, keep=(SPLIT,))
+        encoded = encode(frame, spec, keep=(SPLIT, ORDER) if groups else (SPLIT,))
         spec_text = spec_json.result()
     del frame
+    if groups:  # a log: OOV users and items leave every split; rows sorted for the CSR lists
+        encoded, rows = finish_interactions(encoded)
+        spec = dataclasses.replace(spec, splits=rows)
+        spec_text = spec.to_json()
+        log("interactions kept: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
     fingerprint = spec.fingerprint
     schema = arrow_schema(spec, fingerprint)
     log(f"encoded; spec fingerprint {fingerprint}")
@@ -195,7 +209,13 @@ def _read_inputs(
         tables = {}
         for split, split_files in files.items():
             path = Path(inputs[split])  # type: ignore[arg-type]
-            table = read_input(config.format, path, config.schema, data=preload.get(split_files[0]))
+            table = read_input(
+                config.format,
+                path,
+                config.schema,
+                data=preload.get(split_files[0]),
+                interactions=config.interactions is not None,
+            )
             log(f"read {split}: {table.frame.height:,} rows, {table.rejects.height:,} rejects")
             tables[split] = table
         prints, stats = fingerprints.result()
@@ -205,6 +225,8 @@ def _read_inputs(
 def _hashed_config(config: DataConfig) -> dict[str, Any]:
     data = to_dict(config)
     data.pop("output", None)  # where the result goes does not change its bytes
+    if data.get("interactions") is None:
+        data.pop("interactions", None)  # CTR configs keep the hash they had before logs
     return data
 
 

@@ -128,8 +128,9 @@ def _items(ratings: Path) -> pl.DataFrame | None:
     return items.select("item_id", year.alias("year"), genres.alias("genres"))
 
 
-def read_movielens(path: Path) -> RawTable:
-    """Read a MovieLens folder or ratings file into a CTR RawTable (label = rating >= 4)."""
+def read_movielens(path: Path, *, rating: bool = False) -> RawTable:
+    """Read a MovieLens folder or ratings file into a CTR RawTable (label = rating >= 4), or
+    with `rating` into an interaction log whose label is the rating itself."""
     ratings = _ratings_file(path)
     rating_ok = (pl.col("rating").is_between(0.5, 5.0), "bad_rating")
     if ratings.name == "ratings.csv":
@@ -145,7 +146,7 @@ def read_movielens(path: Path) -> RawTable:
     ]
     parsed = read_delimited(ratings, columns, separator=sep, header=header, replace=replace)
     frame = parsed.frame.select(
-        (pl.col(names[2]) >= 4.0).cast(pl.Float32).alias("label"),
+        (pl.col(names[2]) if rating else pl.col(names[2]) >= 4.0).cast(pl.Float32).alias("label"),
         pl.col(names[0]).cast(pl.String).alias("user_id"),
         pl.col(names[1]).cast(pl.String).alias("item_id"),
         LINE,

@@ -48,6 +48,10 @@ def source_files(fmt: DataFormat, path: Path) -> list[Path]:
         from plexus.pipelines.ingest.movielens import movielens_files
 
         return movielens_files(path)
+    if fmt is DataFormat.LIGHTGCN:
+        from plexus.pipelines.ingest.interactions import lightgcn_files
+
+        return lightgcn_files(path)
     if fmt is DataFormat.PARQUET and path.is_dir():
         files = sorted(path.glob("*.parquet"))
         if not files:
@@ -107,8 +111,9 @@ def read_avazu(path: Path, *, data: bytes | None = None) -> RawTable:
     )
 
 
-def read_parquet(path: Path, schema: ParquetSchema) -> RawTable:
-    """Parquet file(s) with declared column roles; rows whose label is not 0/1 are rejected.
+def read_parquet(path: Path, schema: ParquetSchema, *, binary: bool = True) -> RawTable:
+    """Parquet file(s) with declared column roles; rows whose label is not 0/1 (with `binary`
+    false: not a number, e.g. an interaction log's rating) are rejected.
 
     Line numbers are 1-based row numbers within each file.
     """
@@ -128,7 +133,7 @@ def read_parquet(path: Path, schema: ParquetSchema) -> RawTable:
         lines += frame.height
         frame = frame.with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64))
         label = pl.col(schema.label).cast(pl.Float64, strict=False)
-        ok = label.is_in([0.0, 1.0]).fill_null(False)
+        ok = (label.is_in([0.0, 1.0]) if binary else label.is_not_nan()).fill_null(False)
         bad = frame.filter(~ok)
         if bad.height:
             rejects.append(
@@ -171,12 +176,22 @@ def _cast_parquet(file: Path, frame: pl.DataFrame, schema: ParquetSchema) -> pl.
 
 
 def read_input(
-    fmt: DataFormat, path: Path, schema: ParquetSchema | None = None, *, data: bytes | None = None
+    fmt: DataFormat,
+    path: Path,
+    schema: ParquetSchema | None = None,
+    *,
+    data: bytes | None = None,
+    interactions: bool = False,
 ) -> RawTable:
-    """Read one input (file, or folder for MovieLens/Parquet) in format `fmt`.
+    """Read one input (file, or folder for MovieLens/Parquet/LightGCN) in format `fmt`.
 
     `data`: the file's bytes when the caller has already read them (Criteo and Avazu).
+    `interactions`: read a retrieval log (ratings kept as the label; see `ingest.interactions`).
     """
+    if fmt is DataFormat.LIGHTGCN:
+        from plexus.pipelines.ingest.interactions import read_lightgcn
+
+        return read_lightgcn(path)
     if fmt is DataFormat.CRITEO:
         return read_criteo(path, data=data)
     if fmt is DataFormat.AVAZU:
@@ -184,6 +199,6 @@ def read_input(
     if fmt is DataFormat.MOVIELENS:
         from plexus.pipelines.ingest.movielens import read_movielens
 
-        return read_movielens(path)
+        return read_movielens(path, rating=interactions)
     assert schema is not None
-    return read_parquet(path, schema)
+    return read_parquet(path, schema, binary=not interactions)

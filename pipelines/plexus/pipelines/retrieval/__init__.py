@@ -1,4 +1,4 @@
-"""The retrieval half of Plexus: interaction logs -> two-tower model -> kNN-Embed -> bundle.
+"""Retrieval on the platform: interaction logs -> ingest -> two-tower model -> kNN-Embed -> bundle.
 
 Public entry points (the CLI calls these):
     run_retrieval_job(config) -> dict        `plexus run <retrieval config>`
@@ -13,19 +13,19 @@ from plexus.pipelines.retrieval.config import (
     is_retrieval_config,
     load_retrieval_config,
 )
-from plexus.pipelines.retrieval.data import Interactions, RetrievalDataConfig, read_interactions
+from plexus.pipelines.retrieval.data import Interactions, ingest_interactions, load_interactions
 from plexus.pipelines.retrieval.job import export_retrieval, register_bundle, run_retrieval_job
 
 __all__ = [
     "Interactions",
-    "RetrievalDataConfig",
     "RetrievalJobConfig",
     "bench_retrieval",
     "bundled_retrieval_config",
     "export_retrieval",
+    "ingest_interactions",
     "is_retrieval_config",
+    "load_interactions",
     "load_retrieval_config",
-    "read_interactions",
     "register_bundle",
     "run_retrieval_job",
 ]

@@ -10,7 +10,6 @@ import torch
 from plexus.pipelines.bench.report import markdown_table as generic_table
 from plexus.pipelines.retrieval.compare import compare_retrieval, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import bundled_retrieval_config, load_retrieval_config
-from plexus.pipelines.retrieval.data import read_interactions
 from plexus.pipelines.retrieval.evaluate import evaluate_tower
 from plexus.pipelines.retrieval.report import flat_metrics, markdown_table, write_report
 from plexus.pipelines.retrieval.tune import MIN_DIVERSITY, tune_knn_embed
@@ -54,14 +53,14 @@ def bench_retrieval(
 
     torch.set_num_threads(config.train.threads)
     set_threads(config.train.threads)
-    from plexus.pipelines.retrieval.job import run_dir
+    from plexus.pipelines.retrieval.job import load_data, run_dir
 
     with tracking.run(
         config.tracking.experiment,
         f"{config.name}-bench-retrieval",
         params=config_io.flatten(config),
     ):
-        interactions = read_interactions(config.data)
+        interactions = load_data(config, log=True)
         knn_config, allocation, tuning = config.knn_embed, config.export.allocation, []
         if tune_power or tune_smoothing:
             knn_config, allocation, tuning = tune_knn_embed(

@@ -3,7 +3,8 @@
 Example (`pipelines/configs/retrieval_movielens.yaml`), any key overridable as `section.key=value`:
 
     name: movielens
-    data: {format: movielens, path: ../shared/data/movielens_100k/u.data, min_rating: 4}
+    data: {format: movielens, path: ../shared/data/movielens_100k/u.data,
+           interactions: {min_rating: 4, split: leave_last}}
     model: {dim: 64, history_len: 50}
     train: {epochs: 40, batch_size: 512}
     knn_embed: {num_clusters: 16, neighbors: 10, smoothing: 0.3}
@@ -16,9 +17,10 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+from plexus.models.embeddings import EmbeddingConfig
 from plexus.models.retrieval import KnnEmbedConfig, TwoTowerConfig
 from plexus.pipelines.config import TrackingConfig
-from plexus.pipelines.retrieval.data import RetrievalDataConfig
+from plexus.pipelines.ingest import DataConfig
 from plexus.pipelines.retrieval.train import RetrievalTrainConfig
 from plexus.platform import config as config_io
 from plexus.platform.errors import ConfigError
@@ -54,11 +56,16 @@ class RetrievalExportConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RetrievalJobConfig:
-    """ingest -> train (Ray Train) -> kNN-Embed fit -> evaluate -> export -> register."""
+    """ingest -> train (Ray Train) -> kNN-Embed fit -> evaluate -> export -> register.
+
+    `data` is the platform's ingest section, with `data.interactions` set (format lightgcn
+    sets it): the log goes through the same ingest job as CTR data. `embedding` is the CTR
+    job's section: the towers' tables (None: full tables of width `model.dim`)."""
 
     name: str
-    data: RetrievalDataConfig
+    data: DataConfig
     model: TwoTowerConfig = TwoTowerConfig()
+    embedding: EmbeddingConfig | None = None
     train: RetrievalTrainConfig = RetrievalTrainConfig()
     knn_embed: KnnEmbedConfig = KnnEmbedConfig()
     eval: RetrievalEvalConfig = RetrievalEvalConfig()
@@ -70,6 +77,12 @@ class RetrievalJobConfig:
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError(f"name: must be a non-empty string without '/', got {self.name!r}")
+        if self.data.interactions is None:
+            raise ConfigError(
+                "data.interactions: a retrieval job reads an interaction log; add e.g. "
+                "`interactions: {min_rating: 4, split: leave_last}` under data (format "
+                "lightgcn needs nothing)"
+            )
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the given sections (all if none): equal hashes mean the same model."""
@@ -84,8 +97,8 @@ def load_retrieval_config(
 
 
 def is_retrieval_config(path: str | Path) -> bool:
-    """Whether a job YAML is a retrieval job (its `data.format` is movielens/lightgcn *and*
-    it has a `knn_embed` section), so that `plexus run` can dispatch on the file."""
+    """Whether a job YAML is a retrieval job (it has a `knn_embed` section), so that
+    `plexus run` can dispatch on the file."""
     import yaml
 
     try:

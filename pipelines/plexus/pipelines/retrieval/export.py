@@ -1,7 +1,8 @@
 """Export: the kNN-Embed query side to ONNX (checked against torch) and the bundle folder.
 
-The query model is exported with the TorchScript-based exporter (`dynamo=False`): plain Gather,
-MatMul and TopK ops with dynamic batch and history length, no EmbeddingBag offsets.
+The query model is exported with the dynamo exporter (the TorchScript one has no `bitwise_xor`,
+which the hashed tables' in-graph hash needs): plain Gather, MatMul, TopK and the hash's integer
+ops, with dynamic batch and history length, no EmbeddingBag offsets.
 """
 
 from __future__ import annotations
@@ -34,10 +35,7 @@ def export_query_model(module: KnnEmbedQuery, path: str | Path, *, history_len: 
         torch.ones(2, history_len, dtype=torch.int64),
         torch.ones(2, history_len, dtype=torch.float32),
     )
-    dynamic = {"user": {0: "batch"}, "history": {0: "batch", 1: "length"}}
-    dynamic["history_mask"] = {0: "batch", 1: "length"}
-    for name in ONNX_OUTPUTS:
-        dynamic[name] = {0: "batch"}
+    batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=1)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
@@ -46,9 +44,10 @@ def export_query_model(module: KnnEmbedQuery, path: str | Path, *, history_len: 
             str(path),
             input_names=list(ONNX_INPUTS),
             output_names=list(ONNX_OUTPUTS),
-            dynamic_axes=dynamic,
-            opset_version=17,
-            dynamo=False,
+            dynamic_shapes=({0: batch}, {0: batch, 1: length}, {0: batch, 1: length}),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
         )
     return Path(path)
 

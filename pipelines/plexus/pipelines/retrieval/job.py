@@ -9,7 +9,6 @@ run's `bundle/` artifacts and registered as a new version of `export.registered_
 from __future__ import annotations
 
 import json
-import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from plexus.models.retrieval import TwoTower
 from plexus.pipelines.retrieval.compare import compare_retrieval, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import RetrievalJobConfig
-from plexus.pipelines.retrieval.data import Interactions, read_interactions
+from plexus.pipelines.retrieval.data import Interactions, ingest_interactions
 from plexus.pipelines.retrieval.evaluate import evaluate_tower
 from plexus.pipelines.retrieval.export import write_retrieval_bundle
 from plexus.pipelines.retrieval.report import flat_metrics, write_report
@@ -42,7 +41,34 @@ def run_dir(config: RetrievalJobConfig) -> Path:
 
     # Absolute: Ray Train's storage_path takes a URI or an absolute path, never a relative one.
     root = Path(config.output).resolve() if config.output else default_runs_dir()
-    return root / f"{config.name}-retrieval-{config.fingerprint('data', 'model', 'train')}"
+    fingerprint = config.fingerprint("data", "model", "embedding", "train")
+    return root / f"{config.name}-retrieval-{fingerprint}"
+
+
+def data_dir(config: RetrievalJobConfig) -> Path:
+    """Where the log's shards go, as for a CTR job: `data.output`, else
+    `<runs>/data/<name>-<hash of the data section>` (reused while input and config match)."""
+    from plexus.pipelines.runtime import default_runs_dir
+
+    if config.data.output:
+        return Path(config.data.output).resolve()
+    root = Path(config.output).resolve() if config.output else default_runs_dir()
+    return root / "data" / f"{config.name}-{config.fingerprint('data')}"
+
+
+def load_data(config: RetrievalJobConfig, *, log: bool = False) -> Interactions:
+    """Ingest the job's log (reused when unchanged) and build its CSR lists; `log`: record the
+    ingest (counts, rejects, feature spec) in a nested `<name>-ingest` MLflow run under the
+    active one, as the CTR job does."""
+    if not log:
+        return ingest_interactions(config.data, data_dir(config))[1]
+    from plexus.pipelines import tracking
+    from plexus.pipelines.jobs import log_ingest
+
+    with tracking.run(config.tracking.experiment, f"{config.name}-ingest", nested=True):
+        result, data = ingest_interactions(config.data, data_dir(config))
+        log_ingest(result)
+    return data
 
 
 def train_model(
@@ -58,14 +84,20 @@ def train_model(
         model, history = _train_in_process(config, data, out)
     else:
         state, history = _train_with_ray(config, data, out)
-        model = TwoTower(config.model, num_users=data.num_users, num_items=data.num_items)
+        model = TwoTower(
+            config.model,
+            num_users=data.num_users,
+            num_items=data.num_items,
+            embedding=config.embedding,
+        )
         model.load_state_dict(state)
     (out / "config.json").write_text(json.dumps(config_io.to_dict(config), indent=1))
     tmp = saved.with_suffix(".pt.tmp")  # model.pt marks the folder done: write it whole or not
-    torch.save(
-        {"state": model.state_dict(), "history": history, "model": config_io.to_dict(config.model)},
-        tmp,
-    )
+    saved_config = {
+        "model": config_io.to_dict(config.model),
+        "embedding": None if config.embedding is None else config_io.to_dict(config.embedding),
+    }
+    torch.save({"state": model.state_dict(), "history": history, **saved_config}, tmp)
     tmp.replace(saved)
     (out / STATE_FILE).unlink(missing_ok=True)  # the in-process checkpoint is no longer needed
     return model.eval(), history
@@ -73,16 +105,19 @@ def train_model(
 
 def load_model(folder: Path, data: Interactions) -> tuple[TwoTower, list[dict[str, float]]]:
     """Reload a trained two-tower model written by `train_model`."""
+    from plexus.models.embeddings import EmbeddingConfig
     from plexus.models.retrieval import TwoTowerConfig
 
     file = folder / MODEL_FILE
     if not file.is_file():
         raise RegistryError(f"no trained model at {file}; run `plexus run` with the config first")
     saved = torch.load(file, weights_only=False)
+    embedding = saved.get("embedding")
     model = TwoTower(
         config_io.from_dict(TwoTowerConfig, saved["model"]),
         num_users=data.num_users,
         num_items=data.num_items,
+        embedding=None if embedding is None else config_io.from_dict(EmbeddingConfig, embedding),
     )
     model.load_state_dict(saved["state"])
     return model.eval(), saved["history"]
@@ -110,6 +145,7 @@ def _train_in_process(
         on_epoch=epoch_reporter(data, config.train.eval_every),
         on_checkpoint=on_checkpoint,
         resume=resume,
+        embedding=config.embedding,
     )
 
 
@@ -122,14 +158,15 @@ def _train_with_ray(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    data_path = out / "interactions.pkl"
-    with open(data_path, "wb") as fh:
-        pickle.dump(data, fh)
+    if data.spec is None or data.source is None:
+        raise PlexusError(f"{data.name}: Ray training reads ingested shards; ingest the log first")
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
-            "data_path": str(data_path),
+            "data_path": str(data.source),
+            "validation": data.validation_task,
             "model": config.model,
+            "embedding": config.embedding,
             "train": config.train,
             "resume_from": latest_checkpoint(out / "ray"),
         },
@@ -143,7 +180,6 @@ def _train_with_ray(
         ),
     )
     result = trainer.fit()
-    data_path.unlink(missing_ok=True)
     if result.checkpoint is None:
         raise PlexusError(
             f"retrieval training produced no checkpoint: {getattr(result, 'error', None)}"
@@ -240,7 +276,7 @@ def run_retrieval_job(config: RetrievalJobConfig) -> dict[str, Any]:
     params = config_io.flatten(config)
     with tracking.run(config.tracking.experiment, f"{config.name}-retrieval", params=params) as run:
         start = time.perf_counter()
-        data = read_interactions(config.data)
+        data = load_data(config, log=True)
         mlflow.log_metrics(
             {
                 "data.users": data.num_users,
@@ -281,7 +317,7 @@ def export_retrieval(config: RetrievalJobConfig, *, evaluate: bool = False) -> d
 
     tracking.configure(config.tracking.uri)
     out = run_dir(config)
-    data = read_interactions(config.data)
+    data = load_data(config)
     model, _ = load_model(out, data)
     with (
         tracking.run(

@@ -2,15 +2,50 @@
 
 Items fall into `num_groups` interest groups; each user has 2-3 interests with unequal weights
 and draws its items from them, so a good retriever must cover a user's minor interests too.
+The log is written in the LightGCN format and goes through the ingest like any other.
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from plexus.pipelines.retrieval.data import Interactions, from_pairs
+from plexus.pipelines.retrieval.data import Interactions, ingest_interactions
+
+
+def write_lightgcn(
+    folder: str | Path,
+    train: Sequence[tuple[int, Sequence[int]]],
+    test: Sequence[tuple[int, Sequence[int]]],
+) -> Path:
+    """Write (user, items) lists as a LightGCN-format folder (train.txt, test.txt)."""
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, lists in (("train.txt", train), ("test.txt", test)):
+        lines = [" ".join(map(str, [user, *items])) for user, items in lists if len(items)]
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def ingest_lightgcn(folder: str | Path, *, validation_users: int = 5000) -> Interactions:
+    """Ingest a LightGCN-format folder into a temporary place and return its lists."""
+    from plexus.pipelines.ingest import DataConfig
+    from plexus.platform.config import from_dict
+
+    config = from_dict(
+        DataConfig,
+        {
+            "format": "lightgcn",
+            "path": str(folder),
+            "interactions": {"split": "given", "validation_users": validation_users},
+        },
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        _, data = ingest_interactions(config, Path(tmp) / "shards", progress=False)
+    return data
 
 
 def planted_interests(
@@ -27,11 +62,9 @@ def planted_interests(
     group g. Test items are drawn from the same interests as the training ones. `dominant`
     gives the first interest that share of the user's items (the rest split evenly)."""
     rng = np.random.default_rng(seed)
-    train_u: list[int] = []
-    train_i: list[int] = []
-    test_u: list[int] = []
-    test_i: list[int] = []
     planted: dict[int, np.ndarray] = {}
+    train: list[tuple[int, list[int]]] = []
+    test: list[tuple[int, list[int]]] = []
     for user in range(num_users):
         groups = rng.choice(num_groups, size=int(rng.integers(2, 4)), replace=False)
         if dominant is None:
@@ -53,22 +86,18 @@ def planted_interests(
         )
         rng.shuffle(items)
         split = max(1, items.size - test_per_user)
-        train_u += [user] * split
-        train_i += items[:split].tolist()
-        test_u += [user] * (items.size - split)
-        test_i += items[split:].tolist()
-    data = from_pairs(
-        "planted",
-        (np.array(train_u), np.array(train_i)),
-        (np.array(test_u), np.array(test_i)),
-    )
+        train.append((user, items[:split].tolist()))
+        test.append((user, items[split:].tolist()))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = ingest_lightgcn(write_lightgcn(Path(tmp) / "planted", train, test))
     return data, planted
 
 
 def planted_bundle(
-    directory: str | Path, *, seed: int = 0, epochs: int = 15
+    directory: str | Path, *, seed: int = 0, epochs: int = 15, embedding: Any = None
 ) -> tuple[Path, Interactions, dict[int, np.ndarray], Any, Any]:
     """Train a tiny model on planted data and write its bundle: a smoke-run / test fixture.
+    `embedding`: the towers' `EmbeddingConfig` (None: full tables).
 
     Returns (bundle folder, interactions, planted interests, KnnEmbedQuery, KnnEmbedState).
     """
@@ -96,7 +125,7 @@ def planted_bundle(
             "seed": seed,
         },
     )
-    model, _ = train_two_tower(data, model_cfg, train_cfg)
+    model, _ = train_two_tower(data, model_cfg, train_cfg, embedding=embedding)
     knn_cfg = KnnEmbedConfig(num_clusters=6, neighbors=5, seed=seed)
     module, state = fit_knn_embed_query(model, data, knn_cfg)
     folder, _ = write_retrieval_bundle(

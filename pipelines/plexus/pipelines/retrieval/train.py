@@ -1,9 +1,11 @@
 """The two-tower training loop (one process): shuffled (user, positive) pairs, shared uniform
-negatives, sparse Adam on the embeddings. `train_worker` runs it inside a Ray Train worker.
+negatives, sparse Adam on the embedding tables. `train_worker` runs it inside a Ray Train worker.
 
-Plain `nn.Embedding(sparse=True)` + `SparseAdam` rather than TorchRec modules: outside a
-`DistributedModelParallel` plan TorchRec tables get dense gradients (every row touched every
-step), which is ~10x slower here, and the query side must export as plain gathers anyway.
+The towers' tables are the platform's `EmbeddingTables` (`embedding.method`); their lookups run
+inside `sparse_lookups()`, so the table weights get sparse gradients and `SparseAdam` updates
+only the rows a step used (a dense table gradient is ~10x slower here). The embedding methods'
+training protocol is honoured as in the CTR loop: `extra_loss` is added to the loss,
+`parameter_groups` get their own optimisers, `after_step` runs after every step.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from plexus.models.embeddings import EmbeddingConfig, protocol
 from plexus.models.retrieval import LossKind, TwoTower, TwoTowerConfig, retrieval_loss
+from plexus.models.retrieval.sparse import retrieval_optimizers, sparse_lookups
 from plexus.pipelines.retrieval.data import Interactions
 from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError
@@ -71,6 +75,7 @@ def train_two_tower(
     on_epoch: Callable[[dict[str, float], TwoTower], None] | None = None,
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
+    embedding: EmbeddingConfig | None = None,
 ) -> tuple[TwoTower, list[dict[str, float]]]:
     """Train on all training pairs of `data`; returns the model and one record per epoch.
 
@@ -84,15 +89,24 @@ def train_two_tower(
     torch.manual_seed(train_cfg.seed)
     torch.set_num_threads(min(train_cfg.threads, 2))
     rng = np.random.default_rng(train_cfg.seed)
-    model = TwoTower(model_cfg, num_users=data.num_users, num_items=data.num_items)
+    model = TwoTower(
+        model_cfg, num_users=data.num_users, num_items=data.num_items, embedding=embedding
+    )
     histories = torch.from_numpy(data.histories(model_cfg.history_len))
     users = np.repeat(np.arange(data.num_users + 1), np.diff(data.train_indptr))
     items = data.train_items
-    sparse = [model.user_embedding.weight, model.item_embedding.weight]
-    opt_sparse = torch.optim.SparseAdam(sparse, lr=train_cfg.lr)
-    optimizers: list[torch.optim.Optimizer] = [opt_sparse]
-    if dense := list(model.history_proj.parameters()):
-        optimizers.append(torch.optim.Adam(dense, lr=train_cfg.lr))
+    lookups = sparse_lookups()
+    with lookups, torch.no_grad():  # which weights the towers look up: they get sparse grads
+        one = torch.ones(1, 1, dtype=torch.int64)
+        model.user_vectors(one[0], one, one.float())
+        model.item_vectors(torch.ones(1, dtype=torch.int64))
+    for tables in protocol.embedding_tables(model):
+        if (stages := tables.stages()) != protocol.SINGLE_STAGE:
+            raise ConfigError(
+                f"embedding.method={model.embedding.method.value} runs stages "
+                f"{[s.name for s in stages]}; the retrieval job trains single-stage methods"
+            )
+    optimizers = retrieval_optimizers(model, lookups, lr=train_cfg.lr)
     steps_per_epoch = -(-users.size // train_cfg.batch_size)
     schedules = [
         _lr_schedule(opt, train_cfg.lr_schedule, train_cfg.epochs * steps_per_epoch)
@@ -121,27 +135,31 @@ def train_two_tower(
             hist = histories[u]
             mask = ((hist > 0) & (hist != pos.unsqueeze(1))).float()
             neg = torch.randint(1, data.num_items + 1, (train_cfg.num_negatives,))
-            uvec = model.user_vectors(u, hist, mask)
-            loss = retrieval_loss(
-                train_cfg.loss,
-                uvec,
-                model.item_vectors(pos),
-                model.item_vectors(neg),
-                margin=train_cfg.margin,
-                negative_weight=train_cfg.negative_weight,
-                temperature=train_cfg.temperature,
-            )
+            with lookups:
+                uvec = model.user_vectors(u, hist, mask)
+                loss = retrieval_loss(
+                    train_cfg.loss,
+                    uvec,
+                    model.item_vectors(pos),
+                    model.item_vectors(neg),
+                    margin=train_cfg.margin,
+                    negative_weight=train_cfg.negative_weight,
+                    temperature=train_cfg.temperature,
+                )
+                if (extra := protocol.extra_loss(model)) is not None:
+                    loss = loss + extra
             for opt in optimizers:
                 opt.zero_grad()
             loss.backward()
             for opt in optimizers:
                 opt.step()
+            protocol.after_step(model, optimizers, total_steps=train_cfg.epochs * steps_per_epoch)
             for schedule in schedules:
                 schedule.step()
             total += float(loss.detach())
             steps += 1
         record = {"epoch": float(epoch), "loss": total / max(steps, 1)}
-        record["lr"] = opt_sparse.param_groups[0]["lr"]
+        record["lr"] = optimizers[-1].param_groups[0]["lr"]
         record["epoch_seconds"] = time.perf_counter() - start
         if on_epoch is not None:
             on_epoch(record, model)
@@ -186,16 +204,18 @@ def epoch_reporter(
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry: read the pickled interactions and train, reporting a checkpoint of the
-    whole training state every epoch; resumes from Ray's checkpoint after a worker restart, or
-    from `config["resume_from"]` (a crashed earlier run's latest checkpoint folder)."""
-    import pickle
+    """Ray Train entry: read the ingested shards (`config["data_path"]`; the validation task of
+    them with `config["validation"]`) and train, reporting a checkpoint of the whole training
+    state every epoch; resumes from Ray's checkpoint after a worker restart, or from
+    `config["resume_from"]` (a crashed earlier run's latest checkpoint folder)."""
     import tempfile
 
     import ray.train
+    from plexus.pipelines.retrieval.data import load_interactions
 
-    with open(config["data_path"], "rb") as fh:
-        data: Interactions = pickle.load(fh)
+    data = load_interactions(config["data_path"])
+    if config.get("validation"):
+        data = data.validation()
     model_cfg: TwoTowerConfig = config["model"]
     train_cfg: RetrievalTrainConfig = config["train"]
     checkpoint = ray.train.get_checkpoint()
@@ -222,6 +242,7 @@ def train_worker(config: dict[str, Any]) -> None:
         on_epoch=epoch_reporter(data, train_cfg.eval_every),
         on_checkpoint=on_checkpoint,
         resume=resume,
+        embedding=config.get("embedding"),
     )
     if not reported and resume is not None:  # the crashed run had already finished every epoch
         on_checkpoint(resume)

@@ -4,9 +4,9 @@ The neighbour `smoothing` decides how much of a user's interest mixture comes fr
 users (El-Kishky et al. 2022); the allocation `power` decides how far K is spread
 from the main interest to the minor ones. Both are chosen here by the mean kNN-Embed recall
 over the evaluation cut-offs, among the settings clearly more diverse than single-vector
-retrieval, on a validation task (`data.validation_split`: one held-out training item per
-user), with a model trained without those items, so the test figures reported next to them
-are not tuned on the test.
+retrieval, on a validation task (`Interactions.validation()`: the ingest's hold-out of one
+training item per user, `data.interactions.validation_users`), with a model trained without
+those items, so the test figures reported next to them are not tuned on the test.
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from typing import Any
 from plexus.models.retrieval import KnnEmbedConfig
 from plexus.pipelines.retrieval.compare import compare_allocations, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import RetrievalJobConfig
-from plexus.pipelines.retrieval.data import InteractionFormat, Interactions, validation_split
+from plexus.pipelines.retrieval.data import Interactions
 from plexus.platform.errors import ConfigError
 from plexus.serving.knn_embed import AllocationConfig
 
-VALIDATION_USERS = 5_000  # enough for ~0.005 recall resolution, a few seconds per setting
 MIN_DIVERSITY = 1.2  # "clearly more diverse": a fifth more distinct clusters, mean over K
 
 
@@ -36,7 +35,6 @@ def tune_knn_embed(
     powers: Sequence[float] = (),
     smoothings: Sequence[float] = (),
     min_diversity: float = MIN_DIVERSITY,
-    max_users: int = VALIDATION_USERS,
 ) -> tuple[KnnEmbedConfig, AllocationConfig, list[dict[str, Any]]]:
     """Train on the training lists minus a validation item per user (in `out`, reused when
     already there), then score every (smoothing, power) pair; an empty list keeps the config's
@@ -56,8 +54,7 @@ def tune_knn_embed(
         raise ConfigError(f"--tune-smoothing {list(smoothings)}: give weights in [0, 1]")
     powers = powers or [config.export.allocation.power]
     smoothings = smoothings or [config.knn_embed.smoothing]
-    latest = config.data.format is InteractionFormat.MOVIELENS  # time-ordered lists
-    valid = validation_split(data, latest=latest, seed=config.train.seed, max_users=max_users)
+    valid = data.validation()
     model, _ = train_model(config, valid, out)
     allocations = [
         dataclasses.replace(config.export.allocation, power=float(power)) for power in powers
@@ -104,4 +101,4 @@ def _means(scored: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-__all__ = ["MIN_DIVERSITY", "VALIDATION_USERS", "tune_knn_embed"]
+__all__ = ["MIN_DIVERSITY", "tune_knn_embed"]

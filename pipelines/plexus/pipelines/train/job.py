@@ -145,6 +145,7 @@ def _fit(
             "resume_from": _latest_checkpoint(out / "ray"),
             "init_state": init_state,
             "stage": stage,
+            "steps_per_epoch": _steps_per_epoch(job, data),
         },
         scaling_config=ray.train.ScalingConfig(num_workers=job.train.workers, use_gpu=False),
         run_config=ray.train.RunConfig(
@@ -157,6 +158,12 @@ def _fit(
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     return trainer.fit()
+
+
+def _steps_per_epoch(job: JobConfig, data: IngestResult) -> int | None:
+    """Batches per epoch of one worker (the planned steps of `StepContext`), None if unknown."""
+    rows = data.rows.get("train", 0)
+    return -(-rows // (job.train.workers * job.train.batch_size)) if rows else None
 
 
 def _latest_checkpoint(storage: Path) -> str | None:

@@ -3,9 +3,10 @@
 Each stage is a nested MLflow run under the training run and a folder
 `<train output>/stages/<i>-<name>/` holding its start state (`init.pt`), its Ray Train
 checkpoints, its result (`model.pt`, the best model of a `TRAIN` stage or the searched model
-of a `SEARCH` stage) and `stage.json` (its metrics, written last). A finished stage is reused,
-so a crashed run resumes at the first unfinished stage, and a `TRAIN` stage killed mid-way
-resumes from its last epoch checkpoint.
+of a `SEARCH` stage), the method's plots after a `SEARCH` stage (`EmbeddingTables.figures`,
+also logged to the stage's MLflow run) and `stage.json` (its metrics, written last). A finished
+stage is reused, so a crashed run resumes at the first unfinished stage, and a `TRAIN` stage
+killed mid-way resumes from its last epoch checkpoint.
 
 The weights a `TRAIN` stage starts from follow `Stage.init`: the previous stage's (continue),
 the first stage's initial weights, rebuilt from the same seed (rewind), or a new draw (fresh);
@@ -89,6 +90,10 @@ def run_stages(
                 else:
                     stage_history = []
                     metrics, state = search_stage(job, data, model, stage)
+                    for name, figure in protocol.figures(model).items():
+                        tracking.log_figure(
+                            figure, f"plots/{name}.png", also_to=folder / f"{name}.png"
+                        )
                 metrics["seconds"] = time.perf_counter() - started
                 mlflow.log_metrics(metrics)
                 _save_state(folder / "model.pt", state)

@@ -1,0 +1,198 @@
+"""Dynamic Sparse Learning (Wang et al., WSDM 2024): sparse embedding tables trained from
+scratch at a fixed number of non-zeros, over any base.
+
+    embedding: {method: dsl, dim: 16, options: {density: 0.5}}                   # full tables
+    embedding: {method: dsl, dim: 16, options: {byte_budget: 0.25}}              # 1/4 of the bytes
+    embedding: {method: dsl, dim: 8, budget: 0.125, chunks: 2, options: {base: unified}}
+
+The method (Sec. 3 of the paper; official code: github.com/shuyao-wang/DSL, `*/utils/core.py`):
+
+* Each table of the base (per-field tables, or the shared tables of a unified or multiplexed
+  base) starts from a random mask at the target density, uniform per tensor. Here exactly
+  `round(density * rows * dim)` positions are drawn (the official code draws each position
+  with probability `density`, so the count only matches on average).
+* After every optimiser step the mask is re-applied to the weights and to the optimiser's
+  state (`sparse_storage.MaskedTables.after_step`): Adam's moments too. The official code
+  masks only SGD's `momentum_buffer` and leaves Adam's `exp_avg`/`exp_avg_sq` dense, so a
+  masked weight keeps a running momentum; the paper's sparse training has none.
+* Every `delta_t` steps, per tensor: prune the `ceil(zeta * nnz)` active weights of smallest
+  magnitude and grow as many inactive positions with the largest gradient magnitude of the
+  current batch (still on `.grad` after the step); grown weights and their moments start at
+  zero. The number of non-zeros never changes, so the byte budget holds throughout training.
+  `zeta` decays from `zeta_start` (0.5) to `zeta_end` (0.005) on a cosine over the planned
+  steps, as the official `CosineDecay` (the learning-rate cosine of `torch.optim` over all
+  iterations). Just-pruned positions may be grown again at once, as in the official code.
+* Options of the official code: `prune: taylor` (`(w * g)^2`, its `Taylor_FO`) and
+  `grow: random`. Its `momentum` growth is not offered: with Adam's moments masked (above)
+  the momentum of an inactive position is one step's gradient scaled to its sign.
+
+`delta_t` defaults to a twentieth of the planned steps: the official 2,000-3,000 steps come from
+runs of 10^5-10^6 steps (hundreds of updates of the mask); jobs here take hundreds to thousands.
+The tables are stored and served row-compressed (`sparse_storage`): `num_bytes()` counts values,
+indices and pointers, and `byte_budget` picks the density that fits those bytes.
+Not offered yet: sparsifying the MLP (the paper's option for the whole model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod
+from plexus.models.embeddings.protocol import StepContext
+from plexus.models.embeddings.registry import register_embedding
+from plexus.models.embeddings.sparse_storage import MaskedTables, check_fraction, plain_bases
+from plexus.platform.config import coerce_choice
+from plexus.platform.errors import ConfigError
+from plexus.platform.feature_spec import Feature
+
+DEFAULT_DENSITY = 0.5  # the official default
+DEFAULT_CYCLES = 20  # prune-and-grow updates over the planned steps when delta_t is not given
+_SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DSLConfig:
+    """`embedding.options` of `method: dsl` (see the module docstring)."""
+
+    base: EmbeddingMethod = EmbeddingMethod.FULL
+    density: float | None = None  # non-zeros per tensor; None: from byte_budget, else 0.5
+    byte_budget: float | None = None  # serving bytes / the tables' dense float32 bytes
+    delta_t: int | None = None  # steps between prune-and-grow; None: planned steps / 20
+    zeta_start: float = 0.5  # fraction of the non-zeros pruned (and grown) at step 0
+    zeta_end: float = 0.005  # ... at the last planned step
+    zeta_schedule: str = "cosine"  # or "linear", "constant" (zeta_start throughout)
+    prune: str = "magnitude"  # smallest |w|; or "taylor": smallest (w * grad)^2
+    grow: str = "gradient"  # largest |grad| of the current batch; or "random"
+    total_steps: int | None = None  # planned steps when the training loop cannot tell
+
+    def __post_init__(self) -> None:
+        coerce_choice(self, "base", EmbeddingMethod, "embedding.options.base")
+        if self.base not in plain_bases():
+            raise ConfigError(
+                f"embedding.options.base={self.base.value!r}: DSL builds on "
+                f"{', '.join(m.value for m in plain_bases())}"
+            )
+        if self.density is not None and self.byte_budget is not None:
+            raise ConfigError(
+                "embedding.options: give density or byte_budget, not both (byte_budget "
+                "derives the density with the index overhead included)"
+            )
+        check_fraction(self.density, "embedding.options.density")
+        check_fraction(self.byte_budget, "embedding.options.byte_budget")
+        for key in ("zeta_start", "zeta_end"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"embedding.options.{key} must be in [0, 1]")
+        for key, value, choices in (
+            ("zeta_schedule", self.zeta_schedule, _SCHEDULES),
+            ("prune", self.prune, ("magnitude", "taylor")),
+            ("grow", self.grow, ("gradient", "random")),
+        ):
+            if value not in choices:
+                raise ConfigError(f"embedding.options.{key}={value!r}: use one of {choices}")
+        for key in ("delta_t", "total_steps"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"embedding.options.{key}={value} must be >= 1 step")
+
+    @classmethod
+    def at_budget(cls, base: str, budget: float) -> tuple[float, dict]:
+        """The benchmark's row at `budget` of the full tables' bytes: (the base's
+        `embedding.budget`, these options). On a shared base the table is twice the bytes
+        budget in rows, so about half of it stays (near the official density 0.5)."""
+        start = 1.0 if base == EmbeddingMethod.FULL.value else min(1.0, 2 * budget)
+        full_bytes = 1.0 if base == EmbeddingMethod.FULL.value else start
+        options = {"base": base}
+        if budget < 1.0:
+            options["byte_budget"] = min(1.0, budget / full_bytes)
+        return start, options
+
+
+def zeta(config: DSLConfig, step: int, total: int) -> float:
+    """The share of each tensor's non-zeros replaced at `step` of `total` (Sec. 3.2: cosine
+    decay from `zeta_start` to `zeta_end`)."""
+    t = min(max(step / total, 0.0), 1.0)
+    a, b = config.zeta_start, config.zeta_end
+    if config.zeta_schedule == "cosine":
+        return b + (a - b) * (1 + math.cos(math.pi * t)) / 2
+    if config.zeta_schedule == "linear":
+        return a + (b - a) * t
+    return a
+
+
+@register_embedding(EmbeddingMethod.DSL, options=DSLConfig)
+class DSLTables(MaskedTables):
+    """The base's tables under masks that DSL prunes and grows: `(B, sum output_dims)` out."""
+
+    def __init__(self, config: EmbeddingConfig, features: Sequence[Feature]) -> None:
+        super().__init__(config, features)
+        self.options: DSLConfig = config.options
+        density = self.options.density
+        if density is None and self.options.byte_budget is None:
+            density = DEFAULT_DENSITY
+        self._setup(config.base_config(), density, self.options.byte_budget)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        with torch.no_grad():
+            for mask, nnz in zip(self.masks(), self.target_nonzeros, strict=True):
+                mask.zero_()
+                mask.view(-1)[torch.randperm(mask.numel())[:nnz]] = True
+        self.apply_masks()
+
+    def total_steps(self, context: StepContext) -> int:
+        total = self.options.total_steps or context.total_steps
+        if total is None:
+            raise ConfigError(
+                "DSL's zeta schedule needs the planned training steps: this caller does not "
+                "give them, so set embedding.options.total_steps"
+            )
+        return total
+
+    def delta_t(self, context: StepContext) -> int:
+        return self.options.delta_t or max(1, self.total_steps(context) // DEFAULT_CYCLES)
+
+    @torch.no_grad()
+    def _update_masks(self, context: StepContext) -> None:
+        self.steps += 1
+        step = int(self.steps)
+        if step % self.delta_t(context):
+            return
+        share = zeta(self.options, step, self.total_steps(context))
+        for weight, mask in zip(self.weights(), self.masks(), strict=True):
+            grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
+            prune_and_grow(weight, grad, mask, share, self.options, seed=step)
+
+
+def prune_and_grow(
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    mask: torch.Tensor,
+    share: float,
+    options: DSLConfig,
+    *,
+    seed: int = 0,
+) -> int:
+    """One DSL update of one tensor, in place on `mask` (bool, weight's shape): drop the
+    `ceil(share * nnz)` active positions of lowest score (|w|, or (w g)^2 for `taylor`), then
+    activate as many inactive ones of highest |g| (or at random). Returns how many moved."""
+    flat = mask.view(-1)
+    nnz = int(flat.sum())
+    count = min(math.ceil(share * nnz), nnz)
+    if count == 0:
+        return 0
+    w, g = weight.detach().reshape(-1), grad.reshape(-1)
+    score = w.abs() if options.prune == "magnitude" else (w * g).pow(2)
+    score = torch.where(flat, score, torch.full_like(score, math.inf))
+    flat[torch.topk(score, count, largest=False).indices] = False
+    if options.grow == "gradient":
+        gain = g.abs()
+    else:
+        generator = torch.Generator(device=w.device).manual_seed(seed)
+        gain = torch.rand(w.shape, generator=generator, device=w.device)
+    gain = torch.where(flat, torch.full_like(gain, -math.inf), gain)
+    flat[torch.topk(gain, count, largest=True).indices] = True
+    return count
+
+
+__all__ = ["DSLConfig", "DSLTables", "prune_and_grow", "zeta"]

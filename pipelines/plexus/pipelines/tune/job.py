@@ -1,0 +1,308 @@
+"""`plexus tune CONFIG --space SPACE.yaml`: hyper-parameter search on Ray Tune over the real job.
+
+One parent MLflow run (`<name>-tune`) holds a nested run per trial (per-epoch validation
+metrics, every config key as params); the parent gets the best trial's validation AUC and its
+test metrics. Trials are sampled at random from the space (seeded), stopped early by ASHA on
+the validation AUC each epoch reports, and ranked by their best validation AUC; the test split
+is touched once, by the selected model itself (the best trial's best epoch, from its last Tune
+checkpoint), evaluated in the driver. `plexus run best.yaml` trains that configuration through
+the job into a servable model folder.
+
+Everything lives under `<runs>/<name>/tune-<hash>/` (the hash covers the job config and the
+space): Tune's experiment state and trial checkpoints (`tuner/`), the parent run's id, and the
+results: `best.yaml` (a job config `plexus run` takes as it is), `trials.json`, `trials.md` and
+`summary.json`. A killed tuning is resumed by running the same command again
+(`Tuner.restore`: finished trials are kept, unfinished ones continue from their last epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from plexus.pipelines import tracking
+from plexus.pipelines.bench.report import markdown_table
+from plexus.pipelines.config import JobConfig
+from plexus.pipelines.files import read_json, write_json
+from plexus.pipelines.jobs import run_ingest
+from plexus.pipelines.runtime import default_runs_dir, ensure_ray
+from plexus.pipelines.tune.space import TuneSpace
+from plexus.pipelines.tune.trial import RUN_RECORD, TrialContext, run_trial, trial_job
+from plexus.platform import config as config_io
+from plexus.platform.errors import ConfigError, PlexusError
+
+METRIC = "valid_auc"
+TUNABLE_SECTIONS = ("model", "embedding", "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneResult:
+    folder: Path  # <runs>/<name>/tune-<hash>
+    run_id: str  # the parent MLflow run
+    best_config: Path  # best.yaml
+    best: dict[str, Any]  # the best trial's sampled values
+    best_valid_auc: float
+    test_auc: float
+    test_logloss: float
+    trials: list[dict[str, Any]]
+
+
+def tune_folder(job: JobConfig, space: TuneSpace) -> Path:
+    runs = Path(job.output).resolve() if job.output else default_runs_dir()
+    key = json.dumps(
+        {"job": config_io.to_dict(job), "space": space.to_dict()}, sort_keys=True, default=str
+    )
+    return runs / job.name / f"tune-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def check_space(job: JobConfig, space: TuneSpace) -> None:
+    """Fail before any work when a searched key is not a tunable job-config key or a value is
+    invalid for it; the error names the key."""
+    base = config_io.to_dict(job)
+    for param in space.params:
+        section = param.key.split(".")[0]
+        if section not in TUNABLE_SECTIONS or "." not in param.key:
+            raise ConfigError(
+                f"space.{param.key}: only keys of the {', '.join(TUNABLE_SECTIONS)} sections can "
+                "be tuned (data keys would need a new ingest per trial), e.g. train.lr"
+            )
+        for value in param.examples():
+            try:
+                trial_job(base, {param.key: value})
+            except ConfigError as exc:
+                raise ConfigError(f"space.{param.key}: value {value!r} is invalid: {exc}") from exc
+
+
+def tune(
+    job: JobConfig,
+    space: TuneSpace,
+    *,
+    trials: int | None = None,
+    command: str | None = None,
+) -> TuneResult:
+    """Search `space` around `job`, pick the best trial on validation AUC, write `best.yaml`
+    and report the selected model's test metrics (the only look at the test split)."""
+    if trials is not None:
+        space = dataclasses.replace(space, trials=trials)
+    check_space(job, space)
+    folder = tune_folder(job, space)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = run_ingest(job, progress=False)
+    _reject_staged_methods(job, data)
+    tracking.configure(job.tracking.uri)
+    import mlflow
+
+    with tracking.resumable_run(folder, job.tracking.experiment, f"{job.name}-tune") as (
+        parent,
+        resumed,
+    ):
+        if not resumed:
+            tracking.log_params(
+                {
+                    **{f"base.{k}": v for k, v in config_io.flatten(job).items()},
+                    **config_io.flatten(space.to_dict(), "tune."),
+                }
+            )
+        ensure_ray()
+        context = TrialContext(
+            job=config_io.to_dict(job),
+            data_dir=str(data.output),
+            tracking_uri=mlflow.get_tracking_uri(),
+            experiment_id=parent.info.experiment_id,
+            parent_run_id=parent.info.run_id,
+            cpus=space.cpus_per_trial,
+        )
+        results = _fit(job, space, folder, context)
+        rows = _trial_rows(results, context)
+        if not any(r["status"] == "ok" for r in rows):
+            errors = "; ".join(str(r.get("error")) for r in rows)[:2000]
+            raise PlexusError(f"every trial failed; see {folder / 'tuner'}: {errors}")
+        best = max((r for r in rows if r["status"] == "ok"), key=lambda r: r[METRIC])
+        best_job = trial_job(config_io.to_dict(job), best["config"])
+        best_path = _write_best(folder / "best.yaml", best_job, best, command)
+        print(
+            f"[plexus tune] best of {len(rows)} trials: valid AUC {best[METRIC]:.4f} {best['config']}"
+        )
+        test = _test_selected(results, best, best_job, data)
+        if best.get("run_id"):
+            mlflow.tracking.MlflowClient().log_batch(
+                best["run_id"],
+                metrics=[
+                    mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
+                    for k, v in test.items()
+                ],
+            )
+        summary = {
+            "best_config": best["config"],
+            "best_trial": best["trial"],
+            "best_run_id": best.get("run_id"),
+            "best_valid_auc": best[METRIC],
+            **test,
+            "trials": len(rows),
+        }
+        write_json(folder / "summary.json", summary)
+        write_json(folder / "trials.json", {"trials": rows})
+        columns = ["trial", "status", METRIC, "epochs", *sorted(p.key for p in space.params)]
+        flat = [
+            {**r, **{k: _cell(v) for k, v in r["config"].items()}}
+            for r in sorted(rows, key=lambda r: -r[METRIC])
+        ]
+        (folder / "trials.md").write_text(markdown_table(flat, columns))
+        mlflow.log_metrics({"best_valid_auc": best[METRIC], **test, "trials": float(len(rows))})
+        for name in ("best.yaml", "trials.md", "trials.json", "summary.json"):
+            mlflow.log_artifact(str(folder / name))
+        print(markdown_table(flat, columns))
+        print(
+            f"[plexus tune] best configuration: test AUC {test['test_auc']:.4f}  logloss "
+            f"{test['test_logloss']:.4f} (valid AUC {best[METRIC]:.4f}); plexus run {best_path}"
+        )
+    return TuneResult(
+        folder=folder,
+        run_id=parent.info.run_id,
+        best_config=best_path,
+        best=best["config"],
+        best_valid_auc=best[METRIC],
+        test_auc=test["test_auc"],
+        test_logloss=test["test_logloss"],
+        trials=rows,
+    )
+
+
+def _fit(job: JobConfig, space: TuneSpace, folder: Path, context: TrialContext) -> Any:
+    """Run (or resume) the Tune experiment under `folder/tuner`; returns its ResultGrid."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, context=context), {"cpu": space.cpus_per_trial}
+    )
+    path = folder / "tuner"
+    if tune.Tuner.can_restore(path):
+        print(f"[plexus tune] resuming the tuning at {path}", flush=True)
+        tuner = tune.Tuner.restore(
+            str(path), trainable, resume_unfinished=True, resume_errored=True
+        )
+        return tuner.fit()
+    epochs = max(
+        [job.train.epochs]
+        + [v for p in space.params if p.key == "train.epochs" for v in p.examples()]
+    )
+    cpus = int(os.cpu_count() or 1)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space.param_space(),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            num_samples=space.trials,
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=int(epochs),
+                grace_period=space.scheduler.grace_period,
+                reduction_factor=space.scheduler.reduction_factor,
+            ),
+            search_alg=BasicVariantGenerator(
+                random_state=space.seed, max_concurrent=max(1, cpus // space.cpus_per_trial)
+            ),
+        ),
+        run_config=tune.RunConfig(
+            name=path.name,
+            storage_path=str(folder),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=0,
+        ),
+    )
+    return tuner.fit()
+
+
+def _trial_rows(results: Any, context: TrialContext) -> list[dict[str, Any]]:
+    """One row per trial: sampled config, best validation AUC over its epochs, epochs run;
+    each trial's MLflow run is closed (ASHA stops a trial mid-way, before it closes it)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=context.tracking_uri)
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        config = {k: v for k, v in (result.config or {}).items()}
+        row: dict[str, Any] = {
+            "trial": (result.metrics or {}).get("trial_id", "?"),
+            "config": config,
+            METRIC: float("-inf"),
+            "epochs": 0,
+            "status": "ok",
+        }
+        if history is not None and METRIC in history:
+            row[METRIC] = float(history[METRIC].max())
+            row["epochs"] = int(history["epoch"].max())
+        if result.error is not None or row["epochs"] == 0:
+            row["status"], row["error"] = "error", str(result.error)[:500]
+        run_id = read_json(Path(result.path) / RUN_RECORD).get("run_id") if result.path else None
+        if run_id:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, "FINISHED" if row["status"] == "ok" else "FAILED")
+            if row["status"] == "ok":
+                client.log_metric(run_id, f"best_{METRIC}", row[METRIC])
+            row["run_id"] = run_id
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any) -> str:
+    """A sampled value for the trials table (4 significant digits: 1e-05 stays readable)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _test_selected(
+    results: Any, best: dict[str, Any], job: JobConfig, data: Any
+) -> dict[str, float]:
+    """Test AUC and logloss of the selected model: the best trial's best epoch (the loop keeps
+    it in every checkpoint as `best_model`), evaluated once, in this process."""
+    import torch
+    from plexus.models.backbones import build_ctr_model
+    from plexus.pipelines.train.evaluate import evaluate, iter_batches
+    from plexus.pipelines.train.loop import STATE_FILE
+
+    result = next(r for r in results if (r.metrics or {}).get("trial_id") == best["trial"])
+    if result.checkpoint is None:
+        raise PlexusError(f"the best trial {best['trial']} left no checkpoint under {result.path}")
+    with result.checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+    model = build_ctr_model(job.model, job.embedding, data.spec)
+    model.load_state_dict(saved["best_model"])
+    torch.set_num_threads(os.cpu_count() or 1)
+    test = evaluate(model, iter_batches(data.shards("test"), data.spec, job.train.eval_batch_size))
+    return {"test_auc": test["auc"], "test_logloss": test["logloss"]}
+
+
+def _write_best(path: Path, job: JobConfig, best: dict[str, Any], command: str | None) -> Path:
+    header = [
+        f"# Tuned by plexus tune: best validation AUC {best[METRIC]:.4f} of the search"
+        + (f" `{command}`" if command else ""),
+        "# Searched values: " + json.dumps(best["config"], sort_keys=True),
+    ]
+    text = "\n".join(header) + "\n" + yaml.safe_dump(config_io.to_dict(job), sort_keys=False)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def _reject_staged_methods(job: JobConfig, data: Any) -> None:
+    from plexus.models.backbones import build_ctr_model
+    from plexus.models.embeddings import protocol
+
+    model = build_ctr_model(job.model, job.embedding, data.spec)
+    if protocol.model_stages(model) != protocol.SINGLE_STAGE:
+        raise ConfigError(
+            f"embedding.method={job.embedding.method.value} trains in several stages; plexus "
+            "tune runs single-stage models: tune its base method, then run the learned one"
+        )

@@ -1,0 +1,225 @@
+"""Dynamic Sparse Learning and its magnitude-pruning baseline: the zeta schedule, prune and grow,
+a constant number of non-zeros, masked weights and Adam moments, and the served ONNX graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from plexus.models.backbones import Backbone, ModelConfig, build_ctr_model
+from plexus.models.batch import batch_from_arrow, pad_sparse
+from plexus.models.embeddings import EmbeddingConfig, build_embedding_tables, protocol
+from plexus.models.embeddings.dsl import DSLConfig, DSLTables, prune_and_grow, zeta
+from plexus.models.embeddings.magnitude_pruning import MagnitudePruningTables
+from plexus.models.embeddings.protocol import Stage
+from plexus.models.embeddings.sparse_storage import CompactSparseTables
+from plexus.platform.config import from_dict
+from plexus.platform.errors import ConfigError
+from tiny_ctr_data import onnxruntime_logits, planted_table, sparse_features, tiny_spec
+
+SPARSE = [f.name for f in tiny_spec().sparse]
+BASES = {
+    "full": {"dim": 4},
+    "unified": {"dim": 2, "budget": 0.5, "chunks": 2, "options": {"base": "unified"}},
+}
+
+
+def _config(method: str = "dsl", base: str = "full", **options) -> EmbeddingConfig:
+    raw = {"method": method, **BASES[base]}
+    raw["options"] = {**raw.get("options", {}), **options}
+    return from_dict(EmbeddingConfig, raw)
+
+
+def _model(method: str = "dsl", base: str = "full", **options):
+    torch.manual_seed(0)
+    return build_ctr_model(
+        ModelConfig(backbone=Backbone.DEEPFM, hidden=(8,)),
+        _config(method, base, **options),
+        tiny_spec(),
+    )
+
+
+def _batches(count: int, size: int = 64):
+    table = planted_table(count * size, seed=3)
+    return [batch_from_arrow(table.slice(i * size, size), tiny_spec()) for i in range(count)]
+
+
+def _train(model, batches, *, total_steps: int | None, check=None) -> list[torch.optim.Optimizer]:
+    """The training loop's step, as `loop.train_loop` takes it; `check(step, before)` after each."""
+    optimizers = protocol.build_optimizers(model, lr=0.05, weight_decay=0.0)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    for step, batch in enumerate(batches, 1):
+        before = [m.clone() for m in model.embeddings.masks()]
+        loss = loss_fn(model(batch.dense, batch.sparse), batch.labels)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        protocol.after_step(model, optimizers, total_steps=total_steps)
+        if check is not None:
+            check(step, before, optimizers)
+    return optimizers
+
+
+def test_zeta_decays_on_the_official_cosine_from_half_to_half_a_percent() -> None:
+    config = DSLConfig()
+    total = 200
+    # The official CosineDecay: an SGD learning rate of 0.5 under CosineAnnealingLR(T, 0.005).
+    sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    official = torch.optim.lr_scheduler.CosineAnnealingLR(sgd, total, eta_min=0.005)
+    for step in range(1, total + 1):
+        official.step()
+        assert zeta(config, step, total) == pytest.approx(sgd.param_groups[0]["lr"], abs=1e-9)
+    assert zeta(config, 0, total) == 0.5 and zeta(config, total, total) == pytest.approx(0.005)
+    assert zeta(config, total // 2, total) == pytest.approx((0.5 + 0.005) / 2)
+    linear = DSLConfig(zeta_schedule="linear")
+    assert zeta(linear, total // 4, total) == pytest.approx(0.5 + 0.25 * (0.005 - 0.5))
+    assert zeta(DSLConfig(zeta_schedule="constant"), 150, total) == 0.5
+
+
+def test_prune_drops_the_smallest_weights_and_growth_takes_the_largest_gradients() -> None:
+    weight = torch.tensor([[0.5, -0.1, 0.3, 0.02], [0.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, True], [False, False, False, False]])
+    grad = torch.tensor([[0.0, 0.0, 0.0, 0.9], [0.1, -2.0, 0.5, 0.05]])
+    moved = prune_and_grow(weight, grad, mask, 0.5, DSLConfig())  # ceil(0.5 * 4) = 2
+    assert moved == 2
+    # Pruned: 0.02 and -0.1 (smallest |w|); grown: |g| = 2.0 and 0.9 among the inactive, which
+    # includes the position just pruned (as in the official code).
+    assert mask.tolist() == [[True, False, True, True], [False, True, False, False]]
+    assert int(mask.sum()) == 4
+
+
+def test_taylor_pruning_and_random_growth_keep_the_count() -> None:
+    weight = torch.tensor([1.0, 0.1, 0.5, 0.0, 0.0, 0.0])
+    mask = torch.tensor([True, True, True, False, False, False])
+    grad = torch.tensor([0.01, 5.0, 1.0, 0.0, 0.0, 0.0])  # (w g)^2: 1e-4, 0.25, 0.25
+    prune_and_grow(weight, grad, mask, 0.3, DSLConfig(prune="taylor", grow="random"), seed=3)
+    assert int(mask.sum()) == 3 and not bool(mask[0])  # the lowest (w g)^2 went
+
+
+def test_non_zeros_stay_constant_and_masked_weights_and_adam_moments_stay_zero() -> None:
+    model = _model(density=0.4, delta_t=3)
+    tables = model.embeddings
+    assert isinstance(tables, DSLTables)
+    target = list(tables.target_nonzeros)
+    assert tables.nonzeros() == target
+    changed_at: list[int] = []
+
+    def check(step: int, before: list[torch.Tensor], optimizers) -> None:
+        assert tables.nonzeros() == target  # the budget holds at every step
+        after = tables.masks()
+        moved = any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+        if moved:
+            changed_at.append(step)
+        for weight, mask, old in zip(tables.weights(), after, before, strict=True):
+            state = next(o.state[weight] for o in optimizers if weight in o.state)
+            for value in (weight.detach(), state["exp_avg"], state["exp_avg_sq"]):
+                assert int((value[~mask] != 0).sum()) == 0  # masked: weight and moments zero
+            grown = mask & ~old
+            for value in (weight.detach(), state["exp_avg"], state["exp_avg_sq"]):
+                assert int((value[grown] != 0).sum()) == 0  # grown: start from zero
+
+    _train(model, _batches(12), total_steps=12, check=check)
+    assert changed_at == [3, 6, 9, 12]  # prune and grow every delta_t steps, only then
+    assert int(tables.steps) == 12
+
+
+def test_masks_move_towards_the_gradient_signal_over_cycles() -> None:
+    """Growth follows the batches' gradients: across cycles the masks explore new positions."""
+    model = _model(density=0.3, delta_t=2, zeta_schedule="constant")
+    first = [m.clone() for m in model.embeddings.masks()]
+    _train(model, _batches(10), total_steps=10)
+    moved = sum(int((m & ~f).sum()) for m, f in zip(model.embeddings.masks(), first, strict=True))
+    assert moved > 0
+
+
+def test_the_schedule_needs_the_planned_steps() -> None:
+    model = _model(delta_t=1)
+    with pytest.raises(ConfigError, match=r"embedding\.options\.total_steps"):
+        _train(model, _batches(1), total_steps=None)
+    given = _model(delta_t=1, total_steps=5)
+    _train(given, _batches(2), total_steps=None)
+    assert int(given.embeddings.steps) == 2
+
+
+def test_a_byte_budget_sets_the_density_with_the_index_overhead() -> None:
+    tables = build_embedding_tables(_config(byte_budget=0.25), sparse_features())
+    dense = 4 * sum(tables.table_rows.values()) * 4
+    assert tables.num_bytes() <= 0.25 * dense
+    assert tables.num_parameters() == sum(tables.nonzeros()) < 0.25 * dense / 4
+
+
+@pytest.mark.parametrize("base", list(BASES))
+@pytest.mark.parametrize("method", ["dsl", "magnitude_pruning"])
+def test_onnxruntime_serves_the_sparse_ctr_model(base: str, method: str, tmp_path) -> None:
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    model = _model(method, base, byte_budget=0.3)
+    if method == "magnitude_pruning":
+        _train(model, _batches(3), total_steps=3)  # the dense stage, then the pruning
+        model.embeddings.begin_stage(Stage("finetune"), None)
+    served = model.compact()
+    assert isinstance(served.embeddings, CompactSparseTables)
+    batch = batch_from_arrow(planted_table(64, seed=6), tiny_spec())
+    ids, lengths = pad_sparse(batch.sparse, SPARSE, max_length=3)
+    with torch.no_grad():
+        expected = model.eval()(batch.dense, batch.sparse)
+        torch.testing.assert_close(served(batch.dense, batch.sparse), expected)
+        torch.testing.assert_close(served.forward_padded(batch.dense, ids, lengths), expected)
+    out = onnxruntime_logits(served, batch.dense, ids, lengths, tmp_path / f"{method}.onnx")
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_magnitude_pruning_trains_dense_then_keeps_the_largest_weights_fixed() -> None:
+    model = _model("magnitude_pruning", byte_budget=0.25)
+    tables = model.embeddings
+    assert isinstance(tables, MagnitudePruningTables)
+    assert [s.name for s in tables.stages()] == ["dense", "finetune"]
+    dense_bytes = tables.num_bytes()
+    assert dense_bytes == 4 * sum(w.numel() for w in tables.weights())
+    _train(model, _batches(4), total_steps=4)  # the dense stage: no mask in force
+    assert all(bool(m.all()) for m in tables.masks())
+    magnitudes = torch.cat([w.detach().abs().reshape(-1) for w in tables.weights()])
+    tables.begin_stage(Stage("finetune"), None)
+    kept = torch.cat([m.reshape(-1) for m in tables.masks()])
+    assert magnitudes[kept].min() >= magnitudes[~kept].max()  # global magnitude ranking
+    assert tables.num_bytes() <= 0.25 * dense_bytes
+    masks = [m.clone() for m in tables.masks()]
+
+    def check(step: int, before, optimizers) -> None:
+        for weight, mask, fixed in zip(tables.weights(), tables.masks(), masks, strict=True):
+            assert torch.equal(mask, fixed)  # fine-tuning never moves the mask
+            state = next(o.state[weight] for o in optimizers if weight in o.state)
+            assert int((weight.detach()[~mask] != 0).sum()) == 0
+            assert int((state["exp_avg"][~mask] != 0).sum()) == 0
+
+    _train(model, _batches(4), total_steps=4, check=check)
+
+
+def test_per_table_scope_prunes_every_table_to_one_density() -> None:
+    model = _model("magnitude_pruning", density=0.5, scope="table")
+    tables = model.embeddings
+    tables.prune()
+    assert tables.nonzeros() == tables.target_nonzeros
+    for weight, mask in zip(tables.weights(), tables.masks(), strict=True):
+        w = weight.detach().abs()
+        assert w[mask].min() >= w[~mask].max()
+
+
+def test_options_are_typed_and_say_what_to_do() -> None:
+    with pytest.raises(ConfigError, match="density or byte_budget"):
+        _config(density=0.5, byte_budget=0.25)
+    with pytest.raises(ConfigError, match=r"embedding\.options\.base"):
+        from_dict(EmbeddingConfig, {"method": "dsl", "options": {"base": "optembed"}})
+    with pytest.raises(ConfigError, match=r"embedding\.options\.grow"):
+        _config(grow="momentum")
+    with pytest.raises(ConfigError, match=r"embedding\.options\.density"):
+        _config(density=1.5)
+    with pytest.raises(ConfigError, match=r"embedding\.options\.scope"):
+        _config("magnitude_pruning", scope="layer")
+    with pytest.raises(ConfigError, match=r"embedding\.options\.delta_t"):
+        _config(delta_t=0)
+    config = _config(base="unified", density=0.3)
+    assert config.base_method.value == "unified" and config.options.density == 0.3
+    assert config.first_order_config().method.value == "unified"  # the linear part: dense

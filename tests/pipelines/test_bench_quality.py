@@ -1,0 +1,59 @@
+"""`plexus bench quality`: baseline rows on the datasets' own splits, tuned configs per backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from plexus.pipelines.bench.quality import DATASETS, bench_quality, tuned_config
+from plexus.pipelines.config import load_job_config
+from plexus.pipelines.data.synth import synth_movielens
+
+
+def test_bundled_tuned_configs_load_and_name_their_backbone() -> None:
+    path = tuned_config("movielens", "lr")
+    assert path is not None
+    job = load_job_config(path)
+    assert job.model.backbone.value == "lr" and job.train.lr > 0.001
+    assert tuned_config("movielens", "no-such-backbone") is None
+
+
+def test_baselines_run_on_both_movielens_splits(tmp_path: Path, monkeypatch) -> None:
+    """Baselines only (no backbone), on a synthetic MovieLens-100K-layout folder standing in
+    for the shared data root: every baseline row per split, written to results.json/md."""
+    synth_movielens(tmp_path / "data" / "movielens_100k", ratings=6000, seed=1)
+    monkeypatch.setenv("PLEXUS_DATA", str(tmp_path / "data"))
+    rows = bench_quality(
+        tmp_path / "out",
+        data_root=tmp_path / "data",
+        backbones=(),
+        datasets=("movielens", "movielens_random"),
+    )
+    got = {(r["dataset"], r["model"]) for r in rows}
+    assert got == {
+        (d, m)
+        for d in ("movielens", "movielens_random")
+        for m in ("sklearn_lr", "item_popularity", "user_mean")
+    }
+    by = {(r["dataset"], r["model"]): r for r in rows}
+    # the synthetic ratings depend on the ids and side features: LR finds it, on both splits
+    assert by[("movielens_random", "sklearn_lr")]["test_auc"] > 0.6
+    assert by[("movielens", "sklearn_lr")]["test_auc"] > 0.55
+    # the two splits differ (time vs random), so do their baselines
+    assert (
+        by[("movielens", "user_mean")]["test_auc"]
+        != by[("movielens_random", "user_mean")]["test_auc"]
+    )
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(saved) == 6
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "| MovieLens-100K, random split |" in text
+
+
+def test_unknown_dataset_is_named() -> None:
+    from plexus.platform.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown 'movielens_2m'"):
+        bench_quality(Path("unused"), data_root=Path("."), datasets=("movielens_2m",))
+    assert set(DATASETS) >= {"movielens", "movielens_random", "movielens_1m", "criteo", "avazu"}

@@ -1,0 +1,64 @@
+"""A full or read-only output disk: a clear error, and the previous outputs kept whole.
+
+Real small file systems (a tmpfs mounted for the test; skipped where mounting is not allowed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_runner import plexus
+from plexus.pipelines.data.synth import synth_criteo
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode()[:200]}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("trouble", "message"),
+    [("full", "the disk is full"), ("read-only", "the file system is read-only")],
+)
+def test_ingest_on_a_full_or_read_only_disk_fails_clearly_and_keeps_the_old_shards(
+    tmp_path: Path, small_disk: Path, trouble: str, message: str
+) -> None:
+    raw = synth_criteo(tmp_path / "day.tsv", rows=2_000, seed=1)
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        f"name: disk\ndata: {{format: criteo, path: {raw}, output: {small_disk / 'data'}}}\n"
+    )
+    first = plexus("ingest", str(config), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = _digest(small_disk / "data")
+
+    synth_criteo(raw, rows=20_000, seed=2)  # new input: ingest must rewrite the shards
+    if trouble == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    failed = plexus("ingest", str(config), cwd=tmp_path)
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert message in failed.stderr and "Traceback" not in failed.stderr
+    assert _digest(small_disk / "data") == before  # the previous good output, untouched
+    assert [p.name for p in small_disk.iterdir()] == ["data"]  # no temporary folder left

@@ -1,0 +1,149 @@
+"""`plexus tune` end to end: real local Ray Tune, real MLflow (SQLite in tmp), the real loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from cli_runner import PLEXUS, plexus
+from plexus.pipelines.data.synth import synth_criteo
+from plexus.pipelines.tune import parse_space
+from plexus.platform.errors import ConfigError
+
+
+def _job(tmp: Path, raw: Path, *, epochs: int, lr: float = 0.001) -> Path:
+    config = tmp / "job.yaml"
+    config.write_text(
+        f"""
+name: tune
+data: {{format: criteo, path: {raw}, min_count: 2, split: {{valid: 0.2, test: 0.2, seed: 1}}}}
+model: {{backbone: lr}}
+embedding: {{method: full, dim: 4}}
+train: {{batch_size: 512, epochs: {epochs}, lr: {lr}, patience: 5}}
+tracking: {{uri: "sqlite:///{tmp / "mlflow.db"}", experiment: tune}}
+output: {tmp / "runs"}
+"""
+    )
+    return config
+
+
+def _space(tmp: Path, text: str) -> Path:
+    path = tmp / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_space_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="space.train.lr: unknown kind 'logunif'"):
+        parse_space({"space": {"train.lr": {"logunif": [0.1, 1]}}})
+    with pytest.raises(ConfigError, match="loguniform needs low > 0"):
+        parse_space({"space": {"train.lr": {"loguniform": [0, 1]}}})
+    with pytest.raises(ConfigError, match="unknown key 'trails'"):
+        parse_space({"trails": 3, "space": {"train.lr": {"choice": [0.1]}}})
+    space = parse_space({"trials": 3, "space": {"model.hidden": {"choice": [[8], [16, 16]]}}})
+    assert space.trials == 3 and space.params[0].values == ([8], [16, 16])
+
+
+def test_unknown_config_key_in_the_space_fails_before_any_work(tmp_path: Path) -> None:
+    config = _job(tmp_path, tmp_path / "missing.tsv", epochs=1)
+    space = _space(tmp_path, "space: {train.lrr: {choice: [0.1]}}\n")
+    done = plexus("tune", str(config), "--space", str(space), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "space.train.lrr" in done.stderr and "train.lrr" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_two_trial_tune_finds_the_planted_learning_rate(tmp_path: Path) -> None:
+    """LR needs a large step to learn the planted weights in 2 epochs: 1e-5 stays at chance."""
+    raw = synth_criteo(tmp_path / "criteo.tsv", rows=6000, seed=3)
+    config = _job(tmp_path, raw, epochs=2)
+    space = _space(tmp_path, "space:\n  train.lr: {grid: [0.00001, 0.05]}\n")
+    done = plexus(
+        "tune", str(config), "--space", str(space), "--trials", "1", cwd=tmp_path, timeout=1200
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    best_path = Path(done.stdout.strip().splitlines()[-1])
+    best = yaml.safe_load(best_path.read_text())
+    assert best["train"]["lr"] == 0.05 and best["model"]["backbone"] == "lr"
+    summary = json.loads((best_path.parent / "summary.json").read_text())
+    assert summary["trials"] == 2 and summary["best_valid_auc"] > 0.6
+    assert summary["test_auc"] > 0.6
+    trials = json.loads((best_path.parent / "trials.json").read_text())["trials"]
+    assert {t["status"] for t in trials} == {"ok"}
+    assert min(t["valid_auc"] for t in trials) < 0.58  # the tiny step barely moved
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent_id = next(ln for ln in done.stdout.splitlines() if "MLflow run:" in ln).split()[-1]
+    parent = client.get_run(parent_id)
+    assert parent.data.metrics["test_auc"] == pytest.approx(summary["test_auc"])
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    trial_runs = [r for r in children if "plexus.trial" in r.data.tags]
+    assert len(trial_runs) == 2 and {r.info.status for r in trial_runs} == {"FINISHED"}
+    steps = {
+        float(r.data.params["train.lr"]): [
+            m.step for m in client.get_metric_history(r.info.run_id, "valid_auc")
+        ]
+        for r in trial_runs
+    }
+    assert steps[0.05] == [1, 2]  # the best trial ran every epoch
+    assert steps[0.00001] in ([1], [1, 2])  # ASHA may stop the weak one after its first rung
+    best_run = next(r for r in trial_runs if r.info.run_id == summary.get("best_run_id"))
+    assert best_run.data.metrics["test_auc"] == pytest.approx(summary["test_auc"])
+
+
+@pytest.mark.slow
+def test_a_killed_tuning_resumes_and_keeps_finished_trials(tmp_path: Path) -> None:
+    raw = synth_criteo(tmp_path / "criteo.tsv", rows=20_000, seed=4)
+    config = _job(tmp_path, raw, epochs=6)
+    space = _space(
+        tmp_path,
+        "trials: 4\ncpus_per_trial: 2\nscheduler: {grace_period: 6}\n"
+        "space:\n  train.lr: {loguniform: [0.001, 0.05]}\n",
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*PLEXUS, "tune", str(config), "--space", str(space)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline, seen = time.monotonic() + 400, ""
+    while time.monotonic() < deadline:  # kill once a trial finished and the next one started
+        line = proc.stdout.readline()
+        seen += line
+        if seen.count("epoch 6/6") >= 1 and line.count("epoch 2/6") or not line:
+            break
+    assert "epoch 6/6" in seen, seen[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    tuner = next((tmp_path / "runs" / "tune").glob("tune-*")) / "tuner"
+    before = sorted(p.name for p in tuner.glob("run_trial_*"))
+    resumed = plexus("tune", str(config), "--space", str(space), cwd=tmp_path, timeout=1200)
+    text = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, text[-4000:]
+    assert "resuming the tuning" in text
+    after = sorted(p.name for p in tuner.glob("run_trial_*"))
+    assert set(before) <= set(after) and len(after) == 4  # same trials, none sampled anew
+    assert text.count("epoch 1/6") < 4  # the finished trial was not trained again
+    trials = json.loads((tuner.parent / "trials.json").read_text())["trials"]
+    assert len(trials) == 4 and all(t["status"] == "ok" for t in trials)
+
+    # The best config is a job config `plexus run` takes as it is.
+    best_path = Path(resumed.stdout.strip().splitlines()[-1])
+    run = plexus("run", str(best_path), cwd=tmp_path, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads(Path(run.stdout.strip().splitlines()[-1]).read_text())
+    assert metrics["test_auc"] > 0.6
