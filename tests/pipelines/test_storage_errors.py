@@ -60,5 +60,6 @@ def test_ingest_on_a_full_or_read_only_disk_fails_clearly_and_keeps_the_old_shar
     failed = plexus("ingest", str(config), cwd=tmp_path)
     assert failed.returncode == 2, failed.stderr[-2000:]
     assert message in failed.stderr and "Traceback" not in failed.stderr
+    assert str(small_disk) in failed.stderr  # the error names where it could not write
     assert _digest(small_disk / "data") == before  # the previous good output, untouched
     assert [p.name for p in small_disk.iterdir()] == ["data"]  # no temporary folder left

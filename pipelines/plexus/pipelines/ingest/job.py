@@ -176,6 +176,11 @@ def ingest(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         _replace(tmp, out)
+    except OSError as exc:  # a full or read-only disk: name the output (pyarrow's error does not)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno is not None and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
