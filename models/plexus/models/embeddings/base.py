@@ -48,6 +48,25 @@ class EmbeddingMethod(str, enum.Enum):  # noqa: UP042  (str mixin, as FeatureKin
     MAGNITUDE_PRUNING = "magnitude_pruning"
 
 
+PLAIN_METHODS = (
+    EmbeddingMethod.FULL,
+    EmbeddingMethod.HASHING,
+    EmbeddingMethod.MULTIPLEXED,
+    EmbeddingMethod.UNIFIED,
+)
+
+
+def coerce_base(options: Any, method: str) -> None:
+    """Make a learned method's `options.base` a plain `EmbeddingMethod` (the tables it builds
+    on), or fail naming `embedding.options.base` and the bases `method` accepts."""
+    coerce_choice(options, "base", EmbeddingMethod, "embedding.options.base")
+    if options.base not in PLAIN_METHODS:
+        raise ConfigError(
+            f"embedding.options.base={options.base.value!r}: {method} builds on "
+            f"{', '.join(m.value for m in PLAIN_METHODS)}"
+        )
+
+
 # Typed option classes of the methods that have options of their own (`embedding.options`),
 # filled by `register_embedding(method, options=...)`.
 _METHOD_OPTIONS: dict[EmbeddingMethod, type] = {}

@@ -65,7 +65,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod, pool_padded
+from plexus.models.embeddings.base import (
+    EmbeddingConfig,
+    EmbeddingMethod,
+    coerce_base,
+    pool_padded,
+)
 from plexus.models.embeddings.hashed import HashedEmbeddingTables
 from plexus.models.embeddings.protocol import (
     BatchSource,
@@ -79,18 +84,12 @@ from plexus.models.embeddings.protocol import (
 from plexus.models.embeddings.registry import method_class, register_embedding
 from plexus.models.layers.hashing import hash_bucket
 from plexus.platform.config import coerce_choice
-from plexus.platform.errors import ConfigError, DataError
+from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Encoding, Feature
 from torch import nn
 from torch.nn import functional
 from torchrec import KeyedJaggedTensor, KeyedTensor
 
-_PLAIN = (
-    EmbeddingMethod.FULL,
-    EmbeddingMethod.HASHING,
-    EmbeddingMethod.MULTIPLEXED,
-    EmbeddingMethod.UNIFIED,
-)
 NO_BOUND = 2**62  # padding of the block boundaries: never reached
 WARMUP, SEARCH, PRUNE, RETRAIN = "warmup", "search", "prune", "retrain"
 _PHASES = {WARMUP: 0, SEARCH: 1, PRUNE: 2, RETRAIN: 2}
@@ -119,12 +118,7 @@ class DNISConfig:
     retrain_init: StageInit = StageInit.CONTINUE  # continue (fine-tune), rewind or fresh
 
     def __post_init__(self) -> None:
-        coerce_choice(self, "base", EmbeddingMethod, "embedding.options.base")
-        if self.base not in _PLAIN:
-            raise ConfigError(
-                f"embedding.options.base={self.base.value!r}: DNIS builds on "
-                f"{', '.join(m.value for m in _PLAIN)}"
-            )
+        coerce_base(self, "DNIS")
         coerce_choice(self, "retrain_init", StageInit, "embedding.options.retrain_init")
         if self.storage is not None:
             coerce_choice(self, "storage", Storage, "embedding.options.storage")
@@ -251,38 +245,10 @@ class DNISTables(HashedEmbeddingTables):
         block = self.block_of(self._probe_feature[probe], ids)
         return vectors * self.alpha[probe, block]
 
-    def _flat_ids(
-        self, features: KeyedJaggedTensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw ids regrouped per probe, probe-major in `self.probes` order (what `remap`
-        hashes), their hashed rows and the probes' bag lengths (P * B,)."""
-        keys, batch = features.keys(), features.stride()
-        try:
-            source = torch.tensor([keys.index(n) for n in self.feature_names])
-        except ValueError as exc:
-            raise DataError(
-                f"sparse input lacks a feature: needs {list(self.feature_names)}, got {keys}"
-            ) from exc
-        lengths = features.lengths().view(len(keys), batch).to(torch.int64)
-        key_lengths = lengths.sum(1)
-        key_starts = torch.cumsum(key_lengths, 0) - key_lengths
-        src = source.to(self._probe_feature.device)[self._probe_feature]
-        seg_len = key_lengths[src]
-        total = int(seg_len.sum())
-        out_starts = torch.cumsum(seg_len, 0) - seg_len
-        shift = torch.repeat_interleave(key_starts[src] - out_starts, seg_len, output_size=total)
-        ids = features.values()[shift + torch.arange(total, device=shift.device)].to(torch.int64)
-        expand = lambda t: torch.repeat_interleave(t, seg_len, output_size=total)  # noqa: E731
-        buckets = expand(self._buckets)
-        rows = hash_bucket(
-            ids, expand(self._seed_lo), expand(self._seed_hi), buckets, exportable=False
-        )
-        rows = torch.where(expand(self._identity), torch.remainder(ids, buckets), rows)
-        return ids, rows, lengths[src].flatten()
-
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         batch = features.stride()
-        ids, rows, lengths = self._flat_ids(features)
+        ids, rows, lengths = self.probe_ids(features)
+        ids = ids.to(torch.int64)
         bag = torch.repeat_interleave(
             torch.arange(lengths.numel(), device=ids.device), lengths, output_size=ids.numel()
         )

@@ -40,11 +40,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod
+from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod, coerce_base
 from plexus.models.embeddings.protocol import StepContext
 from plexus.models.embeddings.registry import register_embedding
-from plexus.models.embeddings.sparse_storage import MaskedTables, check_fraction, plain_bases
-from plexus.platform.config import coerce_choice
+from plexus.models.embeddings.sparse_storage import MaskedTables, check_fraction
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Feature
 
@@ -69,12 +68,7 @@ class DSLConfig:
     total_steps: int | None = None  # planned steps when the training loop cannot tell
 
     def __post_init__(self) -> None:
-        coerce_choice(self, "base", EmbeddingMethod, "embedding.options.base")
-        if self.base not in plain_bases():
-            raise ConfigError(
-                f"embedding.options.base={self.base.value!r}: DSL builds on "
-                f"{', '.join(m.value for m in plain_bases())}"
-            )
+        coerce_base(self, "DSL")
         if self.density is not None and self.byte_budget is not None:
             raise ConfigError(
                 "embedding.options: give density or byte_budget, not both (byte_budget "

@@ -181,6 +181,19 @@ class HashedEmbeddingTables(EmbeddingTables):
 
     def remap(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """Raw ids (one key per feature) -> hashed rows (one key per probe), same lengths."""
+        _, rows, lengths = self.probe_ids(features)
+        return KeyedJaggedTensor(
+            keys=[p.key for p in self.probes],
+            values=rows,
+            lengths=lengths.to(features.lengths().dtype),
+            stride=features.stride(),
+        )
+
+    def probe_ids(
+        self, features: KeyedJaggedTensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw ids regrouped per probe, probe-major in `self.probes` order, their hashed rows
+        (both (N,)) and the probes' bag lengths (P * B,) int64."""
         keys = features.keys()
         batch = features.stride()
         try:
@@ -207,12 +220,7 @@ class HashedEmbeddingTables(EmbeddingTables):
         )
         if bool(self._identity.any()):
             rows = torch.where(expand(self._identity), torch.remainder(ids, buckets), rows)
-        return KeyedJaggedTensor(
-            keys=[p.key for p in self.probes],
-            values=rows,
-            lengths=lengths[src].flatten().to(features.lengths().dtype),
-            stride=batch,
-        )
+        return ids, rows, lengths[src].flatten()
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         probes = self.remap(features)

@@ -22,16 +22,19 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
-from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod, EmbeddingTables
+from plexus.models.embeddings.base import (
+    EmbeddingConfig,
+    EmbeddingMethod,
+    EmbeddingTables,
+    coerce_base,
+)
 from plexus.models.embeddings.protocol import Stage
 from plexus.models.embeddings.registry import register_embedding
 from plexus.models.embeddings.sparse_storage import (
     MaskedTables,
     check_fraction,
-    plain_bases,
     sparse_bytes,
 )
-from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Feature
 
@@ -48,12 +51,7 @@ class MagnitudePruningConfig:
     scope: str = "global"  # rank magnitudes over all tables, or per "table"
 
     def __post_init__(self) -> None:
-        coerce_choice(self, "base", EmbeddingMethod, "embedding.options.base")
-        if self.base not in plain_bases():
-            raise ConfigError(
-                f"embedding.options.base={self.base.value!r}: magnitude pruning builds on "
-                f"{', '.join(m.value for m in plain_bases())}"
-            )
+        coerce_base(self, "magnitude pruning")
         if self.density is not None and self.byte_budget is not None:
             raise ConfigError("embedding.options: give density or byte_budget, not both")
         check_fraction(self.density, "embedding.options.density")

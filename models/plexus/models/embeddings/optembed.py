@@ -50,6 +50,7 @@ from plexus.models.embeddings.base import (
     EmbeddingConfig,
     EmbeddingMethod,
     EmbeddingTables,
+    coerce_base,
     init_weight,
     pool_padded,
 )
@@ -68,13 +69,6 @@ from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Feature
 from torch import nn
 from torchrec import KeyedJaggedTensor, KeyedTensor
-
-_PLAIN = (
-    EmbeddingMethod.FULL,
-    EmbeddingMethod.HASHING,
-    EmbeddingMethod.MULTIPLEXED,
-    EmbeddingMethod.UNIFIED,
-)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -100,12 +94,7 @@ class OptEmbedConfig:
     retrain_init: StageInit = StageInit.REWIND  # or "fresh"
 
     def __post_init__(self) -> None:
-        coerce_choice(self, "base", EmbeddingMethod, "embedding.options.base")
-        if self.base not in _PLAIN:
-            raise ConfigError(
-                f"embedding.options.base={self.base.value!r}: OptEmbed builds on "
-                f"{', '.join(m.value for m in _PLAIN)}"
-            )
+        coerce_base(self, "OptEmbed")
         coerce_choice(self, "retrain_init", StageInit, "embedding.options.retrain_init")
         if self.retrain_init is StageInit.CONTINUE:
             raise ConfigError("embedding.options.retrain_init must be 'rewind' or 'fresh'")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingTables, pool_padded
@@ -305,18 +304,6 @@ def check_fraction(value: float | None, key: str) -> None:
     """A density or byte budget in (0, 1], or a ConfigError naming `key`."""
     if value is not None and not 0.0 < value <= 1.0:
         raise ConfigError(f"{key}={value} must be in (0, 1]")
-
-
-def plain_bases() -> tuple[Any, ...]:
-    """The bases a sparse method may train on (the plain, unlearned methods)."""
-    from plexus.models.embeddings.base import EmbeddingMethod
-
-    return (
-        EmbeddingMethod.FULL,
-        EmbeddingMethod.HASHING,
-        EmbeddingMethod.MULTIPLEXED,
-        EmbeddingMethod.UNIFIED,
-    )
 
 
 __all__ = [
