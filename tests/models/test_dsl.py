@@ -51,12 +51,7 @@ def _train(model, batches, *, total_steps: int | None, check=None) -> list[torch
     for step, batch in enumerate(batches, 1):
         before = [m.clone() for m in model.embeddings.masks()]
         loss = loss_fn(model(batch.dense, batch.sparse), batch.labels)
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for optimizer in optimizers:
-            optimizer.step()
-        protocol.after_step(model, optimizers, total_steps=total_steps)
+        protocol.training_step(model, loss, optimizers, total_steps=total_steps)
         if check is not None:
             check(step, before, optimizers)
     return optimizers

@@ -198,6 +198,28 @@ def after_step(
         tables.after_step(context)
 
 
+def training_step(
+    model: nn.Module,
+    task_loss: torch.Tensor,
+    optimizers: Sequence[torch.optim.Optimizer],
+    *,
+    step: Sequence[torch.optim.Optimizer] | None = None,
+    total_steps: int | None = None,
+) -> None:
+    """One optimiser step under the protocol: the tables' `extra_loss` added to `task_loss`,
+    every optimiser's gradients cleared, backward, the `step` optimisers (default: all) stepped,
+    then the tables' `after_step` over them."""
+    extra = extra_loss(model)
+    loss = task_loss if extra is None else task_loss + extra
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    stepped = optimizers if step is None else step
+    for optimizer in stepped:
+        optimizer.step()
+    after_step(model, stepped, total_steps=total_steps)
+
+
 def model_stages(model: nn.Module) -> tuple[Stage, ...]:
     """The stages of the model's learned tables (at most one table may define several)."""
     staged = [t.stages() for t in embedding_tables(model) if t.stages() != SINGLE_STAGE]

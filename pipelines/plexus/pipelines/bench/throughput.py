@@ -42,15 +42,7 @@ def train_step(
 
     def step(batch: Batch) -> None:
         loss = loss_fn(model(batch.dense, batch.sparse), batch.labels)
-        extra = protocol.extra_loss(model)
-        if extra is not None:
-            loss = loss + extra
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for optimizer in optimizers:
-            optimizer.step()
-        protocol.after_step(model, optimizers, total_steps=total_steps)
+        protocol.training_step(model, loss, optimizers, total_steps=total_steps)
 
     return step
 

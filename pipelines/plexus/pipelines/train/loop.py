@@ -128,24 +128,13 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) 
         ):
             batch = batch_from_arrow(table, spec)
             task_loss = loss_fn(model(batch.dense, batch.sparse), batch.labels)
-            extra = protocol.extra_loss(module)
-            loss = task_loss if extra is None else task_loss + extra
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in train_optimizers:
-                optimizer.step()
-            protocol.after_step(module, train_optimizers, total_steps=planned_steps)
+            protocol.training_step(
+                module, task_loss, optimizers, step=train_optimizers, total_steps=planned_steps
+            )
             if valid_draws is not None:  # the bi-level step on a validation batch
                 held_out = next(valid_draws)
                 valid_loss = loss_fn(model(held_out.dense, held_out.sparse), held_out.labels)
-                extra = protocol.extra_loss(module)
-                for optimizer in optimizers:
-                    optimizer.zero_grad(set_to_none=True)
-                (valid_loss if extra is None else valid_loss + extra).backward()
-                for optimizer in valid_optimizers:
-                    optimizer.step()
-                protocol.after_step(module, valid_optimizers)
+                protocol.training_step(module, valid_loss, optimizers, step=valid_optimizers)
             examples += batch.labels.numel()
             loss_sum += float(task_loss.detach())
             steps += 1
