@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 export PLEXUS_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test test-slow test-all lint typecheck bench-ingest bench-train bench-quality clean
+.PHONY: demo demo-ctr test test-reliability test-slow test-all lint typecheck bench-ingest bench-train bench-quality clean postgres test-server registry-server
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The mission end to end: log -> ingest -> train (local Ray) -> kNN-Embed -> ONNX -> registry
+# @champion -> service on 127.0.0.1 -> one retrieval answered (`[plexus] served: ...`).
 demo: $(STAMP)
+	$(BIN)/plexus demo
+
+# The CTR job on its own: synthetic Criteo -> ingest -> DeepFM -> test AUC, tracked in MLflow.
+demo-ctr: $(STAMP)
 	$(BIN)/plexus data synth --format criteo --rows 200000 --out runs/synthetic/criteo_200k.tsv
 	$(BIN)/plexus run synthetic
 	@echo
@@ -30,8 +36,27 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# PostgreSQL for the registry-server tests, from Debian's package, only when it is missing.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -q && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+
+# Jobs, registry, promotion gate and service against an MLflow server on PostgreSQL (slow).
+test-server: $(STAMP) postgres
+	$(BIN)/python -m pytest -q -m slow tests/pipelines/test_registry_server.py
+
+# An MLflow tracking server on a throwaway PostgreSQL until Ctrl-C; prints MLFLOW_TRACKING_URI.
+registry-server: $(STAMP) postgres
+	$(BIN)/python -m plexus.pipelines.registry_server --root runs/registry
+
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The reliability table (README): every fault, bad-input and bundle case, slow ones included.
+test-reliability: $(STAMP)
+	PLEXUS_RELIABILITY_OUT=runs/reliability $(BIN)/python -m pytest -q -m reliability
+	@cat runs/reliability/results.md
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"

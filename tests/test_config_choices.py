@@ -14,6 +14,7 @@ from plexus.models.backbones.base import Backbone, ModelConfig
 from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod
 from plexus.models.retrieval import KnnEmbedConfig, LossKind, QueryVariant
 from plexus.pipelines.ingest.config import HoldOut, InteractionsConfig, InteractionSplit
+from plexus.pipelines.promote import GateMetric, PromoteConfig
 from plexus.pipelines.retrieval.train import LrSchedule, RetrievalTrainConfig
 from plexus.platform.errors import ConfigError
 from plexus.serving.config import Batching, ServeConfig
@@ -27,6 +28,7 @@ CHOICES: list[tuple[type, dict[str, Any], str, type[enum.Enum], str]] = [
     (InteractionsConfig, {}, "validation_pick", HoldOut, "data.interactions.validation_pick"),
     (KnnEmbedConfig, {}, "query_variant", QueryVariant, "knn_embed.query_variant"),
     (ServeConfig, {"model": "m@champion"}, "batching", Batching, "serve.batching"),
+    (PromoteConfig, {}, "metric", GateMetric, "promote.metric"),
 ]
 
 

@@ -112,17 +112,24 @@ def test_knn_embed_tables_and_query_outputs() -> None:
     user = torch.tensor([1, 0, 0])
     hist = torch.tensor([[1, 2, 0], [3, 0, 0], [0, 0, 0]])
     with torch.no_grad():
-        q, mixture, components = query(user, hist, (hist > 0).float())
-    assert q.shape == (3, 4) and mixture.shape == (3, 3) and components.shape == (3, 3, 4)
-    torch.testing.assert_close(mixture.sum(1), torch.ones(3))
+        q, own, components = query(user, hist, (hist > 0).float())
+    assert q.shape == (3, 4) and own.shape == (3, 3) and components.shape == (3, 3, 4)
+    torch.testing.assert_close(own.sum(1), torch.tensor([1.0, 1.0, 0.0]))  # no history: 0
     torch.testing.assert_close(components.norm(dim=-1), torch.ones(3, 3))
+    mixture = query.smoothed_mixture(user, q, own, state)
+    torch.testing.assert_close(mixture.sum(1), torch.ones(3))
+    # The query graph holds no user table of its own beyond the model's, nor distributions.
+    names = {name for name, _ in query.named_buffers()}
+    assert not names & {"user_table", "user_dist", "user_ids"}, names
 
 
 def test_without_smoothing_the_mixture_is_the_history_histogram() -> None:
     _, state, query, _ = _fitted(0.0)
     hist = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
-        _, mixture, _ = query(torch.tensor([0]), hist, torch.ones(1, 4))
+        q, own, _ = query(torch.tensor([0]), hist, torch.ones(1, 4))
+    mixture = query.smoothed_mixture(torch.tensor([0]), q, own, state)
+    torch.testing.assert_close(own[0], mixture[0])
     expected = torch.bincount(state.item_clusters[hist[0]], minlength=3).float() / 4
     torch.testing.assert_close(mixture[0], expected)
 
@@ -132,7 +139,8 @@ def test_neighbours_never_include_the_user_itself() -> None:
     # With smoothing 1 the mixture is the mean of the 2 neighbours' distributions; user 1's
     # own distribution must not be among them even though it is its own nearest neighbour.
     with torch.no_grad():
-        q, mixture, _ = query(torch.tensor([1]), histories[1:2], (histories[1:2] > 0).float())
+        q, own, _ = query(torch.tensor([1]), histories[1:2], (histories[1:2] > 0).float())
+    mixture = query.smoothed_mixture(torch.tensor([1]), q, own, state)
     sims = q @ state.user_table.T
     sims[0, 0] = sims[0, 1] = -10.0
     top = torch.topk(sims, 2, dim=1).indices[0]

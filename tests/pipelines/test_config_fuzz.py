@@ -12,8 +12,11 @@ CTR_CONFIGS = ["criteo", "avazu", "movielens", "movielens_1m", "synthetic"]
 BAD_VALUES = ["x", "-1", "0", "1.5", "[1, 2]", "{a: 1}", "null", "true", "''", "1e400"]
 
 
+@pytest.mark.reliability("input", "every config key with wrong values: loads or names the key")
 @pytest.mark.parametrize("name", CTR_CONFIGS)
-def test_every_key_with_wrong_values_loads_or_names_the_key(name: str, monkeypatch) -> None:
+def test_every_key_with_wrong_values_loads_or_names_the_key(
+    name: str, monkeypatch, record_property
+) -> None:
     monkeypatch.setenv("PLEXUS_DATA", "/data")
     path = bundled_config(name)
     keys = sorted(config_io.flatten(load_job_config(path)))
@@ -28,4 +31,6 @@ def test_every_key_with_wrong_values_loads_or_names_the_key(name: str, monkeypat
                 named += 1
                 leaf = key.rsplit(".", 1)[-1]
                 assert leaf in str(exc) or key.split(".")[0] in str(exc), (key, value, str(exc))
+    record_property("inputs", tried)
+    record_property("refused_naming_the_key", named)
     assert named > tried // 3  # most wrong values are refused (a test that cannot fail is none)

@@ -241,7 +241,7 @@ def test_crash_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     def boom(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(job.pq, "write_table", boom)
+    monkeypatch.setattr(job.pq.ParquetWriter, "write_table", boom)  # shards are streamed
     changed = DataConfig(format=DataFormat.CRITEO, path=str(src), min_count=2)
     with pytest.raises(OSError, match="disk full"):
         ingest(changed, output=tmp_path / "out", progress=False)

@@ -78,6 +78,7 @@ def _bundled(name: str) -> Path:
     return bundled_config(name)
 
 
+@pytest.mark.reliability("fault", "torn checkpoint: resume falls back to the previous good one")
 def test_a_torn_checkpoint_falls_back_to_the_previous_good_one(tmp_path: Path, capsys) -> None:
     storage = tmp_path / "ray"
     for epoch in (1, 2):

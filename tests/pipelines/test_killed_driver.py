@@ -14,6 +14,9 @@ from cli_runner import PLEXUS, plexus, tiny_ctr_job
 from plexus.pipelines import reaper
 
 
+@pytest.mark.reliability(
+    "fault", "driver killed after its first epoch: no process left, the rerun resumes"
+)
 @pytest.mark.parametrize(
     "signum", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)]
 )

@@ -89,7 +89,7 @@ def test_job_registers_a_new_bundle_version_each_time(tmp_path: Path, mlflow_uri
     assert summary["export"]["index_recall_vs_exact"]["20"] == 1.0
     rows = json.loads((Path(summary["output"]) / "results.json").read_text())
     assert {(r["method"], r["k"]) for r in rows} == {
-        (m, k) for m in ("single", "knn_embed") for k in (5, 10)
+        (m, k) for m in ("single", "knn_embed", "popular") for k in (5, 10)
     }
     _check_registered(mlflow_uri, "1", user=3)
     again = export_retrieval(config)

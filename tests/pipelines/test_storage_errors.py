@@ -38,6 +38,9 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.reliability(
+    "fault", "ingest onto a full or read-only disk: one-line error, old shards kept"
+)
 @pytest.mark.parametrize(
     ("trouble", "message"),
     [("full", "the disk is full"), ("read-only", "the file system is read-only")],

@@ -100,6 +100,7 @@ def test_bad_override_names_the_key(tmp_path: Path) -> None:
     assert "train.epochz" in out.stderr
 
 
+@pytest.mark.reliability("fault", "training crash: the rerun resumes from the last checkpoint")
 def test_training_resumes_from_the_last_checkpoint_after_a_crash(tmp_path: Path) -> None:
     raw = synth_criteo(tmp_path / "criteo.tsv", rows=20_000, seed=4)
     config = _config(tmp_path, raw, epochs=3)

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from plexus.pipelines.bench.serve import build_synthetic_bundle
+from plexus.serving.process import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,56 +82,23 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     return Registry(tmp_path_factory.mktemp("mlflow"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Service:
-    """`python -m plexus.serving` in a subprocess on 127.0.0.1."""
+class Service(ServiceProcess):
+    """`python -m plexus.serving` in a subprocess on 127.0.0.1, its download cache in `cache`."""
 
     def __init__(
         self, model: str, *, tracking_uri: str, cache: Path, extra: tuple[str, ...] = ()
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = cache / "service.log"
-        cache.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        cmd = [
-            sys.executable, "-m", "plexus.serving", "--model", model, "--port", str(self.port),
-            "--tracking-uri", tracking_uri, "--cache-dir", str(cache / "dl"), "--log-level", "info",
-            *extra,
-        ]  # fmt: skip
-        self._log_file = self.log.open("w")
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT
+        super().__init__(
+            model,
+            log=cache / "service.log",
+            tracking_uri=tracking_uri,
+            cache_dir=cache / "dl",
+            extra=("--log-level", "info", *extra),
+            cwd=ROOT,
         )
 
-    def wait_ready(self, timeout: float = 60.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"service exited {self.proc.returncode}:\n{self.log.read_text()}"
-                )
-            try:
-                r = httpx.get(f"{self.url}/readyz", timeout=1.0)
-                if r.status_code == 200:
-                    return r.json()
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"service not ready after {timeout} s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log_file.close()
+    def wait_ready(self, timeout: float = 60.0, *, version: str | None = None) -> dict:
+        return super().wait_ready(timeout, version=version)
 
 
 @pytest.fixture(scope="session")

@@ -100,6 +100,7 @@ def test_rejects_a_folder_that_is_not_a_bundle(tmp_path: Path, planted) -> None:
         Bundle.load(bad)
 
 
+@pytest.mark.reliability("bundle", "bundle file truncated or altered: refused at load")
 @pytest.mark.parametrize(
     "name", ["query.onnx", "items.faiss", "seen_items.npy", "feature_spec.json"]
 )
@@ -118,6 +119,7 @@ def test_a_truncated_or_altered_file_is_refused_at_load(tmp_path: Path, planted,
         Bundle.load(copy)
 
 
+@pytest.mark.reliability("bundle", "manifest naming a path outside the bundle: refused")
 def test_a_manifest_naming_a_file_outside_the_bundle_is_refused(tmp_path: Path, planted) -> None:
     folder, _ = planted
     copy = tmp_path / "copy"

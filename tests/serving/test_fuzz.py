@@ -77,9 +77,11 @@ FUZZ = settings(
 )
 
 
+@pytest.mark.reliability("input", "POST /v1/retrieve: near-valid queries (hypothesis)")
 @FUZZ
 @given(body=QUERY)
-def test_near_valid_queries(client: TestClient, body: dict) -> None:
+def test_near_valid_queries(client: TestClient, body: dict, record_property) -> None:
+    record_property("inputs", 1)
     response = client.post("/v1/retrieve", content=_dumps(body))
     _check(response)
     if response.status_code == 200:
@@ -90,16 +92,20 @@ def test_near_valid_queries(client: TestClient, body: dict) -> None:
         assert not set(payload["items"]) & set(body.get("exclude") or [])
 
 
+@pytest.mark.reliability("input", "both endpoints: arbitrary JSON (hypothesis)")
 @FUZZ
 @given(body=JSON)
-def test_arbitrary_json(client: TestClient, body) -> None:
+def test_arbitrary_json(client: TestClient, body, record_property) -> None:
+    record_property("inputs", 1)
     _check(client.post("/v1/retrieve", content=_dumps(body)))
     _check(client.post("/v1/retrieve/batch", content=_dumps({"requests": body})))
 
 
+@pytest.mark.reliability("input", "POST /v1/retrieve/batch: near-valid batches (hypothesis)")
 @FUZZ
 @given(queries=st.lists(QUERY, min_size=0, max_size=6))
-def test_batch_of_near_valid_queries(client: TestClient, queries: list) -> None:
+def test_batch_of_near_valid_queries(client: TestClient, queries: list, record_property) -> None:
+    record_property("inputs", 1)
     response = client.post("/v1/retrieve/batch", content=_dumps({"requests": queries}))
     _check(response)
     if response.status_code == 200:
@@ -109,9 +115,11 @@ def test_batch_of_near_valid_queries(client: TestClient, queries: list) -> None:
             assert ("items" in result) != ("error" in result)
 
 
+@pytest.mark.reliability("input", "POST /v1/retrieve: raw bytes (hypothesis)")
 @FUZZ
 @given(raw=st.binary(max_size=5000))
-def test_raw_bytes(client: TestClient, raw: bytes) -> None:
+def test_raw_bytes(client: TestClient, raw: bytes, record_property) -> None:
+    record_property("inputs", 1)
     _check(client.post("/v1/retrieve", content=raw))
 
 

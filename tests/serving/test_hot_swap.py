@@ -7,6 +7,7 @@ import threading
 import time
 
 import httpx
+import pytest
 from plexus.serving.bundle import Bundle
 
 
@@ -31,6 +32,9 @@ def _wait(predicate, timeout: float = 30.0) -> None:
     raise TimeoutError("condition not reached")
 
 
+@pytest.mark.reliability(
+    "bundle", "hot swap under load, then a broken version: no failed request, broken one refused"
+)
 def test_hot_swap_under_load_has_no_failed_request(registry, bundle_dirs, start_service) -> None:
     registry.register("swap", bundle_dirs["v1"])
     service = start_service(
@@ -82,3 +86,6 @@ def test_hot_swap_under_load_has_no_failed_request(registry, bundle_dirs, start_
     assert "plexus_model_swaps_total 2" in text
     assert f'plexus_model_last_refusal_info{{version="{v3}",reason=' in text
     assert "refused swap v3" in service.log.read_text()
+    # The download cache keeps the serving and the previous version, not the refused one.
+    cached = {p.name for p in (service.log.parent / "dl").iterdir()}
+    assert cached == {"swap-v1", f"swap-v{v2}"}, cached

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Service, free_port
+from conftest import Service
+from plexus.serving.process import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +83,9 @@ def _metric(service: Service, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
+@pytest.mark.reliability(
+    "fault", "registry server stopped while serving: serving and ready, recovers"
+)
 def test_service_survives_a_registry_outage(bundle_dirs, tmp_path: Path) -> None:
     server = MlflowServer(tmp_path, free_port())
     service = None

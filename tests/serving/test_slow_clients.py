@@ -6,8 +6,10 @@ import socket
 import time
 
 import httpx
+import pytest
 
 
+@pytest.mark.reliability("fault", "half-open request: 408 after the body timeout")
 def test_a_half_open_request_gets_a_408_after_the_body_timeout(
     bundle_dirs, registry, start_service
 ) -> None:

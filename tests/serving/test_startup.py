@@ -20,6 +20,7 @@ def _serve(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str
     )
 
 
+@pytest.mark.reliability("fault", "service start with a missing bundle folder: exit 2 naming it")
 def test_a_missing_bundle_folder_ends_the_service_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-bundle"
     done = _serve("--model", str(missing))
@@ -27,6 +28,7 @@ def test_a_missing_bundle_folder_ends_the_service_naming_it(tmp_path: Path) -> N
     assert "nothing to serve" in done.stderr and "no-such-bundle" in done.stderr
 
 
+@pytest.mark.reliability("fault", "service start with an unknown alias, model or version: exit 2")
 @pytest.mark.parametrize("model", ["retr@no-such-alias", "retr/99"])
 def test_an_unknown_alias_model_or_version_ends_the_service(registry, bundle_dirs, model) -> None:
     registry.register("retr", bundle_dirs["v1"])
@@ -35,6 +37,7 @@ def test_an_unknown_alias_model_or_version_ends_the_service(registry, bundle_dir
     assert "nothing to serve" in done.stderr and model.split("@")[0].split("/")[0] in done.stderr
 
 
+@pytest.mark.reliability("bundle", "broken first bundle: the service exits 2 instead of hanging")
 def test_a_broken_first_bundle_ends_the_service(bundle_dirs, tmp_path: Path) -> None:
     done = _serve("--model", str(bundle_dirs["broken"]), "--cache-dir", str(tmp_path / "dl"))
     assert done.returncode == 2

@@ -1,4 +1,4 @@
-"""The `plexus` command line: data, ingest, train, evaluate, run, bench.
+"""The `plexus` command line: data, ingest, train, evaluate, run, export, promote, serve, bench.
 
 Every job verb takes a config (a YAML path or the name of a bundled one, e.g. `criteo`) followed
 by `key=value` overrides, e.g. `plexus run criteo data.path=day_0.tsv train.epochs=3`.
@@ -36,6 +36,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
         raise ConfigError(f"--out {args.out}: is a folder; give a file path such as runs/c.tsv")
     if args.format == "criteo":
         path = synth.synth_criteo(out, rows=args.rows, seed=args.seed, malformed=args.malformed)
+    elif args.format == "interactions":
+        path = synth.synth_interactions(out, interactions=args.rows, seed=args.seed)
     else:
         path = synth.synth_movielens(out, ratings=args.rows, seed=args.seed)
     print(path)
@@ -107,11 +109,19 @@ def cmd_run(args: argparse.Namespace) -> None:
         outcome = run_retrieval_job(load_retrieval_config(path, args.overrides))
         print(f"[plexus] MLflow run: {outcome['run_id']}")
         print(f"[plexus] registered {outcome['model_name']} version {outcome['version']}")
+        if "promotion" in outcome:
+            print(f"[plexus] promotion gate: {outcome['promotion']['decision']}")
         print(outcome["output"])
         return
     result = run_job(_job(args), force=args.force)
     print(f"[plexus] MLflow run: {result.run_id}")
     print(result.metrics_path)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from plexus.pipelines.demo import run_demo
+
+    run_demo(interactions=args.interactions, folder=Path(args.out), overrides=args.overrides)
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -133,7 +143,20 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     outcome = export_retrieval(load_retrieval_config(config_path(args.config), args.overrides))
     print(f"[plexus] registered {outcome['model_name']} version {outcome['version']}")
+    if "promotion" in outcome:
+        print(f"[plexus] promotion gate: {outcome['promotion']['decision']}")
     print(outcome["version"])
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from plexus.pipelines.config import config_path
+    from plexus.pipelines.promote import promote
+    from plexus.pipelines.retrieval import load_retrieval_config
+
+    config = load_retrieval_config(config_path(args.config), args.overrides)
+    outcome = promote(config, candidate=args.candidate)
+    print(f"[plexus] {outcome.model}: {outcome.summary()}")
+    print(outcome.decision)
 
 
 def cmd_bench_retrieval(args: argparse.Namespace) -> None:
@@ -159,7 +182,9 @@ def _floats(listed: str | None) -> list[float]:
 def cmd_bench_ingest(args: argparse.Namespace) -> None:
     from plexus.pipelines.bench.ingest import bench_ingest
 
-    bench_ingest(Path(args.out), rows=args.rows, seed=args.seed)
+    bench_ingest(
+        Path(args.out), rows=args.rows, seed=args.seed, repeats=args.repeats, workers=args.workers
+    )
 
 
 def cmd_bench_train(args: argparse.Namespace) -> None:
@@ -229,25 +254,46 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(config_from_args(args))
 
 
+def cmd_daily(args: argparse.Namespace) -> None:
+    from plexus.pipelines.daily.job import run_days
+
+    job = _job(args)
+    state = Path(args.state) if args.state else Path(job.output or "runs") / job.name / "daily"
+    records = run_days(job, args.day, state, cold=args.cold)
+    print(f"[plexus] {len(records)} days; the last model: {records[-1]['model']}")
+    print(state / "latest.json")
+
+
+def cmd_bench_daily(args: argparse.Namespace) -> None:
+    from plexus.pipelines.daily.bench import bench_daily
+
+    bench_daily(
+        Path(args.out), days=args.days, rows=args.rows, drift=args.drift, epochs=args.epochs
+    )
+
+
 def cmd_bench_serve(args: argparse.Namespace) -> None:
     from plexus.pipelines.bench.serve import bench_serve
 
     bench_serve(
         Path(args.out),
         items=args.items,
+        users=args.users,
         duration=args.duration,
         concurrency=tuple(int(c) for c in args.concurrency.split(",")),
+        batching=tuple(args.batching.split(",")),
     )
+
+
+def bundled_config_names() -> list[str]:
+    """The bundled configs' names, read here rather than from `config` (which imports torch)."""
+    return sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
 
 
 def _add_job_args(parser: argparse.ArgumentParser, *, force: bool = True) -> None:
-    # The bundled configs' names, read here rather than from `config` (which imports torch).
-    bundled_config_names = sorted(
-        p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml")
-    )
     parser.add_argument(
         "config",
-        help=f"job YAML path or bundled config name ({', '.join(bundled_config_names)})",
+        help=f"job YAML path or bundled config name ({', '.join(bundled_config_names())})",
     )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
     if force:
@@ -264,11 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_verb", required=True
     )
     synth = data.add_parser("synth", help="write a synthetic dataset with planted signal")
-    synth.add_argument("--format", choices=("criteo", "movielens"), default="criteo")
     synth.add_argument(
-        "--rows", type=int, default=100_000, help="rows (criteo) or ratings (movielens)"
+        "--format", choices=("criteo", "movielens", "interactions"), default="criteo"
     )
-    synth.add_argument("--out", required=True, help="output file (criteo) or folder (movielens)")
+    synth.add_argument(
+        "--rows",
+        type=int,
+        default=100_000,
+        help="rows (criteo), ratings (movielens) or interactions (LightGCN)",
+    )
+    synth.add_argument("--out", required=True, help="output file (criteo) or folder")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--malformed", type=int, default=0, help="malformed lines to plant (criteo)")
     synth.set_defaults(func=cmd_synth)
@@ -281,6 +332,33 @@ def build_parser() -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=helptext)
         _add_job_args(sub, force=force)
         sub.set_defaults(func=func)
+
+    demo = verbs.add_parser(
+        "demo",
+        help="the whole mission on the embedded default: log -> ingest -> train -> export -> "
+        "registry -> service -> one retrieval answered",
+    )
+    demo.add_argument("--interactions", type=int, default=90_000, help="size of the synthetic log")
+    demo.add_argument("--out", default="runs/demo", help="folder for the log and service files")
+    demo.add_argument(
+        "overrides", nargs="*", help="overrides of the demo config, e.g. train.epochs=2"
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    daily = verbs.add_parser(
+        "daily",
+        help="train on daily snapshots in order, each day warm-started from the previous one",
+    )
+    _add_job_args(daily, force=False)
+    daily.add_argument(
+        "--day", action="append", required=True, metavar="FILE",
+        help="a day's input file; repeat in day order (days already trained are reused)",
+    )  # fmt: skip
+    daily.add_argument(
+        "--state", help="folder of the days' ids and models (default: runs/NAME/daily)"
+    )
+    daily.add_argument("--cold", action="store_true", help="train each day from scratch")
+    daily.set_defaults(func=cmd_daily)
 
     tune_verb = verbs.add_parser(
         "tune", help="hyper-parameter search on Ray Tune; writes the best config as a YAML"
@@ -299,6 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_job_args(export, force=False)
     export.set_defaults(func=cmd_export)
+
+    promote_verb = verbs.add_parser(
+        "promote",
+        help="move the serving alias to a registered retrieval version if it beats the champion",
+    )
+    _add_job_args(promote_verb, force=False)
+    promote_verb.add_argument(
+        "--candidate", metavar="VERSION", help="registered version to gate (default: the newest)"
+    )
+    promote_verb.set_defaults(func=cmd_promote)
 
     evaluate = verbs.add_parser("evaluate", help="AUC and logloss of a trained model on a split")
     evaluate.add_argument("--model", required=True, help="a run's model/ folder")
@@ -319,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--rows", type=int, default=1_000_000)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--repeats", type=int, default=2)
+    b.add_argument("--workers", type=int, default=0, help="Ray tasks in flight (0: threads)")
     b.set_defaults(func=cmd_bench_ingest)
     b = bench.add_parser("train", help="DeepFM through the pipeline vs a bare PyTorch loop")
     b.add_argument("--out", required=True)
@@ -412,11 +502,23 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 1.2); 0 chooses by recall alone",
     )
     b.set_defaults(func=cmd_bench_retrieval)
+    b = bench.add_parser(
+        "daily", help="next-day AUC: warm-started daily training vs from scratch vs never"
+    )
+    b.add_argument("--out", required=True)
+    b.add_argument("--days", type=int, default=6)
+    b.add_argument("--rows", type=int, default=100_000, help="rows per day")
+    b.add_argument("--drift", type=float, default=0.03, help="popularity shift per day")
+    b.add_argument("--epochs", type=int, default=2)
+    b.set_defaults(func=cmd_bench_daily)
+
     b = bench.add_parser("serve", help="HTTP QPS/latency of the service vs bare in-process queries")
     b.add_argument("--out", required=True)
     b.add_argument("--items", type=int, default=1_000_000)
+    b.add_argument("--users", type=int, default=100_000, help="synthetic known users in the bundle")
     b.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
     b.add_argument("--concurrency", default="1,8,32,64")
+    b.add_argument("--batching", default="inline,loop,micro", help="service batching modes")
     b.set_defaults(func=cmd_bench_serve)
     return parser
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from plexus.models.backbones import ModelConfig
 from plexus.models.embeddings import EmbeddingConfig
+from plexus.pipelines.daily.ids import DailyConfig
 from plexus.pipelines.ingest import DataConfig
 from plexus.platform import config as config_io
 from plexus.platform.errors import ConfigError
@@ -67,6 +68,7 @@ class JobConfig:
     embedding: EmbeddingConfig = EmbeddingConfig()
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
+    daily: DailyConfig = DailyConfig()  # `plexus daily`: id admission and eviction over days
     output: str | None = None  # runs folder; None -> ./runs (or PLEXUS_RUNS_DIR)
 
     def __post_init__(self) -> None:

@@ -17,3 +17,29 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     tmp.replace(path)
+
+
+def remove_stale_temporaries(folder: Path, prefix: str) -> list[Path]:
+    """Remove `folder/<prefix><pid>` entries whose writer process is gone (a killed job's
+    half-written output); returns what was removed. Entries of live processes are kept."""
+    import os
+    import shutil
+
+    removed = []
+    for entry in folder.glob(f"{prefix}*") if folder.is_dir() else ():
+        pid = entry.name.removeprefix(prefix)
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running: not ours to remove
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's live process
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed

@@ -36,6 +36,17 @@ def log_ingest(result: IngestResult) -> None:
     )
     mlflow.log_metrics({f"rows_{split}": float(n) for split, n in result.rows.items()})
     mlflow.log_metrics({f"rejects_{reason}": float(n) for reason, n in result.rejects.items()})
+    quality = result.quality
+    ratios = {
+        f"reject_ratio_{split}": float(entry["reject_ratio"])
+        for split, entry in quality.get("splits", {}).items()
+        if "reject_ratio" in entry
+    }
+    files = quality.get("files", [])
+    if files:  # the worst input file, and every file's figures as an artifact
+        ratios["reject_ratio_max_file"] = max(float(f["reject_ratio"]) for f in files)
+        mlflow.log_dict(quality, "data/quality.json")
+    mlflow.log_metrics(ratios)
     mlflow.log_artifact(str(result.output / "feature_spec.json"), artifact_path="data")
     rejects = result.output / "rejects.jsonl"
     if rejects.is_file() and rejects.stat().st_size:

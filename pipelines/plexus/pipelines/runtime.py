@@ -50,10 +50,20 @@ def quiet_ray_data() -> None:
 def quiet_ray_worker() -> None:
     """Ray's `worker_process_setup_hook` for the local Ray that `ensure_ray` starts.
 
-    Ray Train's placement-group cleaner polls the state API, which needs the dashboard that a
-    local Ray here runs without, and warns every 2 s that it is unavailable. Locally there is
-    nothing for it to clean: a driver that dies takes its Ray with it.
+    Ray Train's placement-group cleaner checks that the train controller lives through the
+    state API, which goes through the dashboard that a local Ray here runs without: it warned
+    every 2 s, and when a second Ray ran on the machine (another job) the address lookup raised
+    "Found multiple active Ray instances" and printed a traceback in a normal run. The cleaner
+    asks the GCS of its own cluster instead (`ray._private.state.actors`, no dashboard).
     """
+    import ray._private.state
+    from ray.train.v2._internal.execution.controller import placement_group_cleaner
+
+    def controller_alive(actor_id: str, timeout: float | None = None) -> bool:
+        info = ray._private.state.actors(actor_id=actor_id)
+        return not info or info.get("State") != "DEAD"
+
+    placement_group_cleaner.is_actor_alive = controller_alive
     cleaner = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
     logging.getLogger(cleaner).setLevel(logging.ERROR)
 

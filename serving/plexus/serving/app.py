@@ -239,7 +239,11 @@ def _openapi_body(schema: dict[str, Any], response: dict[str, Any]) -> dict[str,
             404: {"description": "Unknown user and no history.", **error},
             408: {"description": "Body not received within the body timeout.", **error},
             413: {"description": "Body too large.", **error},
-            422: {"description": "A field is missing, of the wrong type or out of range.", **error},
+            422: {
+                "description": "A field is missing, of the wrong type or out of range; or the "
+                "user is unknown and no history item is in the catalog.",
+                **error,
+            },
             503: {"description": "No bundle loaded yet.", **error},
         },
     }

@@ -1,9 +1,15 @@
-"""The retrieval bundle: one folder with the ONNX query model, the item index and the id maps.
+"""The retrieval bundle: one folder with the ONNX query model, the item index, the id maps and
+the compact user state (`plexus.serving.user_state`).
 
 Loading needs only numpy, onnxruntime and faiss (no torch, ray or mlflow). The format is fixed
 by `FORMAT_VERSION` and described in the manifest `bundle.json`; see `write_bundle` for the
 files. Ids: *external* ids are the int64 ids of the data; *internal* ids are 1..N (items) and
 1..U (users), 0 = padding / unknown, the convention of `plexus.platform.feature_spec`.
+
+Per known user the bundle holds its id (8 bytes), its history's CSR offset (4 bytes) and items
+(4 bytes each), its top-M mixture (2 * M bytes; `plexus.serving.user_state`) and whatever the
+embedding method's user table takes inside `query.onnx`; no dense user table, no user x cluster
+array. Loaded, the id lookup adds 4 bytes a user (an int32 argsort, no sorted copy).
 
 Example:
     >>> bundle = Bundle.load("out/bundle")                              # doctest: +SKIP
@@ -31,11 +37,12 @@ from plexus.serving.knn_embed import (
     merge_components,
     plan_components,
 )
+from plexus.serving.user_state import USER_STATE_ARRAYS, UserState
 
 __all__ = ["Bundle", "Candidates", "write_bundle", "search_mixture", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "plexus.retrieval-bundle"
-FORMAT_VERSION = 2  # 2: the manifest holds a sha256 per file (`files`), checked at load
+FORMAT_VERSION = 3  # 2: a sha256 per file (`files`); 3: compact user state, no dense user table
 MANIFEST = "bundle.json"
 REGISTRY_FILE = "registry.json"
 ONNX_FILE = "query.onnx"
@@ -45,13 +52,14 @@ ARRAYS = (
     "item_clusters",  # (N+1,) int64 interest cluster of each item; [0] = -1
     "item_popularity",  # (N+1,) float32 training interactions per item (cold-start fallback)
     "user_ids",  # (U+1,) int64 external user id of each internal id; [0] = -1
-    "seen_indptr",  # (U+2,) int64 CSR offsets of each internal user's training items
-    "seen_items",  # (nnz,) int64 internal item ids, oldest first; the last L are the history
+    "seen_indptr",  # (U+2,) uint32 (int64 from 2**32 items) CSR offsets of users' train items
+    "seen_items",  # (nnz,) int32 (int64 from 2**31 items) internal item ids, oldest first
+    *USER_STATE_ARRAYS,  # known users' top-M mixtures and the new-user reference index
 )
 ONNX_INPUTS = {"user": "(B,) int64", "history": "(B, L) int64", "history_mask": "(B, L) float32"}
 ONNX_OUTPUTS = {
     "query": "(B, D) float32",
-    "mixture": "(B, C) float32",
+    "history_mixture": "(B, C) float32",
     "component_queries": "(B, C, D) float32",
 }
 
@@ -80,7 +88,8 @@ def write_bundle(
     `ARRAYS` entry and `extra_files` (name -> text, e.g. feature_spec.json, config.json).
 
     `manifest` must hold at least: name, bundle_id, dim, history_len, num_clusters,
-    retrieval.nprobe and retrieval.allocation (an `AllocationConfig` as a dict).
+    retrieval.nprobe, retrieval.allocation (an `AllocationConfig` as a dict) and user_state
+    (`UserState.manifest()`).
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +98,15 @@ def write_bundle(
         raise RegistryError(
             f"write_bundle: missing arrays {missing}; all of {list(ARRAYS)} are needed"
         )
-    for key in ("name", "bundle_id", "dim", "history_len", "num_clusters", "retrieval"):
+    for key in (
+        "name",
+        "bundle_id",
+        "dim",
+        "history_len",
+        "num_clusters",
+        "retrieval",
+        "user_state",
+    ):
         if key not in manifest:
             raise RegistryError(f"write_bundle: manifest key {key!r} is missing")
     (out / ONNX_FILE).write_bytes(Path(onnx_model).read_bytes())
@@ -148,12 +165,15 @@ def search_mixture(
     k: int,
     excluded: tuple[np.ndarray, np.ndarray],
     allocation: AllocationConfig,
+    cluster_sizes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """kNN-Embed retrieval for a batch: allocate K over each mixture (B, C), search every
     (user, component) inside its cluster with its query (B, C, D) in ONE index call, merge.
 
-    `excluded` = (rows, internal ids). Returns internal ids (B, k) (-1 = none), scores (B, k).
-    The service and the offline evaluation both call this.
+    `excluded` = (rows, internal ids); `cluster_sizes` (C,) items per cluster, counted from
+    `item_clusters` when not given (a pass over the catalog: the service counts them once).
+    Returns internal ids (B, k) (-1 = none), scores (B, k). The service and the offline
+    evaluation both call this.
     """
     batch, num_clusters = mixture.shape
     alloc = allocate(mixture, k, **dataclasses.asdict(allocation))
@@ -161,7 +181,11 @@ def search_mixture(
     if excluded[0].size:
         flat = excluded[0] * num_clusters + item_clusters[excluded[1]]
         per_cluster = np.bincount(flat, minlength=batch * num_clusters).reshape(batch, -1)
-    sizes = np.bincount(item_clusters[item_clusters >= 0], minlength=num_clusters)
+    sizes = (
+        cluster_sizes
+        if cluster_sizes is not None
+        else np.bincount(item_clusters[item_clusters >= 0], minlength=num_clusters)
+    )
     alloc = cap_allocation(alloc, sizes[None, :num_clusters] - per_cluster, mixture)
     plan = plan_components(alloc, excluded_per_cluster=per_cluster, slack=max(1, k // 10))
     vectors = components[plan.rows, plan.clusters]
@@ -169,13 +193,30 @@ def search_mixture(
     return merge_components(plan, ids, scores, batch=batch, k=k, excluded=excluded)
 
 
-def _lookup(sorted_ext: np.ndarray, order: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """External ids -> internal ids (0 where unknown), vectorized."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if sorted_ext.size == 0:
-        return np.zeros(ids.shape, np.int64)
-    pos = np.clip(np.searchsorted(sorted_ext, ids), 0, sorted_ext.size - 1)
-    return np.where(sorted_ext[pos] == ids, order[pos], 0).astype(np.int64)
+class IdLookup:
+    """External -> internal ids over `external` (n+1,) int64 ([0] = padding), kept as the sorted
+    ids and an int32 argsort (below 2**31 rows): 12 bytes a row, and a plain binary search
+    (numpy's `sorter=` argument copies the whole argsort on every call)."""
+
+    def __init__(self, external: np.ndarray) -> None:
+        order = np.argsort(external[1:], kind="stable")
+        self._sorted = external[1:][order]
+        self._order = order.astype(np.int32) if order.size < 2**31 else order
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) external ids -> (n,) int64 internal ids, 0 where unknown."""
+        ids = np.asarray(ids, dtype=np.int64)
+        last = self._order.size - 1
+        if last < 0:
+            return np.zeros(ids.shape, np.int64)
+        pos = np.minimum(np.searchsorted(self._sorted, ids), last)
+        return np.where(self._sorted[pos] == ids, self._order[pos].astype(np.int64) + 1, 0)
+
+    def external(self) -> np.ndarray:
+        """The (n+1,) external ids by internal id ([0] = -1), rebuilt (O(n)) on each call."""
+        out = np.full(self._order.size + 1, -1, np.int64)
+        out[self._order.astype(np.int64) + 1] = self._sorted
+        return out
 
 
 class Bundle:
@@ -198,15 +239,17 @@ class Bundle:
         self.item_ids: np.ndarray = arr["item_ids"]
         self.item_clusters: np.ndarray = arr["item_clusters"]
         self.item_popularity: np.ndarray = arr["item_popularity"].astype(np.float32)
-        self.user_ids: np.ndarray = arr["user_ids"]
         self._seen_indptr: np.ndarray = arr["seen_indptr"]
         self._seen_items: np.ndarray = arr["seen_items"]
         self.num_items = len(self.item_ids) - 1
-        self.num_users = len(self.user_ids) - 1
-        self._item_order = np.argsort(self.item_ids[1:], kind="stable") + 1
-        self._item_sorted = self.item_ids[self._item_order]
-        self._user_order = np.argsort(self.user_ids[1:], kind="stable") + 1
-        self._user_sorted = self.user_ids[self._user_order]
+        self.num_users = len(arr["user_ids"]) - 1
+        self.item_lookup = IdLookup(self.item_ids)
+        self._cluster_sizes = np.bincount(
+            self.item_clusters[self.item_clusters >= 0], minlength=self.num_clusters
+        )
+        self.user_lookup = IdLookup(arr["user_ids"])  # the loaded array itself is dropped
+        self.user_state = UserState.from_arrays(arr, manifest.get("user_state"), self.num_clusters)
+        del arr  # the reference vectors now live in the faiss index only
         self._popular = np.argsort(-self.item_popularity[1:], kind="stable")[:1000] + 1
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -226,9 +269,17 @@ class Bundle:
             raise RegistryError(f"{folder} is not a retrieval bundle: {MANIFEST} is missing")
         manifest = json.loads(file.read_text())
         if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            older = manifest.get("format") == FORMAT and manifest.get("format_version", 0) < 3
+            why = (
+                " (v2 and older carry a dense user table inside query.onnx and smooth mixtures "
+                "there; v3 stores compact per-user mixtures)"
+                if older
+                else ""
+            )
             raise RegistryError(
                 f"{file}: format {manifest.get('format')!r} v{manifest.get('format_version')} is not "
-                f"supported (expected {FORMAT!r} v{FORMAT_VERSION}); re-export the bundle"
+                f"supported (expected {FORMAT!r} v{FORMAT_VERSION}){why}; re-export the bundle "
+                "with this version: `plexus export <retrieval config>` (or `plexus run` it)"
             )
         _verify_files(folder, manifest.get("files"))
         if version is None and (folder / REGISTRY_FILE).is_file():
@@ -238,9 +289,15 @@ class Bundle:
         return cls(folder, manifest, version or str(manifest["bundle_id"]), threads)
 
     # ---- id helpers ------------------------------------------------------------------------
+    @property
+    def user_ids(self) -> np.ndarray:
+        """(U+1,) external user id of each internal id ([0] = -1), rebuilt on each access (the
+        service keeps only the sorted ids for lookups): for tests and tools, not requests."""
+        return self.user_lookup.external()
+
     def has_user(self, user_id: int) -> bool:
         """Whether the user was seen in training (has an embedding and a stored history)."""
-        return bool(_lookup(self._user_sorted, self._user_order, np.array([user_id]))[0])
+        return bool(self.user_lookup(np.array([user_id]))[0])
 
     def _seen(self, user: int) -> np.ndarray:
         return self._seen_items[self._seen_indptr[user] : self._seen_indptr[user + 1]]
@@ -290,16 +347,18 @@ class Bundle:
         if len(histories) != batch or len(excludes) != batch:
             raise DataError("user_ids, histories and excludes must have the same length")
         raw = np.array([-1 if u is None else u for u in user_ids], dtype=np.int64)
-        users = np.where(raw >= 0, _lookup(self._user_sorted, self._user_order, raw), 0)
+        users = np.where(raw >= 0, self.user_lookup(raw), 0)
         seqs: list[np.ndarray] = []
+        stored = np.zeros(batch, bool)  # known users without a given history: stored mixture
         ex_rows: list[np.ndarray] = []
         ex_items: list[np.ndarray] = []
         for row, (user, hist, excl) in enumerate(zip(users, histories, excludes, strict=True)):
-            given = _lookup(self._item_sorted, self._item_order, np.asarray(hist, np.int64))
+            given = self.item_lookup(np.asarray(hist, np.int64))
             given = given[given > 0]
             seen = self._seen(int(user)) if user > 0 else given[:0]
             seqs.append(given if given.size else seen)
-            drop = [_lookup(self._item_sorted, self._item_order, np.asarray(excl, np.int64))]
+            stored[row] = user > 0 and given.size == 0
+            drop = [self.item_lookup(np.asarray(excl, np.int64))]
             if exclude_seen:
                 drop += [seen, given]
             items = np.unique(np.concatenate(drop))
@@ -309,10 +368,11 @@ class Bundle:
         history, mask = self._pad(seqs)
         excluded = (np.concatenate(ex_rows), np.concatenate(ex_items))
         cold = (users == 0) & (mask.sum(axis=1) == 0)
-        query, mixture, components = self._session.run(
+        query, own, components = self._session.run(
             None, {"user": users, "history": history, "history_mask": mask}
         )
         if diversify:
+            mixture = self.user_state.mixture(users, query, own, stored)
             ids, scores = self._search_mixture(mixture, components, k, excluded)
         else:
             ids, scores = self._search_single(query, k, excluded)
@@ -338,7 +398,14 @@ class Bundle:
         excluded: tuple[np.ndarray, np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray]:
         return search_mixture(
-            self._index, self.item_clusters, mixture, components, k, excluded, self.allocation
+            self._index,
+            self.item_clusters,
+            mixture,
+            components,
+            k,
+            excluded,
+            self.allocation,
+            self._cluster_sizes,
         )
 
     def _search_single(

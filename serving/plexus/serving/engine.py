@@ -28,26 +28,18 @@ Result: TypeAlias = dict[str, Any] | RequestError
 
 
 class Catalog:
-    """Sorted external ids of a bundle's users and items, for the per-request checks."""
+    """The per-request id checks, answered by the bundle's own id lookups (no second copy of a
+    per-user or per-item array)."""
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
-        self.items = np.sort(bundle.item_ids[1:])
-        self.users = np.sort(bundle.user_ids[1:])
-
-    @staticmethod
-    def _known(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        if table.size == 0:
-            return np.zeros(ids.shape, bool)
-        pos = np.minimum(np.searchsorted(table, ids), table.size - 1)
-        return table[pos] == ids
 
     def known_items(self, ids: Sequence[int]) -> np.ndarray:
         """(n,) bool: which external item ids are in the catalog."""
-        return self._known(self.items, np.asarray(ids, dtype=np.int64))
+        return self.bundle.item_lookup(np.asarray(ids, dtype=np.int64)) > 0
 
     def has_user(self, user_id: int) -> bool:
-        return bool(self._known(self.users, np.asarray([user_id], dtype=np.int64))[0])
+        return self.bundle.has_user(user_id)
 
 
 def _prepare(

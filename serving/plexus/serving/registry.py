@@ -174,10 +174,11 @@ class BundleWatcher:
             shutil.rmtree(target)
         target.mkdir(parents=True)
         try:
+            # The version's source, asked of this watcher's registry: MLflow resolves a
+            # `models:/` URI through the process-wide registry URI, ignoring the one passed.
+            source = self._mlflow_client().get_model_version_download_uri(self.ref.name, version)
             folder = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{self.ref.name}/{version}",
-                dst_path=str(target),
-                tracking_uri=self.tracking_uri,
+                artifact_uri=source, dst_path=str(target), tracking_uri=self.tracking_uri
             )
         except Exception as exc:
             raise RegistryError(f"cannot download {self.ref.name} v{version}: {exc}") from exc
@@ -216,7 +217,10 @@ class BundleWatcher:
         self._prune(keep={bundle.path, old.path if old else None})
 
     def _refuse(self, version: str, reason: str) -> None:
+        """Remember why `version` cannot be served (it is not retried) and drop its download."""
         self.refused[version] = reason
+        if self.ref.path is None:
+            shutil.rmtree(self._cache / f"{self.ref.name}-v{version}", ignore_errors=True)
         self.metrics.refusals.inc(version)
         self.metrics.last_refusal.replace(version, reason[:300], value=time.time())
         serving = self.current.bundle.version if self.current is not None else "none"

@@ -106,7 +106,11 @@ def serve(config: ServeConfig) -> None:
     # poller through a registry outage; the watcher has its own back-off, so fail a poll fast.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    try:  # one thread for faiss: concurrency comes from requests, not from splitting one search
+    # One thread for faiss: concurrency comes from requests, not from splitting one search. The
+    # environment sets it for every thread (omp_set_num_threads only for the calling one: the
+    # micro-batcher's worker thread ran faiss with one spinning OpenMP thread per core).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
         import faiss
 
         faiss.omp_set_num_threads(1)

@@ -1,8 +1,10 @@
 """Retrieval models: a two-tower / MF candidate generator and the kNN-Embed multi-interest head.
 
 `TwoTower` learns user and item vectors (user id and/or padded history + mask); `fit_knn_embed`
-clusters the items and builds the tables that `KnnEmbedQuery` (an export-ready module of plain
-gathers) turns into a mixture over interests and per-interest query vectors.
+clusters the items and builds the batch-job tables; `KnnEmbedQuery` (an export-ready module of
+plain gathers, no user tables of its own) gives the history's interest histogram and
+per-interest query vectors, and `KnnEmbedQuery.smoothed_mixture` the dense neighbour smoothing
+that the export runs for every known user.
 """
 
 from plexus.models.retrieval.config import KnnEmbedConfig, LossKind, QueryVariant, TwoTowerConfig

@@ -1,11 +1,13 @@
 """kNN-Embed (El-Kishky et al., 2022): users as smoothed mixtures over item-interest clusters.
 
-`fit_knn_embed` clusters item vectors with spherical k-means and stores, for every training
-user, its query vector and its engagement distribution over clusters. `KnnEmbedQuery` is the
-export-ready query side: from (user id, padded history, mask) it computes the user vector, the
-history's cluster distribution smoothed with the distributions of the k nearest training users
-(brute-force over the stored user table, so a brand-new user with a history is smoothed too),
-and one query vector per cluster. Plain gathers, matmul and top-k only: it exports to ONNX.
+`fit_knn_embed` clusters item vectors with spherical k-means and builds, for every training
+user, its query vector and its engagement distribution over clusters: batch-job tables, never
+exported. `KnnEmbedQuery` is the export-ready query side: from (user id, padded history, mask)
+it computes the user vector, the history's cluster histogram and one query vector per cluster.
+It holds no user table beyond the model's own (in whatever form the embedding method made it)
+and no user distributions: the neighbour smoothing of a mixture is `smoothed_mixture`, run by
+the batch job for every known user over all users (dense), and by the service for new users
+over a sample index (`plexus.serving.user_state`). Plain gathers and matmuls: it exports to ONNX.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from torch import nn
 class KnnEmbedState:
     """Fitted tables. centroids (C, D); item_clusters (N + 1,) int64 with [0] = -1;
     user_table (U + 1, D) unit user vectors ([0] = 0); user_dist (U + 1, C) engagement
-    distribution over clusters of each user's training items ([0] = 0)."""
+    distribution over clusters of each user's training items ([0] = 0). The two user tables
+    feed the batch job's smoothing and the new-user index; the query model holds neither."""
 
     centroids: torch.Tensor
     item_clusters: torch.Tensor
@@ -80,8 +83,12 @@ def fit_knn_embed(
 
 
 class KnnEmbedQuery(nn.Module):
-    """The query side of kNN-Embed: (B,) user, (B, L) history, (B, L) mask ->
-    query (B, D), mixture (B, C) (rows sum to 1), component_queries (B, C, D), all unit norm."""
+    """The query side of kNN-Embed: (B,) user, (B, L) history, (B, L) mask -> query (B, D),
+    history_mixture (B, C) (the history's cluster histogram, rows sum to 1, or 0 without a
+    history), component_queries (B, C, D), all vectors unit norm.
+
+    `neighbors` and `smoothing` are the configured smoothing, applied by `smoothed_mixture`
+    outside the graph."""
 
     def __init__(self, model: TwoTower, state: KnnEmbedState, config: KnnEmbedConfig) -> None:
         super().__init__()
@@ -93,10 +100,7 @@ class KnnEmbedQuery(nn.Module):
         )
         self.register_buffer("centroids", state.centroids.float().clone())
         self.register_buffer("item_clusters", state.item_clusters.clamp(min=0).clone())
-        self.register_buffer("user_table", state.user_table.float().clone())
-        self.register_buffer("user_dist", state.user_dist.float().clone())
         self.register_buffer("cluster_ids", torch.arange(state.centroids.shape[0]))
-        self.register_buffer("user_ids", torch.arange(state.user_table.shape[0]))
 
     def forward(
         self, user: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
@@ -107,17 +111,7 @@ class KnnEmbedQuery(nn.Module):
         onehot = (self.item_clusters[history].unsqueeze(-1) == self.cluster_ids).to(torch.float32)
         onehot = onehot * mask.unsqueeze(-1)
         counts = onehot.sum(dim=1)
-        total = counts.sum(dim=1, keepdim=True)
-        own = counts / total.clamp(min=1.0)
-        # kNN smoothing over training users (never the user itself nor the padding row).
-        sims = query @ self.user_table.T
-        invalid = (self.user_ids.unsqueeze(0) == user.unsqueeze(1)) | (self.user_ids == 0)
-        sims = torch.where(invalid, torch.full_like(sims, -10.0), sims)
-        top = torch.topk(sims, self.neighbors, dim=1).indices
-        neigh = self.user_dist[top].mean(dim=1)
-        lam = self.smoothing
-        mixture = torch.where(total > 0, (1.0 - lam) * own + lam * neigh, neigh)
-        mixture = mixture / mixture.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        own = counts / counts.sum(dim=1, keepdim=True).clamp(min=1.0)
         # Per-cluster queries: user vector mixed with the mean of its items in the cluster
         # (the cluster centroid where it has none).
         vecs = self.model.item_vectors(history) * mask.unsqueeze(-1)
@@ -127,4 +121,26 @@ class KnnEmbedQuery(nn.Module):
         )
         beta = self.component_mix
         components = F.normalize((1.0 - beta) * query.unsqueeze(1) + beta * means, dim=-1)
-        return query, mixture, components
+        return query, own, components
+
+    @torch.no_grad()
+    def smoothed_mixture(
+        self,
+        user: torch.Tensor,
+        query: torch.Tensor,
+        own: torch.Tensor,
+        state: KnnEmbedState,
+    ) -> torch.Tensor:
+        """The dense kNN-Embed mixture (B, C): `own` (B, C) smoothed with the mean distribution
+        of the `neighbors` users nearest to `query` (B, D) among all of `state.user_table`
+        (never the user itself nor the padding row). The batch job's (exact) computation."""
+        sims = query @ state.user_table.T
+        ids = torch.arange(state.user_table.shape[0])
+        invalid = (ids.unsqueeze(0) == user.unsqueeze(1)) | (ids == 0)
+        sims = torch.where(invalid, torch.full_like(sims, -10.0), sims)
+        top = torch.topk(sims, self.neighbors, dim=1).indices
+        neigh = state.user_dist[top].mean(dim=1)
+        lam = self.smoothing
+        total = own.sum(dim=1, keepdim=True)
+        mixture = torch.where(total > 0, (1.0 - lam) * own + lam * neigh, neigh)
+        return mixture / mixture.sum(dim=1, keepdim=True).clamp(min=1e-12)

@@ -58,8 +58,12 @@ def _criteo_chunk(
     vocabs: list[pl.Series],
     weights: list[np.ndarray],
     inter: tuple[np.ndarray, np.ndarray],
+    shifts: tuple[int, ...] = (0,) * len(_CAT_SIZES),
 ) -> pl.DataFrame:
-    ranks = [_zipf(rng, n, size) for size in _CAT_SIZES]
+    # A popularity rank is value (rank + shift) % size: a shift moves the head to other values.
+    ranks = [
+        (_zipf(rng, n, size) + shift) % size for size, shift in zip(_CAT_SIZES, shifts, strict=True)
+    ]
     # Numeric columns: heavy-tailed counts; I1 carries a monotone effect.
     ints = np.floor(rng.lognormal(mean=1.0, sigma=1.5, size=(13, n))).astype(np.int64)
     logit = np.full(n, -1.6)
@@ -90,12 +94,25 @@ def _malformed_line(rng: np.random.Generator, line: str) -> str:
     return "\t".join(fields)
 
 
-def synth_criteo(path: Path, *, rows: int, seed: int = 0, malformed: int = 0) -> Path:
+def synth_criteo(
+    path: Path,
+    *,
+    rows: int,
+    seed: int = 0,
+    malformed: int = 0,
+    day: int = 0,
+    drift: float = 0.0,
+) -> Path:
     """Write `rows` Criteo-layout TSV lines to `path` (plus `malformed` lines replacing good ones).
 
     The label is Bernoulli(sigmoid(w_C1 + w_C2 + w_C5 + w_C6 + <u_C1, v_C2> + 0.6 log1p(I1) + b)),
     about 25% positives. Malformed lines (wrong field count, non-integer I1, label 2) sit at
     seeded positions and count towards `rows`.
+
+    `day` and `drift` make a daily stream with drifting popularity: day d's popularity ranks are
+    moved by `d * drift` of each column's values (new values rise to the head, old ones fade),
+    while the values' effects on the label stay the same; rows are drawn afresh each day.
+    Day 0 is the plain file.
     """
     if rows <= 0 or malformed < 0 or malformed > rows:
         raise ValueError(f"need rows > 0 and 0 <= malformed <= rows, got {rows=}, {malformed=}")
@@ -106,12 +123,13 @@ def synth_criteo(path: Path, *, rows: int, seed: int = 0, malformed: int = 0) ->
     weights = [prng.normal(0.0, 0.8, _CAT_SIZES[c]) for c in _SIGNAL_COLS]
     inter = (prng.normal(0, 0.6, (_CAT_SIZES[0], 4)), prng.normal(0, 0.6, (_CAT_SIZES[1], 4)))
     bad = np.sort(prng.choice(rows, size=malformed, replace=False)) if malformed else np.empty(0)
+    shifts = tuple(int(day * drift * size) for size in _CAT_SIZES)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as out:
         for chunk, start in enumerate(range(0, rows, _CHUNK)):
             n = min(_CHUNK, rows - start)
-            rng = np.random.default_rng([seed, 1, chunk])
-            text = _criteo_chunk(rng, n, vocabs, weights, inter).write_csv(
+            rng = np.random.default_rng([seed, 1, chunk] + ([day] if day else []))
+            text = _criteo_chunk(rng, n, vocabs, weights, inter, shifts).write_csv(
                 separator="\t", include_header=False, quote_style="never"
             )
             local = bad[(bad >= start) & (bad < start + n)] - start
@@ -191,3 +209,98 @@ def synth_movielens(
     )
     (folder / "u.genre").write_text("".join(f"{g}|{i}\n" for i, g in enumerate(GENRES)) + "\n")
     return folder
+
+
+def planted_lists(
+    *,
+    num_users: int = 300,
+    num_groups: int = 8,
+    items_per_group: int = 25,
+    per_user: int = 24,
+    test_per_user: int = 6,
+    dominant: float | None = None,
+    popularity: float = 0.0,
+    seed: int = 0,
+) -> tuple[list[tuple[int, list[int]]], list[tuple[int, list[int]]], dict[int, np.ndarray]]:
+    """Planted multi-interest interactions: -> (train lists, test lists, {user: its groups}).
+
+    Item `g * items_per_group + j` is in interest group g. Each user has 2-3 interests with
+    unequal weights (`dominant`: the first interest's share, the rest split evenly) and draws
+    its items from them, so a good retriever must also cover a user's minor interests; test
+    items come from the same interests as the training ones. `popularity` > 0 draws a group's
+    items with P(j-th item) ~ (j + 1)^-popularity, as in real logs (0: uniform).
+    """
+    if min(num_users, num_groups, items_per_group, per_user) <= 0 or test_per_user < 0:
+        raise ValueError("num_users, num_groups, items_per_group and per_user must be positive")
+    if num_groups < 3:
+        raise ValueError(
+            f"num_groups must be >= 3 (users have up to 3 interests), got {num_groups}"
+        )
+    rng = np.random.default_rng(seed)
+    within = (np.arange(items_per_group) + 1.0) ** -popularity
+    within /= within.sum()
+    planted: dict[int, np.ndarray] = {}
+    train: list[tuple[int, list[int]]] = []
+    test: list[tuple[int, list[int]]] = []
+    for user in range(num_users):
+        groups = rng.choice(num_groups, size=int(rng.integers(2, 4)), replace=False)
+        if dominant is None:
+            weights = np.sort(rng.dirichlet(np.full(groups.size, 2.0)))[::-1]
+            weights = np.maximum(weights, 0.15)
+            weights /= weights.sum()
+        else:
+            rest = (1.0 - dominant) / (groups.size - 1)
+            weights = np.array([dominant] + [rest] * (groups.size - 1))
+        planted[user] = groups
+        counts = np.maximum(1, np.round(weights * (per_user + test_per_user)).astype(int))
+        items = np.concatenate(
+            [
+                g * items_per_group
+                + rng.choice(items_per_group, size=min(c, items_per_group), replace=False, p=within)
+                for g, c in zip(groups, counts, strict=True)
+            ]
+        )
+        rng.shuffle(items)
+        split = max(1, items.size - test_per_user)
+        train.append((user, items[:split].tolist()))
+        test.append((user, items[split:].tolist()))
+    return train, test, planted
+
+
+def write_lightgcn(
+    folder: str | Path,
+    train: list[tuple[int, list[int]]],
+    test: list[tuple[int, list[int]]],
+) -> Path:
+    """Write (user, items) lists as a LightGCN-format folder (`train.txt`, `test.txt`)."""
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, lists in (("train.txt", train), ("test.txt", test)):
+        lines = [" ".join(map(str, [user, *items])) for user, items in lists if len(items)]
+        tmp = root / f".{name}.tmp"
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(root / name)
+    return root
+
+
+def synth_interactions(
+    folder: Path,
+    *,
+    interactions: int = 90_000,
+    num_groups: int = 20,
+    popularity: float = 1.0,
+    seed: int = 0,
+) -> Path:
+    """Write a LightGCN-format interaction log of about `interactions` rows (30 per user, 6 of
+    them in `test.txt`) with planted multi-interest structure: `planted_lists` over
+    `num_groups` groups of 100 items, Zipf-popular within a group."""
+    users = max(1, interactions // 30)
+    train, test, _ = planted_lists(
+        num_users=users,
+        num_groups=num_groups,
+        items_per_group=100,
+        per_user=24,
+        popularity=popularity,
+        seed=seed,
+    )
+    return write_lightgcn(folder, train, test)

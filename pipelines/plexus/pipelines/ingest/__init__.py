@@ -1,5 +1,8 @@
 """Ingest: raw Criteo / Avazu / MovieLens / Parquet inputs -> encoded Parquet shards + FeatureSpec.
 
+Criteo and Avazu inputs (a file, a folder or a glob; plain, `.gz` or `.zst`) are streamed in
+bounded memory (`plexus.pipelines.ingest.stream`); the other formats are read whole.
+
 Example:
     >>> from plexus.pipelines.ingest import DataConfig, DataFormat, ingest
     >>> result = ingest(DataConfig(format=DataFormat.CRITEO, path="train.txt"), output=Path("out"))

@@ -141,6 +141,9 @@ class InteractionsConfig:
 class DataConfig:
     """Input files, format, split and encoding options of the ingest job.
 
+    `path` (Criteo, Avazu) is a file, a folder of files (a day or a shard per file) or a glob;
+    `.gz` and `.zst` files are read as they are.
+
     Example (YAML):
         data:
           format: criteo
@@ -165,6 +168,8 @@ class DataConfig:
     compression: str = "zstd"
     name: str | None = None
     interactions: InteractionsConfig | None = None  # a retrieval log (None: CTR rows)
+    # Criteo/Avazu blocks parsed and encoded by N Ray tasks in flight; 0: threads of this process.
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.format, DataFormat):
@@ -193,6 +198,11 @@ class DataConfig:
         if not 0.0 <= self.max_reject_ratio <= 1.0:
             raise ConfigError(
                 f"data.max_reject_ratio: must be in [0, 1], got {self.max_reject_ratio}"
+            )
+        if type(self.workers) is not int or self.workers < 0:
+            raise ConfigError(
+                f"data.workers: must be an integer >= 0 (0 = threads, N = Ray tasks), "
+                f"got {self.workers!r}"
             )
         if self.rows_per_shard < 1:
             raise ConfigError(f"data.rows_per_shard: must be >= 1, got {self.rows_per_shard}")

@@ -3,8 +3,9 @@
 Two paths give the same frame. The fast path is one strict, typed `polars.read_csv` plus O(bytes)
 checks (line count, separator count, value checks); it holds for clean files. When any check
 fails, the slow path splits every line, finds the first problem of each bad line (wrong field
-count, unparsable or missing value, failed value check) and parses only the good lines. Line
-numbers are 1-based and count the header line.
+count, unparsable or missing value, failed value check) and parses only the good lines. A line
+that is not valid UTF-8 is a reject (`invalid_utf8`, its raw bytes shown escaped), never replaced.
+Blank lines are not data lines. Line numbers are 1-based and count the header line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import polars as pl
 from plexus.platform.errors import DataError
 
 LINE = "__line"
+BOM = b"\xef\xbb\xbf"
 REJECT_SCHEMA = {
     "file": pl.String,
     "line": pl.Int64,
@@ -65,19 +67,25 @@ def read_delimited(
     data: bytes | None = None,
     encoding: str = "utf-8",
     replace: tuple[bytes, bytes] | None = None,
+    line_offset: int = 0,
 ) -> Parsed:
     """Parse `path` (or its already-read bytes `data`).
 
     `header`: False = none, True = required first line, None = detect (the first field equals
     the first column's name). `replace` rewrites a multi-byte separator (e.g. `::`) first.
+    `line_offset`: lines of the file before `data` (a block of a streamed file); a UTF-8 BOM is
+    dropped only at the start of a file.
     """
     if data is None:
         data = read_bytes(path)
+    if line_offset == 0 and data.startswith(BOM):
+        data = data[len(BOM) :]
     if encoding.lower().replace("-", "") not in ("utf8", "ascii"):
         data = data.decode(encoding).encode()
     if replace is not None:
         data = data.replace(*replace)
     body, offset = _strip_header(path, data, columns, separator, header)
+    offset += line_offset
     names = [c.name for c in columns]
     frame = _fast(body, columns, separator)
     if frame is not None:
@@ -137,10 +145,34 @@ def _fast(body: bytes, columns: Sequence[Column], separator: str) -> pl.DataFram
     return frame
 
 
+def _invalid_utf8(body: bytes) -> tuple[bytes, list[tuple[int, str]]]:
+    """`body` with each line that is not valid UTF-8 blanked, and those lines (0-based index,
+    bytes shown with backslash escapes). One pass: decoding resumes after each bad line."""
+    view, start, line, bad, parts = memoryview(body), 0, 0, [], []
+    while True:
+        try:
+            str(view[start:], "utf-8")
+            break
+        except UnicodeDecodeError as exc:
+            begin = body.rfind(b"\n", 0, start + exc.start) + 1
+            end = body.find(b"\n", start + exc.start)
+            end = len(body) if end < 0 else end
+            line += body.count(b"\n", start, begin)
+            bad.append((line, body[begin:end].rstrip(b"\r")))
+            parts.append(view[start:begin])
+            start = end
+    if not bad:
+        return body, []
+    parts.append(view[start:])
+    shown = [(i, raw.decode("utf-8", errors="backslashreplace")) for i, raw in bad]
+    return b"".join(parts), shown
+
+
 def _slow(
     path: Path, body: bytes, offset: int, columns: Sequence[Column], separator: str
 ) -> Parsed:
-    text = body.decode("utf-8", errors="replace")
+    body, undecodable = _invalid_utf8(body)
+    text = body.decode("utf-8")
     raw = text.split("\n")
     if raw and raw[-1] == "":
         raw.pop()
@@ -148,7 +180,7 @@ def _slow(
         pl.DataFrame({"raw": raw}, schema={"raw": pl.String})
         .with_row_index(LINE, offset=offset + 1)
         .with_columns(pl.col(LINE).cast(pl.Int64), pl.col("raw").str.strip_suffix("\r"))
-        .filter(pl.col("raw").str.strip_chars() != "")
+        .filter(pl.col("raw") != "")  # an empty line is no data line; "\t\t" is a bad one
     )
     names = [c.name for c in columns]
     raw_names = [f"__s_{c}" for c in names]
@@ -194,5 +226,15 @@ def _slow(
         pl.col("__column").alias("column"),
         pl.col("raw"),
     )
+    if undecodable:
+        rows = [(offset + 1 + i, raw) for i, raw in undecodable]
+        rejects = pl.concat([
+            rejects,
+            pl.DataFrame({
+                "file": [str(path)] * len(rows), "line": [r[0] for r in rows],
+                "reason": ["invalid_utf8"] * len(rows), "column": [None] * len(rows),
+                "raw": [r[1] for r in rows],
+            }, schema=REJECT_SCHEMA),
+        ]).sort("line")  # fmt: skip
     good = judged.filter(pl.col("__reason").is_null()).select(*names, LINE)
-    return Parsed(frame=good, rejects=rejects, lines=lines.height)
+    return Parsed(frame=good, rejects=rejects, lines=lines.height + len(undecodable))

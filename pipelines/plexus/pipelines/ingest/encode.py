@@ -42,6 +42,30 @@ def fit_spec(
     """
     lazy = frame.lazy()
     where = pl.lit(True) if train is None else train
+    cols = vocab_columns(roles, config)
+    queries = []
+    for col in cols:
+        rows = lazy.select(pl.col(col).filter(where).alias("v"))
+        if col in roles.multi_categorical:
+            rows = rows.explode("v")
+        queries.append(rank_vocabulary(rows.group_by("v").agg(pl.len().alias("n")), config))
+    vocabs = {
+        col: tuple(found.to_series().to_list())
+        for col, found in zip(cols, pl.collect_all(queries), strict=True)
+    }
+    lengths = {
+        col: int(lazy.select(pl.col(col).list.len().filter(where).max()).collect().item() or 1)
+        for col in roles.multi_categorical
+    }
+    return build_spec(
+        roles, config, vocabs=vocabs, numeric=_numeric_stats(lazy, where, roles.numeric, config.numeric),
+        max_lengths=lengths, name=name, source=source, splits=splits,
+    )  # fmt: skip
+
+
+def vocab_columns(roles: ParquetSchema, config: DataConfig) -> list[str]:
+    """The categorical columns that get a vocabulary (not hashed); ConfigError for a
+    `data.hash_buckets` key that is no categorical feature."""
     unknown = sorted(
         set(config.hash_buckets) - set(roles.categorical) - set(roles.multi_categorical)
     )
@@ -50,30 +74,65 @@ def fit_spec(
         raise ConfigError(
             f"data.hash_buckets.{unknown[0]}: not a categorical feature of this dataset; valid: {valid}"
         )
-    vocab_cols = [
+    return [
         c for c in (*roles.categorical, *roles.multi_categorical) if c not in config.hash_buckets
     ]
-    vocabs = dict(
-        zip(
-            vocab_cols, _vocabularies(lazy, where, vocab_cols, roles, config.min_count), strict=True
+
+
+def rank_vocabulary(counts: pl.LazyFrame, config: DataConfig) -> pl.LazyFrame:
+    """Values `v` with training counts `n` -> the vocabulary in id order: seen >= min_count times,
+    most frequent first, ties by value. Counts merged from blocks give the same vocabulary."""
+    return (
+        counts.filter(
+            pl.col("v").is_not_null() & (pl.col("v") != "") & (pl.col("n") >= config.min_count)
         )
+        .sort(["n", "v"], descending=[True, False])
+        .select("v")
     )
-    numeric_stats = _numeric_stats(lazy, where, roles.numeric, config.numeric)
+
+
+def numeric_features(
+    cols: tuple[str, ...],
+    mode: str,
+    *,
+    maxima: Mapping[str, float | None] | None = None,
+    moments: Mapping[str, tuple[int, float, float]] | None = None,
+) -> dict[str, Feature]:
+    """Numeric features from merged training statistics: the largest value of each column
+    (`bucketize`) or its (count, mean, sum of squared deviations) (`normalize`)."""
+    if mode == "bucketize":
+        top = pl.DataFrame(
+            {c: [(maxima or {}).get(c)] for c in cols}, schema={c: pl.Float64 for c in cols}
+        )
+        return _numeric_stats(top.lazy(), pl.lit(True), cols, mode)
+    out = {}
+    for c in cols:
+        n, mean, m2 = (moments or {}).get(c, (0, 0.0, 0.0))
+        std = math.sqrt(m2 / (n - 1)) if n > 1 else None
+        out[c] = _normalized(c, mean if n else None, std)
+    return out
+
+
+def build_spec(
+    roles: ParquetSchema,
+    config: DataConfig,
+    *,
+    vocabs: Mapping[str, tuple[str, ...]],
+    numeric: Mapping[str, Feature],
+    max_lengths: Mapping[str, int],
+    name: str,
+    source: Mapping[str, Any],
+    splits: Mapping[str, int],
+) -> FeatureSpec:
+    """The spec from fitted statistics (vocabularies, numeric features, list lengths)."""
     features: list[Feature] = []
     for col in roles.features:
         if col in roles.numeric:
-            features.append(numeric_stats[col])
+            features.append(numeric[col])
             continue
-        kind = (
-            FeatureKind.MULTI_CATEGORICAL
-            if col in roles.multi_categorical
-            else FeatureKind.CATEGORICAL
-        )
-        max_length = 1
-        if kind is FeatureKind.MULTI_CATEGORICAL:
-            max_length = int(
-                lazy.select(pl.col(col).list.len().filter(where).max()).collect().item() or 1
-            )
+        multi = col in roles.multi_categorical
+        kind = FeatureKind.MULTI_CATEGORICAL if multi else FeatureKind.CATEGORICAL
+        max_length = max_lengths.get(col, 1) if multi else 1
         if col in config.hash_buckets:
             features.append(
                 Feature(
@@ -101,24 +160,6 @@ def fit_spec(
     return FeatureSpec(
         name=name, label=LABEL, features=tuple(features), source=dict(source), splits=dict(splits)
     )
-
-
-def _vocabularies(
-    frame: pl.LazyFrame, where: pl.Expr, cols: list[str], roles: ParquetSchema, min_count: int
-) -> list[tuple[str, ...]]:
-    queries = []
-    for col in cols:
-        rows = frame.select(pl.col(col).filter(where).alias("v"))
-        if col in roles.multi_categorical:
-            rows = rows.explode("v")
-        queries.append(
-            rows.group_by("v")
-            .agg(pl.len().alias("n"))
-            .filter(pl.col("v").is_not_null() & (pl.col("v") != "") & (pl.col("n") >= min_count))
-            .sort(["n", "v"], descending=[True, False])
-            .select("v")
-        )
-    return [tuple(frame.to_series().to_list()) for frame in pl.collect_all(queries)]
 
 
 def _bucket(x: pl.Expr) -> pl.Expr:
@@ -166,15 +207,15 @@ def _numeric_stats(
         .collect()
         .row(0, named=True)
     )
-    out = {}
-    for c in cols:
-        mean, std = stats[f"m_{c}"], stats[f"s_{c}"]
-        mean = 0.0 if mean is None or not math.isfinite(mean) else float(mean)
-        std = 1.0 if std is None or not math.isfinite(std) or std <= 0 else float(std)
-        out[c] = Feature(
-            name=c, kind=FeatureKind.NUMERIC, encoding=Encoding.NORMALIZE, mean=mean, std=std
-        )
-    return out
+    return {c: _normalized(c, stats[f"m_{c}"], stats[f"s_{c}"]) for c in cols}
+
+
+def _normalized(col: str, mean: float | None, std: float | None) -> Feature:
+    mean = 0.0 if mean is None or not math.isfinite(mean) else float(mean)
+    std = 1.0 if std is None or not math.isfinite(std) or std <= 0 else float(std)
+    return Feature(
+        name=col, kind=FeatureKind.NUMERIC, encoding=Encoding.NORMALIZE, mean=mean, std=std
+    )
 
 
 def _feature_expr(frame: pl.DataFrame, f: Feature) -> pl.Expr:

@@ -14,13 +14,16 @@ With `data.interactions` the input is a retrieval log, split and ordered by
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +31,16 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+from plexus.pipelines.files import remove_stale_temporaries
 from plexus.pipelines.ingest.config import DataConfig, DataFormat
-from plexus.pipelines.ingest.delimited import LINE, read_bytes
+from plexus.pipelines.ingest.delimited import LINE
 from plexus.pipelines.ingest.encode import arrow_schema, encode, fit_spec, to_arrow
 from plexus.pipelines.ingest.interactions import ORDER, finish_interactions, split_interactions
 from plexus.pipelines.ingest.readers import TIME, RawTable, read_input, source_files
+from plexus.pipelines.ingest.stream import seeded_split, stream_text
 from plexus.platform.config import to_dict
 from plexus.platform.errors import ConfigError, DataError
 from plexus.platform.feature_spec import SPEC_FILENAME, FeatureSpec
-from plexus.platform.hashing import splitmix64
 
 INGEST_VERSION = 1  # bump when the encoded output of the same input changes
 SPLITS = ("train", "valid", "test")
@@ -56,6 +60,8 @@ class IngestResult:
     rows: dict[str, int]
     rejects: dict[str, int]
     skipped: bool
+    # Lines, rejects and reject ratio per input file and per split ({"files": [...], "splits": {}}).
+    quality: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def shards(self, split: str) -> list[Path]:
         """The Parquet shards of `split` in order (empty when the split has no rows)."""
@@ -96,15 +102,21 @@ def ingest(
     if previous and _reusable(out, previous, _cached_prints(all_files, stat_cache)):
         log(f"{out}: up to date (same config, same input files), reusing it")
         return _reused(out, previous)
+    if config.format in _TEXT_FORMATS:
+        return _ingest_text(config, files, out, previous, config_hash, stat_cache, log)
     tables, input_prints, stats = _read_inputs(config, files, stat_cache, log)
     if previous and _reusable(out, previous, input_prints):
         log(f"{out}: up to date (same config, same input bytes), reusing it")
         return _reused(out, previous)
     rejects = pl.concat([t.rejects for t in tables.values()])
-    _check_rejects(rejects, sum(t.lines for t in tables.values()), config.max_reject_ratio)
+    for table in tables.values():
+        _check_rejects(table.rejects, table.lines, config.max_reject_ratio)
     roles, groups = tables["train"].roles, {}
     if config.interactions is not None:
-        frame, roles, groups = split_interactions(tables["train"], config)
+        try:
+            frame, roles, groups = split_interactions(tables["train"], config)
+        except DataError as exc:  # name the log the split could not be made from
+            raise DataError(f"{config.path}: {exc}") from None
     else:
         frame = _split(tables, config)
     rows = {
@@ -114,7 +126,13 @@ def ingest(
     log("split: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
     if rows["train"] == 0:
         raise DataError(f"{config.path}: no usable training rows; check data.path and data.format")
-    name = config.name or Path(config.path).stem
+    for split in ("valid", "test"):
+        if split in files and rows[split] == 0 and config.interactions is None:
+            raise DataError(
+                f"data.{split}_path: no usable rows in {getattr(config, f'{split}_path')}; every "
+                "line was rejected or the input is empty. Fix the input or point it at other files"
+            )
+    name = _name(config)
     source = {"format": config.format.value, "inputs": input_prints, "config_hash": config_hash}
     spec = fit_spec(
         frame,
@@ -142,10 +160,8 @@ def ingest(
     fingerprint = spec.fingerprint
     schema = arrow_schema(spec, fingerprint)
     log(f"encoded; spec fingerprint {fingerprint}")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    quality = _table_quality(tables, rows)
+    with _publishing(out) as tmp:
         # Splits are written in parallel: polars and pyarrow release the GIL.
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             jobs = {
@@ -170,12 +186,98 @@ def ingest(
             "inputs": input_prints,
             "rows": rows,
             "rejects": counts,
+            "quality": quality,
             "spec_fingerprint": fingerprint,
             "shards": shards,
             "stat_cache": stats,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    log(f"wrote {out}")
+    return IngestResult(
+        output=out, spec=spec, rows=rows, rejects=counts, skipped=False, quality=quality
+    )
+
+
+def _ingest_text(
+    config: DataConfig,
+    files: dict[str, list[Path]],
+    out: Path,
+    previous: dict[str, Any] | None,
+    config_hash: str,
+    stat_cache: dict[str, Any],
+    log: _Log,
+) -> IngestResult:
+    """Criteo and Avazu inputs (files, folders, globs; gzip or zstd) streamed in two passes."""
+    stats: dict[str, Any] = {}
+    seen: list[list[dict[str, Any]]] = []
+
+    def cached(path: Path, size: int, mtime_ns: int) -> str | None:
+        stats[str(path)] = {"size": size, "mtime_ns": mtime_ns}
+        old = stat_cache.get(str(path))
+        if old and old.get("size") == size and old.get("mtime_ns") == mtime_ns:
+            return old.get("sha256")
+        return None
+
+    def reuse(prints: list[dict[str, Any]]) -> bool:
+        for entry in prints:
+            stats[entry["path"]]["sha256"] = entry["sha256"]
+        seen.append(prints)
+        return previous is not None and _reusable(out, previous, prints)
+
+    def source() -> dict[str, Any]:
+        return {"format": config.format.value, "inputs": seen[0], "config_hash": config_hash}
+
+    with _publishing(out) as tmp:
+        streamed, prints = stream_text(
+            config, files, tmp, name=_name(config), source=source, fingerprint=cached,
+            reuse=reuse, log=log,
+        )  # fmt: skip
+        if streamed is None:
+            raise _Reuse
+        spec = streamed.spec
+        (tmp / SPEC_FILENAME).write_text(spec.to_json())
+        manifest = {
+            "ingest_version": INGEST_VERSION,
+            "config_hash": config_hash,
+            "config": _hashed_config(config),
+            "inputs": prints,
+            "rows": streamed.rows,
+            "rejects": streamed.rejects,
+            "quality": streamed.quality,
+            "spec_fingerprint": spec.fingerprint,
+            "shards": streamed.shards,
+            "stat_cache": stats,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    if streamed is None:
+        assert previous is not None
+        log(f"{out}: up to date (same config, same input bytes), reusing it")
+        return _reused(out, previous)
+    log(f"wrote {out}")
+    return IngestResult(
+        output=out, spec=spec, rows=streamed.rows, rejects=streamed.rejects, skipped=False,
+        quality=streamed.quality,
+    )  # fmt: skip
+
+
+class _Reuse(Exception):
+    """Raised inside `_publishing` to drop the temporary folder and keep the existing output."""
+
+
+@contextlib.contextmanager
+def _publishing(out: Path) -> Iterator[Path]:
+    """A fresh temporary sibling of `out` to write into; renamed onto `out` when the block ends,
+    removed on any error (a full or read-only disk is reported with `out`'s name). A killed
+    earlier ingest's temporary sibling (its process gone) is removed first."""
+    remove_stale_temporaries(out.parent, f".{out.name}.tmp-")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
         _replace(tmp, out)
+    except _Reuse:
+        shutil.rmtree(tmp, ignore_errors=True)
     except OSError as exc:  # a full or read-only disk: name the output (pyarrow's error does not)
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno is not None and exc.filename is None:
@@ -184,8 +286,32 @@ def ingest(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"wrote {out}")
-    return IngestResult(output=out, spec=spec, rows=rows, rejects=counts, skipped=False)
+
+
+def _name(config: DataConfig) -> str:
+    if config.name:
+        return config.name
+    path = Path(config.path)
+    return path.parent.name if glob.has_magic(config.path) else path.stem
+
+
+def _table_quality(tables: dict[str, RawTable], rows: dict[str, int]) -> dict[str, Any]:
+    """Lines and rejects per input (and per split where the splits are given)."""
+    files, splits = [], {}
+    for split, table in tables.items():
+        bad = table.rejects.height
+        # One entry per input: a MovieLens, Parquet or LightGCN folder counts as one.
+        path = table.files[0] if len(table.files) == 1 else table.files[0].parent
+        entry = {"path": str(path), "split": split, "lines": table.lines, "rejects": bad}
+        files.append(entry | {"reject_ratio": bad / table.lines if table.lines else 0.0})
+    for split, n in rows.items():
+        splits[split] = {"rows": n}
+        if "valid" in tables and split in tables:
+            bad = tables[split].rejects.height
+            lines = n + bad
+            splits[split] |= {"lines": lines, "rejects": bad,
+                              "reject_ratio": bad / lines if lines else 0.0}  # fmt: skip
+    return {"files": files, "splits": splits}
 
 
 class _Log:
@@ -206,20 +332,14 @@ def _read_inputs(
     """Parse every split's input while the input files are fingerprinted in the background."""
     inputs = {"train": config.path, "valid": config.valid_path, "test": config.test_path}
     all_files = [f for fs in files.values() for f in fs]
-    # Text inputs are read once: the bytes feed both the parser and the fingerprint.
-    preload = {f: read_bytes(f) for f in all_files} if config.format in _TEXT_FORMATS else {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         # hashlib releases the GIL, and so does polars while it parses.
-        fingerprints = pool.submit(_fingerprints, all_files, stat_cache, preload)
+        fingerprints = pool.submit(_fingerprints, all_files, stat_cache)
         tables = {}
-        for split, split_files in files.items():
+        for split in files:
             path = Path(inputs[split])  # type: ignore[arg-type]
             table = read_input(
-                config.format,
-                path,
-                config.schema,
-                data=preload.get(split_files[0]),
-                interactions=config.interactions is not None,
+                config.format, path, config.schema, interactions=config.interactions is not None
             )
             log(f"read {split}: {table.frame.height:,} rows, {table.rejects.height:,} rejects")
             tables[split] = table
@@ -230,6 +350,7 @@ def _read_inputs(
 def _hashed_config(config: DataConfig) -> dict[str, Any]:
     data = to_dict(config)
     data.pop("output", None)  # where the result goes does not change its bytes
+    data.pop("workers", None)  # nor how many workers made it
     if data.get("interactions") is None:
         data.pop("interactions", None)  # CTR configs keep the hash they had before logs
     return data
@@ -241,7 +362,7 @@ def _config_hash(config: DataConfig) -> str:
 
 
 def _fingerprints(
-    files: list[Path], stat_cache: dict[str, Any], preload: dict[Path, bytes]
+    files: list[Path], stat_cache: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Path, size and SHA-256 of each file, plus the new stat cache.
 
@@ -257,12 +378,9 @@ def _fingerprints(
             digest_hex = old["sha256"]
         else:
             digest = hashlib.sha256()
-            if file in preload:
-                digest.update(preload[file])
-            else:
-                with file.open("rb") as fh:
-                    while chunk := fh.read(1 << 24):
-                        digest.update(chunk)
+            with file.open("rb") as fh:
+                while chunk := fh.read(1 << 24):
+                    digest.update(chunk)
             digest_hex = digest.hexdigest()
         stats[key]["sha256"] = digest_hex
         prints.append({"path": key, "size": stat.st_size, "sha256": digest_hex})
@@ -287,7 +405,7 @@ def _reusable(out: Path, previous: dict[str, Any], prints: list[dict[str, Any]] 
 def _reused(out: Path, previous: dict[str, Any]) -> IngestResult:
     return IngestResult(
         output=out, spec=FeatureSpec.load(out), rows=dict(previous["rows"]),
-        rejects=dict(previous["rejects"]), skipped=True,
+        rejects=dict(previous["rejects"]), skipped=True, quality=previous.get("quality", {}),
     )  # fmt: skip
 
 
@@ -306,6 +424,7 @@ def _complete(out: Path, manifest: dict[str, Any]) -> bool:
 
 
 def _check_rejects(rejects: pl.DataFrame, lines: int, max_ratio: float) -> None:
+    """One input's rejects against the ratio (each split's input on its own)."""
     if rejects.height == 0 or rejects.height <= max_ratio * max(lines, 1):
         return
     shown = "; ".join(
@@ -351,12 +470,7 @@ def _split(tables: dict[str, RawTable], config: DataConfig) -> pl.DataFrame:
             rank >= n - n_test, 2, np.where(rank >= n - n_test - n_valid, 1, 0)
         ).astype(np.int8)
     else:
-        lines = frame[LINE].to_numpy().astype(np.uint64)
-        mixed = splitmix64(lines ^ splitmix64(np.uint64(cfg.seed)))
-        position = (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-        which = np.where(
-            position < cfg.test, 2, np.where(position < cfg.test + cfg.valid, 1, 0)
-        ).astype(np.int8)
+        which = seeded_split(frame[LINE].to_numpy().astype(np.uint64), config)
     return frame.drop(TIME, strict=False).with_columns(pl.Series(SPLIT, which))
 
 

@@ -8,7 +8,9 @@ source line) and, where the data has time, `__time` (int64, for time splits).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -57,23 +59,110 @@ def source_files(fmt: DataFormat, path: Path) -> list[Path]:
         if not files:
             raise DataError(f"no *.parquet files in folder {path}")
         return files
+    if fmt in (DataFormat.CRITEO, DataFormat.AVAZU):
+        return _text_files(path)
     if not path.is_file():
         raise DataError(f"input file not found: {path}")
     return [path]
 
 
+@dataclasses.dataclass(frozen=True)
+class TextFormat:
+    """A delimited text layout: its fields, separator, header rule and the typed frame it gives."""
+
+    columns: tuple[Column, ...]
+    separator: str
+    header: bool | None
+    roles: ParquetSchema
+    finish: Callable[[pl.DataFrame], pl.DataFrame]  # parsed fields -> label, features, __line..
+
+
+def _criteo_finish(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(pl.col("label").cast(pl.Float32))
+
+
+def _avazu_finish(frame: pl.DataFrame) -> pl.DataFrame:
+    hour = pl.col("hour")
+    day = pl.date(2000 + hour // 1_000_000, hour // 10_000 % 100, hour // 100 % 100)
+    return frame.select(
+        pl.col("click").cast(pl.Float32).alias("label"),
+        (hour % 100).cast(pl.String).alias("hour_of_day"),
+        day.dt.weekday().cast(pl.String).alias("weekday"),
+        *AVAZU_COLUMNS[3:],
+        LINE,
+        hour.alias(TIME),
+    )
+
+
+def text_format(fmt: DataFormat) -> TextFormat:
+    """The layout of a delimited text format (Criteo, Avazu), as the streaming ingest reads it.
+
+    Criteo: label, I1..I13 (integers), C1..C26 (hex strings); no header. Avazu: 24 CSV columns,
+    header optional and detected; `hour` (YYMMDDHH) becomes the time, hour of day and weekday
+    are derived from it, every column but id/click/hour is a categorical string.
+    """
+    if fmt is DataFormat.CRITEO:
+        columns = [Column("label", "int", required=True, check=_BINARY, bad="bad_label")]
+        columns += [Column(c, "int") for c in CRITEO_NUMERIC]
+        columns += [Column(c, "str") for c in CRITEO_CATEGORICAL]
+        roles = ParquetSchema(label="label", numeric=CRITEO_NUMERIC, categorical=CRITEO_CATEGORICAL)
+        return TextFormat(tuple(columns), "\t", False, roles, _criteo_finish)
+    if fmt is DataFormat.AVAZU:
+        hour_ok = (
+            pl.col("hour").is_between(0, 99_12_31_23) & (pl.col("hour") % 100 < 24),
+            "bad_hour",
+        )
+        click_ok = (pl.col("click").is_in([0, 1]), "bad_label")
+        columns = [
+            Column("id"),
+            Column("click", "int", required=True, check=click_ok, bad="bad_label"),
+            Column("hour", "int", required=True, check=hour_ok, bad="bad_hour"),
+        ] + [Column(c) for c in AVAZU_COLUMNS[3:]]
+        roles = ParquetSchema(
+            label="label", categorical=("hour_of_day", "weekday", *AVAZU_COLUMNS[3:])
+        )
+        return TextFormat(tuple(columns), ",", None, roles, _avazu_finish)
+    raise ValueError(f"{fmt.value} is not a delimited text format")
+
+
+def parse_text(
+    fmt: DataFormat, path: Path, *, data: bytes | None = None, line_offset: int = 0
+) -> RawTable:
+    """Parse one file of a text format, or one block of it (`data`, after `line_offset` lines;
+    a header is looked for only at the start of a file)."""
+    layout = text_format(fmt)
+    header = layout.header if line_offset == 0 else False
+    parsed = read_delimited(
+        path, layout.columns, separator=layout.separator, header=header, data=data,
+        line_offset=line_offset,
+    )  # fmt: skip
+    return RawTable(
+        frame=layout.finish(parsed.frame), roles=layout.roles, rejects=parsed.rejects,
+        lines=parsed.lines, files=(path,),
+    )  # fmt: skip
+
+
+def _text_files(path: Path) -> list[Path]:
+    """A file, a folder's files (a day or a shard per file; not `.hidden` or `_SUCCESS`) or a
+    glob's matches, sorted."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name[:1] not in "._")
+        if not files:
+            raise DataError(f"no input files in folder {path}; put the data files there")
+        return files
+    if glob.has_magic(str(path)):
+        files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+        if not files:
+            raise DataError(f"no files match {path}; check the pattern")
+        return files
+    raise DataError(f"input file not found: {path}")
+
+
 def read_criteo(path: Path, *, data: bytes | None = None) -> RawTable:
     """Criteo display-ads TSV: label, I1..I13 (integers), C1..C26 (hex strings); no header."""
-    columns = [Column("label", "int", required=True, check=_BINARY, bad="bad_label")]
-    columns += [Column(c, "int") for c in CRITEO_NUMERIC] + [
-        Column(c, "str") for c in CRITEO_CATEGORICAL
-    ]
-    parsed = read_delimited(path, columns, separator="\t", header=False, data=data)
-    frame = parsed.frame.with_columns(pl.col("label").cast(pl.Float32))
-    roles = ParquetSchema(label="label", numeric=CRITEO_NUMERIC, categorical=CRITEO_CATEGORICAL)
-    return RawTable(
-        frame=frame, roles=roles, rejects=parsed.rejects, lines=parsed.lines, files=(path,)
-    )
+    return parse_text(DataFormat.CRITEO, path, data=data)
 
 
 def read_avazu(path: Path, *, data: bytes | None = None) -> RawTable:
@@ -82,33 +171,7 @@ def read_avazu(path: Path, *, data: bytes | None = None) -> RawTable:
     Features: hour of day and weekday derived from `hour`, then every column but id/click/hour
     as a categorical string.
     """
-    hour_ok = (pl.col("hour").is_between(0, 99_12_31_23) & (pl.col("hour") % 100 < 24), "bad_hour")
-    columns = [
-        Column(
-            "click",
-            "int",
-            required=True,
-            check=(pl.col("click").is_in([0, 1]), "bad_label"),
-            bad="bad_label",
-        ),
-        Column("hour", "int", required=True, check=hour_ok, bad="bad_hour"),
-    ]
-    columns = [Column("id")] + columns + [Column(c) for c in AVAZU_COLUMNS[3:]]
-    parsed = read_delimited(path, columns, separator=",", header=None, data=data)
-    hour = pl.col("hour")
-    day = pl.date(2000 + hour // 1_000_000, hour // 10_000 % 100, hour // 100 % 100)
-    frame = parsed.frame.select(
-        pl.col("click").cast(pl.Float32).alias("label"),
-        (hour % 100).cast(pl.String).alias("hour_of_day"),
-        day.dt.weekday().cast(pl.String).alias("weekday"),
-        *AVAZU_COLUMNS[3:],
-        LINE,
-        hour.alias(TIME),
-    )
-    roles = ParquetSchema(label="label", categorical=("hour_of_day", "weekday", *AVAZU_COLUMNS[3:]))
-    return RawTable(
-        frame=frame, roles=roles, rejects=parsed.rejects, lines=parsed.lines, files=(path,)
-    )
+    return parse_text(DataFormat.AVAZU, path, data=data)
 
 
 def read_parquet(path: Path, schema: ParquetSchema, *, binary: bool = True) -> RawTable:

@@ -13,6 +13,7 @@ from plexus.pipelines.retrieval.config import bundled_retrieval_config, load_ret
 from plexus.pipelines.retrieval.evaluate import evaluate_tower
 from plexus.pipelines.retrieval.report import flat_metrics, markdown_table, write_report
 from plexus.pipelines.retrieval.tune import MIN_DIVERSITY, tune_knn_embed
+from plexus.pipelines.retrieval.user_state import build_user_state
 from plexus.platform import config as config_io
 
 
@@ -81,8 +82,9 @@ def bench_retrieval(
         tower = evaluate_tower(model, interactions, ks=config.eval.ks)
         tracking.log_metrics("tower", tower)
         module, state = fit_knn_embed_query(model, interactions, knn_config)
+        users = build_user_state(module, state, interactions, config.export.user_state)
         rows = compare_retrieval(
-            module, state, interactions, ks=config.eval.ks, allocation=allocation
+            module, state, interactions, ks=config.eval.ks, allocation=allocation, users=users
         )
         title = f"{config.name}: kNN-Embed vs single-vector retrieval"
         write_report(rows, out, title=title)

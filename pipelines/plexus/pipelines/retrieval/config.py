@@ -1,4 +1,5 @@
-"""The retrieval job config: typed sections data / model / train / knn_embed / export / tracking.
+"""The retrieval job config: typed sections data / model / train / knn_embed / export / promote /
+tracking.
 
 Example (`pipelines/configs/retrieval_movielens.yaml`), any key overridable as `section.key=value`:
 
@@ -21,10 +22,12 @@ from plexus.models.embeddings import EmbeddingConfig
 from plexus.models.retrieval import KnnEmbedConfig, TwoTowerConfig
 from plexus.pipelines.config import TrackingConfig
 from plexus.pipelines.ingest import DataConfig
+from plexus.pipelines.promote import PromoteConfig
 from plexus.pipelines.retrieval.train import RetrievalTrainConfig
 from plexus.platform import config as config_io
 from plexus.platform.errors import ConfigError
 from plexus.serving.knn_embed import AllocationConfig
+from plexus.serving.user_state import UserStateConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,12 +43,14 @@ class RetrievalEvalConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RetrievalExportConfig:
-    """The bundle: registered model name, alias set on the new version, index and allocation."""
+    """The bundle: registered model name, alias set on the new version, index, allocation and
+    the compact user state (`user_state.top_clusters` per known user, the new-user sample)."""
 
     registered_model: str = "plexus-retrieval"
     alias: str | None = "champion"
     nprobe: int | None = None  # None: exact (all lists) below 200k items
     allocation: AllocationConfig = AllocationConfig()
+    user_state: UserStateConfig = UserStateConfig()
 
     def __post_init__(self) -> None:
         if not self.registered_model:
@@ -56,7 +61,8 @@ class RetrievalExportConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RetrievalJobConfig:
-    """ingest -> train (Ray Train) -> kNN-Embed fit -> evaluate -> export -> register.
+    """ingest -> train (Ray Train) -> kNN-Embed fit -> evaluate -> export -> register
+    (-> promotion gate, with `promote.gate`).
 
     `data` is the platform's ingest section, with `data.interactions` set (format lightgcn
     sets it): the log goes through the same ingest job as CTR data. `embedding` is the CTR
@@ -70,6 +76,7 @@ class RetrievalJobConfig:
     knn_embed: KnnEmbedConfig = KnnEmbedConfig()
     eval: RetrievalEvalConfig = RetrievalEvalConfig()
     export: RetrievalExportConfig = RetrievalExportConfig()
+    promote: PromoteConfig = PromoteConfig()
     tracking: TrackingConfig = TrackingConfig(experiment="plexus-retrieval")
     output: str | None = None  # runs folder; None -> ./runs (or PLEXUS_RUNS_DIR)
     use_ray: bool = True  # False trains in-process (tests, debugging)
@@ -82,6 +89,11 @@ class RetrievalJobConfig:
                 "data.interactions: a retrieval job reads an interaction log; add e.g. "
                 "`interactions: {min_rating: 4, split: leave_last}` under data (format "
                 "lightgcn needs nothing)"
+            )
+        if self.promote.gate and not self.export.alias:
+            raise ConfigError(
+                "promote.gate: the gate moves export.alias, which is null; set export.alias "
+                "(e.g. champion) or promote.gate=false"
             )
 
     def fingerprint(self, *sections: str) -> str:

@@ -2,7 +2,9 @@
 
 The query model is exported with the dynamo exporter (the TorchScript one has no `bitwise_xor`,
 which the hashed tables' in-graph hash needs): plain Gather, MatMul, TopK and the hash's integer
-ops, with dynamic batch and history length, no EmbeddingBag offsets.
+ops, with dynamic batch and history length, no EmbeddingBag offsets. The graph holds the
+model's own user table only; known users' mixtures and the new-user index are the user state
+(`plexus.pipelines.retrieval.user_state`), written beside it as compact arrays.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from plexus.platform.feature_spec import Encoding, Feature, FeatureKind, Feature
 from plexus.serving import index as item_index
 from plexus.serving.bundle import ONNX_INPUTS, ONNX_OUTPUTS, write_bundle
 from plexus.serving.knn_embed import AllocationConfig
+from plexus.serving.user_state import UserState
 
 __all__ = ["export_query_model", "onnx_parity", "write_retrieval_bundle", "default_nprobe"]
 
@@ -72,9 +75,7 @@ def onnx_parity(
     history = torch.randint(1, num_items + 1, (batch, history_len), generator=gen)
     lengths = torch.randint(0, history_len + 1, (batch,), generator=gen)
     lengths[batch // 4 : batch // 2] = history_len
-    # No user and no history is answered by popularity in the bundle, never by the model (its
-    # neighbour top-k is all ties there), so every unknown user gets at least one item.
-    lengths = torch.where(user == 0, lengths.clamp(min=1), lengths)
+    lengths[::5] = 0  # some known users without a history, some unknown users without one
     mask = (torch.arange(history_len) < lengths.unsqueeze(1)).float()
     history = history * mask.long()
     with torch.no_grad():
@@ -98,6 +99,7 @@ def write_retrieval_bundle(
     module: KnnEmbedQuery,
     state: KnnEmbedState,
     data: Interactions,
+    users: UserState,
     history_len: int,
     allocation: AllocationConfig,
     nprobe: int | None = None,
@@ -133,12 +135,12 @@ def write_retrieval_bundle(
         index = item_index.build_cluster_index(vectors, clusters[1:], centroids, ids)
         num_clusters = centroids.shape[0]
         probe = nprobe or default_nprobe(data.num_items, num_clusters)
-        users = state.user_table.numpy()[1:]
+        sample = users.reference.index.reconstruct_n(0, len(users.reference))
         pick = np.random.default_rng(0).choice(
-            len(users), min(recall_queries, len(users)), replace=False
+            len(sample), min(recall_queries, len(sample)), replace=False
         )
         recall = {
-            str(k): item_index.index_recall(index, vectors, ids, users[pick], k, nprobe=probe)
+            str(k): item_index.index_recall(index, vectors, ids, sample[pick], k, nprobe=probe)
             for k in (20, 100)
             if k <= data.num_items
         }
@@ -174,6 +176,7 @@ def write_retrieval_bundle(
             "num_clusters": int(num_clusters),
             "scoring": "cosine",
             "retrieval": {"nprobe": int(probe), "allocation": _asdict(allocation)},
+            "user_state": users.manifest(),
             "index": {
                 "kind": "ivf_flat_clusters",
                 "nlist": int(num_clusters),
@@ -187,8 +190,9 @@ def write_retrieval_bundle(
             "item_clusters": clusters,
             "item_popularity": data.item_popularity(),
             "user_ids": data.user_ids,
-            "seen_indptr": data.train_indptr,
-            "seen_items": data.train_items,
+            "seen_indptr": _narrow(data.train_indptr, 2**32, np.uint32),
+            "seen_items": _narrow(data.train_items, 2**31, np.int32),
+            **users.arrays(),
         }
         write_bundle(
             out,
@@ -203,6 +207,11 @@ def write_retrieval_bundle(
             },
         )
     return out, info
+
+
+def _narrow(values: np.ndarray, below: int, dtype: type[np.integer[Any]]) -> np.ndarray:
+    """`values` as `dtype` when all are < `below` (4 bytes a user or item instead of 8)."""
+    return values.astype(dtype) if values.size == 0 or int(values.max()) < below else values
 
 
 def _asdict(allocation: AllocationConfig) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The retrieval job: ingest -> train (Ray Train) -> kNN-Embed fit -> evaluate -> export ->
-register, in one parent MLflow run. Also `export_retrieval` (re-export a trained run folder).
+register (-> promotion gate with `promote.gate`: `plexus.pipelines.promote`), in one parent
+MLflow run. Also `export_retrieval` (re-export a trained run folder).
 
 Outputs under `<output>/<name>-retrieval-<config hash>/`: model.pt, config.json, results.json /
 results.md / retrieval.png (the kNN-Embed comparison) and bundle/ (also logged to MLflow as the
@@ -8,6 +9,7 @@ run's `bundle/` artifacts and registered as a new version of `export.registered_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -29,6 +31,7 @@ from plexus.pipelines.retrieval.train import (
     train_two_tower,
     train_worker,
 )
+from plexus.pipelines.retrieval.user_state import build_user_state
 from plexus.platform import config as config_io
 from plexus.platform.errors import PlexusError, RegistryError
 
@@ -177,6 +180,7 @@ def _train_with_ray(
             name="ray",
             storage_path=str(out),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
         ),
     )
     result = trainer.fit()
@@ -198,18 +202,26 @@ def _export_and_register(
     evaluate: bool,
 ) -> dict[str, Any]:
     """kNN-Embed fit (+ comparison), bundle, MLflow artifacts + a new registered version.
-    Must run inside an active MLflow run."""
+    Must run inside an active MLflow run. With `promote.gate` the new version is registered
+    without `export.alias` and the promotion gate decides whether the alias moves to it."""
     import mlflow
+    from plexus.pipelines import tracking
 
     start = time.perf_counter()
     module, state = fit_knn_embed_query(model, data, config.knn_embed)
+    users = build_user_state(module, state, data, config.export.user_state)
     mlflow.log_metric("knn_embed_fit_seconds", time.perf_counter() - start)
     metrics: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     if evaluate:
         start = time.perf_counter()
         rows = compare_retrieval(
-            module, state, data, ks=config.eval.ks, allocation=config.export.allocation
+            module,
+            state,
+            data,
+            ks=config.eval.ks,
+            allocation=config.export.allocation,
+            users=users,
         )
         mlflow.log_metric("compare_seconds", time.perf_counter() - start)
         metrics = flat_metrics(rows)
@@ -223,6 +235,7 @@ def _export_and_register(
         module=module,
         state=state,
         data=data,
+        users=users,
         history_len=config.model.history_len,
         allocation=config.export.allocation,
         nprobe=config.export.nprobe,
@@ -232,8 +245,23 @@ def _export_and_register(
     mlflow.log_metric("onnx_max_abs_diff", info["onnx_max_abs_diff"])
     for k, recall in info["index_recall_vs_exact"].items():
         mlflow.log_metric(f"index_recall_at_{k}", recall)
-    version = register_bundle(bundle, config.export.registered_model, alias=config.export.alias)
-    return {"bundle": str(bundle), "version": version, "export": info, "results": rows, **metrics}
+    gated = config.promote.gate  # then the gate, not the export, moves the alias
+    alias = None if gated else config.export.alias
+    version = register_bundle(bundle, config.export.registered_model, alias=alias)
+    result = {"bundle": str(bundle), "version": version, "export": info, "results": rows, **metrics}
+    if gated:
+        from plexus.pipelines.promote import promote
+
+        promotion = promote(config, candidate=version, data=data)
+        print(f"[plexus] promotion gate: {promotion.summary()}", flush=True)
+        mlflow.set_tag("plexus.promote.decision", promotion.decision)
+        for side, values in (
+            ("candidate", promotion.candidate_metrics),
+            ("champion", promotion.champion_metrics or {}),
+        ):
+            tracking.log_metrics(f"promote.{side}", values)
+        result["promotion"] = dataclasses.asdict(promotion)
+    return result
 
 
 def register_bundle(bundle: Path, name: str, *, alias: str | None = None) -> str:

@@ -8,19 +8,22 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("recall", "ndcg", "distinct_clusters", "intra_list_distance")
+LABELS = {"single": "single", "knn_embed": "kNN-Embed", "popular": "most popular"}
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Rows (method, k, metrics) as one Markdown table, single and kNN-Embed side by side."""
+    """Rows (method, k, metrics) as one Markdown table: single-vector, kNN-Embed and the most
+    popular items (where the rows have them) side by side."""
     ks = sorted({int(r["k"]) for r in rows})
     by = {(r["method"], int(r["k"])): r for r in rows}
-    head = "| K | " + " | ".join(f"{c} single | {c} kNN-Embed" for c in COLUMNS) + " |"
-    sep = "|---:" * (1 + 2 * len(COLUMNS)) + "|"
+    methods = [m for m in LABELS if any(r["method"] == m for r in rows)]
+    head = "| K | " + " | ".join(f"{c} {LABELS[m]}" for c in COLUMNS for m in methods) + " |"
+    sep = "|---:" * (1 + len(methods) * len(COLUMNS)) + "|"
     lines = [head, sep]
     for k in ks:
         cells = []
         for c in COLUMNS:
-            for method in ("single", "knn_embed"):
+            for method in methods:
                 row = by.get((method, k))
                 cells.append(f"{row[c]:.4f}" if row else "-")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
@@ -40,7 +43,7 @@ def plot(rows: Sequence[dict[str, Any]], *, title: str) -> Any:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    labels = {"single": "single-vector", "knn_embed": "kNN-Embed"}
+    labels = {"single": "single-vector", "knn_embed": "kNN-Embed", "popular": "most popular"}
     for ax, key, name in zip(
         axes,
         ("recall", "distinct_clusters", "intra_list_distance"),

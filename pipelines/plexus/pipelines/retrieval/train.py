@@ -54,11 +54,14 @@ class RetrievalTrainConfig:
     threads: int = 2
     seed: int = 0
     eval_every: int = 0  # epochs between in-training Recall@20 checks; 0 = only at the end
+    max_failures: int = 1  # Ray Train worker restarts from the last checkpoint before failing
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "num_negatives", "threads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.max_failures < 0:
+            raise ConfigError(f"train.max_failures: must be >= 0, got {self.max_failures}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
         if self.temperature <= 0:

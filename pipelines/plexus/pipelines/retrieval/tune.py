@@ -21,6 +21,7 @@ from plexus.models.retrieval import KnnEmbedConfig
 from plexus.pipelines.retrieval.compare import compare_allocations, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import RetrievalJobConfig
 from plexus.pipelines.retrieval.data import Interactions
+from plexus.pipelines.retrieval.user_state import build_user_state
 from plexus.platform.errors import ConfigError
 from plexus.serving.knn_embed import AllocationConfig
 
@@ -63,7 +64,10 @@ def tune_knn_embed(
     for smoothing in smoothings:
         knn_config = dataclasses.replace(config.knn_embed, smoothing=float(smoothing))
         module, state = fit_knn_embed_query(model, valid, knn_config)
-        scored = compare_allocations(module, state, valid, allocations, ks=config.eval.ks)
+        users = build_user_state(module, state, valid, config.export.user_state)
+        scored = compare_allocations(
+            module, state, valid, allocations, ks=config.eval.ks, users=users
+        )
         for power, rows_of_power in zip(powers, scored, strict=True):
             rows.append(
                 {"smoothing": float(smoothing), "power": float(power), **_means(rows_of_power)}

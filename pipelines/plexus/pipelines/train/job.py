@@ -53,19 +53,30 @@ class TrainResult:
         return self.output / METRICS_FILE
 
 
-def run_output_dir(job: JobConfig, data: IngestResult) -> Path:
-    """`<runs>/<name>/train-<hash>`: one folder per (config, ingested data) pair."""
+def run_output_dir(job: JobConfig, data: IngestResult, *, init: str | None = None) -> Path:
+    """`<runs>/<name>/train-<hash>`: one folder per (config, ingested data, initial weights)."""
     runs = Path(job.output).resolve() if job.output else default_runs_dir()
     sections = job.fingerprint("data", "model", "embedding", "train")
-    key = hashlib.sha256(f"{sections}:{data.spec.fingerprint}".encode()).hexdigest()[:12]
+    key_text = f"{sections}:{data.spec.fingerprint}" + (f":{init}" if init else "")
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:12]
     return runs / job.name / f"train-{key}"
 
 
 def train(
-    job: JobConfig, data: IngestResult, *, force: bool = False, nested: bool = False
+    job: JobConfig,
+    data: IngestResult,
+    *,
+    force: bool = False,
+    nested: bool = False,
+    init_state: Path | None = None,
 ) -> TrainResult:
-    """Train `job`'s model on ingested `data`, evaluate on the test split, track it all in MLflow."""
-    out = run_output_dir(job, data)
+    """Train `job`'s model on ingested `data`, evaluate on the test split, track it all in MLflow.
+
+    `init_state`: a saved state dict to start from instead of a fresh initialisation (a warm
+    start, e.g. yesterday's model); its content is part of the output folder's key.
+    """
+    init = hashlib.sha256(init_state.read_bytes()).hexdigest()[:16] if init_state else None
+    out = run_output_dir(job, data, init=init)
     if (out / METRICS_FILE).is_file() and not force:
         saved = json.loads((out / METRICS_FILE).read_text())
         print(f"[plexus] reusing finished training run {out} (pass --force to retrain)")
@@ -84,12 +95,20 @@ def train(
         if not resumed:
             tracking.log_params(config_io.flatten(job))
             mlflow.log_param("data.fingerprint", data.spec.fingerprint)
+            if init:
+                mlflow.log_param("init_state", f"{init_state} (sha256 {init})")
             mlflow.log_artifact(str(data.output / "feature_spec.json"), artifact_path=MODEL_DIR)
         model = build_ctr_model(job.model, job.embedding, data.spec)
         stages = protocol.model_stages(model)
         stage_metrics: dict[str, float] = {}
         if stages == protocol.SINGLE_STAGE:
-            history, best_state = _load_final_state(_fit(job, data, out, run_id))
+            start = str(init_state) if init_state else None
+            history, best_state = _load_final_state(_fit(job, data, out, run_id, init_state=start))
+        elif init_state is not None:
+            raise PlexusError(
+                f"embedding.method={job.embedding.method.value} trains in several stages, each "
+                "from the previous one's weights; a warm start applies to single-stage methods"
+            )
         else:
             history, best_state, stage_metrics = run_stages(
                 job, data, out, stages, _fit, _load_final_state

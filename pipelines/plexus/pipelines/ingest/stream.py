@@ -1,0 +1,479 @@
+"""Streaming ingest of delimited text (Criteo, Avazu): many files, gzip or zstd, bounded memory.
+
+Pass 1 reads each input file in blocks of about `BLOCK_BYTES` ending at a line end (`.gz` and
+`.zst` files are decompressed on the fly; the raw bytes are fingerprinted as they are read),
+parses each block on a worker, sets its rejects aside and counts the training values of every
+vocabulary column. Per-block counts are merged in block order, so the vocabulary is exactly the
+whole-input one. Pass 2 reads and parses the blocks again and encodes them with the spec; the
+driver appends the rows to each split's shards in block order, in row groups of `ROW_GROUP`
+rows. Memory holds the blocks in flight and the vocabularies, whatever the input size, and
+nothing is spilled to disk. A split by time needs two more passes (the per-time row counts
+first, then the keys of the rows at the boundary times).
+
+Workers are threads of this process (`data.workers: 0`, the default: polars, pyarrow and
+hashlib release the GIL) or Ray tasks, at most `data.workers` in flight. Block boundaries,
+merge order and row groups do not depend on the workers: the outputs are byte-identical.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from plexus.pipelines.ingest.blocks import Block, ShardWriter, ordered_map, read_blocks
+from plexus.pipelines.ingest.config import DataConfig, DataFormat
+from plexus.pipelines.ingest.delimited import LINE
+from plexus.pipelines.ingest.encode import (
+    arrow_schema,
+    build_spec,
+    encode,
+    numeric_features,
+    rank_vocabulary,
+    vocab_columns,
+)
+from plexus.pipelines.ingest.readers import TIME, parse_text, text_format
+from plexus.platform.errors import ConfigError, DataError
+from plexus.platform.feature_spec import FeatureSpec
+from plexus.platform.hashing import splitmix64
+
+SPLIT = "__split"
+SPLITS = ("train", "valid", "test")
+_FILE_BITS = 40  # a row's split key: line + (file index << 40); the line alone for file 0
+_SHOWN = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """How a block's rows get their split, and what pass 1 counts."""
+
+    fmt: DataFormat
+    config: DataConfig
+    vocab: tuple[str, ...]
+    by_time: bool  # split known only after pass 1 (then counting is a pass of its own)
+    time_cut: tuple[tuple[int, int], tuple[int, int]] | None = None  # (test, valid) thresholds
+
+
+@dataclasses.dataclass
+class _Stats:
+    """What a block contributes: lines, rejects, rows per split and training statistics."""
+
+    lines: int
+    rows: np.ndarray  # (3,) accepted rows per split (zeros while the split is unknown)
+    rejects: pl.DataFrame
+    reject_splits: np.ndarray  # (3,) rejects per split (given or seeded; zeros by time)
+    counts: dict[str, pl.DataFrame]
+    numeric: dict[str, Any]
+    times: pl.DataFrame | None  # rows per time value (time splits)
+    file_index: int = 0  # the input file (a file given as two splits counts twice)
+
+
+@dataclasses.dataclass(frozen=True)
+class Streamed:
+    """The outcome of a streamed ingest, written into the temporary output folder."""
+
+    spec: FeatureSpec
+    rows: dict[str, int]
+    rejects: dict[str, int]
+    quality: dict[str, Any]
+    shards: dict[str, list[str]]
+
+
+def stream_text(
+    config: DataConfig,
+    files: dict[str, list[Path]],
+    tmp: Path,
+    *,
+    name: str,
+    source: Callable[[], dict[str, Any]],
+    fingerprint: Callable[[Path, int, int], str | None],
+    reuse: Callable[[list[dict[str, Any]]], bool],
+    log: Callable[[str], None],
+) -> tuple[Streamed | None, list[dict[str, Any]]]:
+    """Ingest text `files` (split -> files) into `tmp` in two streamed passes.
+
+    `fingerprint(path, size, mtime_ns)` gives a cached SHA-256 (None: hash while reading);
+    `reuse(prints)` says, once every input is fingerprinted, that an existing output holds
+    these bytes (then nothing is written and None is returned with the prints); `source()`
+    gives the spec's source record once the prints are known.
+    """
+    roles = text_format(config.format).roles
+    given = "valid" in files
+    plan = _Plan(config.format, config, tuple(vocab_columns(roles, config)), by_time=False)
+    if not given and config.split.by == "time":
+        if config.format is not DataFormat.AVAZU:
+            raise ConfigError(
+                f"data.split.by: 'time' needs a time column; {config.format.value} has none"
+            )
+        plan = dataclasses.replace(plan, by_time=True)
+    ordered = [(s, f) for s in SPLITS for f in files.get(s, [])]
+    prints: list[dict[str, Any]] = []
+    merged = _Merged(plan.vocab)
+    per_file: dict[int, dict[str, Any]] = {
+        i: {"path": str(f), "split": s, "lines": 0, "rejects": 0, "shown": []}
+        for i, (s, f) in enumerate(ordered)
+    }
+    reject_counts: collections.Counter[str] = collections.Counter()
+    blocks = read_blocks(ordered, given, fingerprint, prints)
+    with (tmp / "rejects.jsonl").open("w") as rejects_out:
+        for stats in ordered_map(_parse_task, ((plan, b) for b in blocks), config.workers):
+            merged.add(stats)
+            _note_rejects(stats, per_file, reject_counts, rejects_out)
+    log(
+        f"read {len(ordered)} files: {merged.lines:,} lines, {sum(reject_counts.values()):,} rejects"
+    )
+    if reuse(prints):
+        return None, prints
+    _check_rejects(per_file, config.max_reject_ratio)
+
+    def again() -> Iterator[Block]:
+        return read_blocks(ordered, given, lambda *_: "", [])
+
+    if plan.by_time:
+        plan = dataclasses.replace(plan, time_cut=_time_cut(plan, merged, again()))
+        merged = _Merged(plan.vocab)
+        for stats in ordered_map(_count_task, ((plan, b) for b in again()), config.workers):
+            merged.add(stats)
+    rows = dict(zip(SPLITS, (int(n) for n in merged.rows), strict=True))
+    log("split: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+    if rows["train"] == 0:
+        raise DataError(f"{config.path}: no usable training rows; check data.path and data.format")
+    for s in ("valid", "test"):
+        if s in files and rows[s] == 0:
+            raise DataError(
+                f"data.{s}_path: no usable rows in {', '.join(map(str, files[s]))}; every line "
+                "was rejected or the files are empty. Fix the input or point it at other files"
+            )
+    spec = build_spec(
+        roles, config, vocabs=merged.vocabularies(config), max_lengths={},
+        numeric=merged.numeric_features(roles.numeric, config.numeric),
+        name=name, source=source(), splits=rows,
+    )  # fmt: skip
+    log(f"spec: {len(spec.features)} features")
+    fingerprint_ = spec.fingerprint
+    schema = arrow_schema(spec, fingerprint_)
+    compression = None if config.compression == "none" else config.compression
+    writers = {
+        s: ShardWriter(tmp / s, schema, config.rows_per_shard, compression)
+        for s in SPLITS
+        if rows[s] or s in files
+    }
+    written = np.zeros(3, dtype=np.int64)
+    for encoded in ordered_map(_encode_task, ((plan, spec, b) for b in again()), config.workers):
+        for code, s in enumerate(SPLITS):
+            part = encoded.filter(pl.col(SPLIT) == code)
+            written[code] += part.height
+            if part.height:
+                writers[s].add(part.drop(SPLIT))
+    shards = {s: w.close() for s, w in writers.items()}
+    _check_unchanged(ordered, prints, written, merged.rows)
+    log(f"encoded; spec fingerprint {fingerprint_}")
+    quality = _quality(per_file, merged, rows, plan)
+    counts = dict(sorted(reject_counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return Streamed(spec=spec, rows=rows, rejects=counts, quality=quality, shards=shards), prints
+
+
+def _check_unchanged(
+    ordered: list[tuple[str, Path]],
+    prints: list[dict[str, Any]],
+    written: np.ndarray,
+    counted: np.ndarray,
+) -> None:
+    """The passes read the same bytes: a file written to during the job fails it, by name."""
+    for (_, file), first in zip(ordered, prints, strict=True):
+        if file.stat().st_size != first["size"]:
+            raise DataError(f"{file}: changed while it was ingested; run the ingest again")
+    if not np.array_equal(written, counted):
+        raise DataError(
+            f"the inputs changed while they were ingested ({', '.join(str(f) for _, f in ordered)});"
+            " run the ingest again"
+        )
+
+
+def _key(frame: pl.DataFrame, file_index: int) -> np.ndarray:
+    """Each row's split key: its line, plus its file's index above bit 40 (uint64)."""
+    return frame[LINE].to_numpy().astype(np.uint64) + np.uint64(file_index << _FILE_BITS)
+
+
+def seeded_split(keys: np.ndarray, config: DataConfig) -> np.ndarray:
+    """0/1/2 (train/valid/test) per row from a seeded SplitMix64 of its key: stable when other
+    lines change, independent of blocks and workers."""
+    cfg = config.split
+    mixed = splitmix64(keys.astype(np.uint64) ^ splitmix64(np.uint64(cfg.seed)))
+    position = (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return np.where(position < cfg.test, 2, np.where(position < cfg.test + cfg.valid, 1, 0)).astype(
+        np.int8
+    )
+
+
+def _split_of(plan: _Plan, frame: pl.DataFrame, block: Block) -> np.ndarray | None:
+    if block.given is not None:
+        return np.full(frame.height, block.given, dtype=np.int8)
+    if not plan.by_time:
+        return seeded_split(_key(frame, block.file_index), plan.config)
+    if plan.time_cut is None:
+        return None
+    times = frame[TIME].to_numpy()
+    keys = _key(frame, block.file_index)
+    (t_test, k_test), (t_valid, k_valid) = plan.time_cut
+    test = (times > t_test) | ((times == t_test) & (keys >= np.uint64(k_test)))
+    valid = (times > t_valid) | ((times == t_valid) & (keys >= np.uint64(k_valid)))
+    return np.where(test, 2, np.where(valid, 1, 0)).astype(np.int8)
+
+
+def _parse(plan: _Plan, block: Block) -> tuple[pl.DataFrame, Any]:
+    table = parse_text(plan.fmt, Path(block.file), data=block.data, line_offset=block.line_offset)
+    return table.frame, table
+
+
+def _parse_task(plan: _Plan, block: Block) -> _Stats:
+    """Pass 1 on one block: parse, split where known, count the training values."""
+    frame, table = _parse(plan, block)
+    split = _split_of(plan, frame, block)
+    if split is not None:
+        frame = frame.with_columns(pl.Series(SPLIT, split))
+    rejects = table.rejects
+    reject_splits = np.zeros(3, dtype=np.int64)
+    if rejects.height and block.given is not None:
+        reject_splits[block.given] = rejects.height
+    elif rejects.height and not plan.by_time:
+        keys = rejects["line"].to_numpy().astype(np.uint64) + np.uint64(
+            block.file_index << _FILE_BITS
+        )
+        reject_splits = np.bincount(seeded_split(keys, plan.config), minlength=3)
+    stats = _count(plan, frame, split is not None)
+    stats.lines, stats.rejects, stats.reject_splits = table.lines, rejects, reject_splits
+    stats.file_index = block.file_index
+    if plan.by_time and split is None:
+        stats.times = frame.group_by(TIME).len().rename({"len": "n"})
+    return stats
+
+
+def _count_task(plan: _Plan, block: Block) -> _Stats:
+    """Pass 1c (time splits): split a block by the time thresholds and count it."""
+    frame, _ = _parse(plan, block)
+    split = _split_of(plan, frame, block)
+    assert split is not None
+    return _count(plan, frame.with_columns(pl.Series(SPLIT, split)), True)
+
+
+def _keys_task(plan: _Plan, block: Block, times: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Pass 1b (time splits): the keys of the rows at each boundary time."""
+    frame, _ = _parse(plan, block)
+    return {t: _key(frame.filter(pl.col(TIME) == t), block.file_index) for t in times}
+
+
+def _encode_task(plan: _Plan, spec: FeatureSpec, block: Block) -> pl.DataFrame:
+    """Pass 2 on one block: the encoded rows with their split code."""
+    frame, _ = _parse(plan, block)
+    frame = frame.with_columns(pl.Series(SPLIT, _split_of(plan, frame, block)))
+    return encode(frame, spec, keep=(SPLIT,))
+
+
+def _count(plan: _Plan, frame: pl.DataFrame, known: bool) -> _Stats:
+    """Training-row statistics of one block (empty when its split is not known yet)."""
+    rows = np.zeros(3, dtype=np.int64)
+    counts: dict[str, pl.DataFrame] = {}
+    numeric: dict[str, Any] = {}
+    if known:
+        rows = np.bincount(frame[SPLIT].to_numpy(), minlength=3).astype(np.int64)
+        train = frame.lazy().filter(pl.col(SPLIT) == 0)
+        queries = [
+            train.group_by(pl.col(c).alias("v")).agg(pl.len().alias("n")) for c in plan.vocab
+        ]
+        cols = text_format(plan.fmt).roles.numeric
+        x = [pl.col(c).cast(pl.Float64) for c in cols]
+        if plan.config.numeric == "bucketize":
+            queries.append(train.select([e.max() for e in x]))
+        else:
+            queries.append(
+                train.select(
+                    [e.count().alias(f"n{i}") for i, e in enumerate(x)]
+                    + [e.mean().alias(f"m{i}") for i, e in enumerate(x)]
+                    + [((e - e.mean()) ** 2).sum().alias(f"q{i}") for i, e in enumerate(x)]
+                )
+            )
+        found = pl.collect_all(queries)
+        counts = dict(zip(plan.vocab, found[: len(plan.vocab)], strict=True))
+        row = found[-1].row(0) if cols else ()
+        if plan.config.numeric == "bucketize":
+            numeric = dict(zip(cols, row, strict=True))
+        else:
+            k = len(cols)
+            numeric = {c: (row[i], row[k + i], row[2 * k + i]) for i, c in enumerate(cols)}
+    empty = pl.DataFrame(schema={"file": pl.String})
+    return _Stats(0, rows, empty, np.zeros(3, np.int64), counts, numeric, None)
+
+
+class _Merged:
+    """Block statistics merged in block order (so the sums do not depend on the workers).
+
+    Value counts are kept as per-block frames and summed in one group-by when they outgrow
+    the merged counts (or at the end): memory stays within a few times the vocabulary.
+    """
+
+    def __init__(self, vocab: tuple[str, ...]) -> None:
+        self.lines, self.rows = 0, np.zeros(3, dtype=np.int64)
+        self.reject_splits = np.zeros(3, dtype=np.int64)
+        self.counts: dict[str, list[pl.DataFrame]] = {c: [] for c in vocab}
+        self.pending, self.merged_rows = 0, 0
+        self.numeric: dict[str, Any] = {}
+        self.times: pl.DataFrame | None = None
+        self.vocab = vocab
+
+    def add(self, stats: _Stats) -> None:
+        self.lines += stats.lines
+        self.rows += stats.rows
+        self.reject_splits += stats.reject_splits
+        for col, counts in stats.counts.items():
+            self.counts[col].append(counts)
+            self.pending += counts.height
+        if self.pending > max(1 << 20, 2 * self.merged_rows):
+            self._compact()
+        for col, value in stats.numeric.items():
+            self.numeric[col] = _merge_numeric(self.numeric.get(col), value)
+        if stats.times is not None:
+            self.times = (
+                stats.times if self.times is None
+                else pl.concat([self.times, stats.times]).group_by(TIME).agg(pl.col("n").sum())
+            )  # fmt: skip
+
+    def _compact(self) -> None:
+        queries = [
+            pl.concat(frames).lazy().group_by("v").agg(pl.col("n").sum())
+            for frames in self.counts.values()
+        ]
+        found = pl.collect_all(queries)
+        self.counts = {c: [f] for c, f in zip(self.counts, found, strict=True)}
+        self.merged_rows = sum(f.height for f in found)
+        self.pending = 0
+
+    def vocabularies(self, config: DataConfig) -> dict[str, tuple[str, ...]]:
+        queries = [
+            rank_vocabulary(
+                pl.concat(frames).lazy().group_by("v").agg(pl.col("n").sum()), config
+            ) if frames else pl.LazyFrame(schema={"v": pl.String})
+            for frames in self.counts.values()
+        ]  # fmt: skip
+        found = pl.collect_all(queries)
+        return {c: tuple(f.to_series().to_list()) for c, f in zip(self.vocab, found, strict=True)}
+
+    def numeric_features(self, cols: tuple[str, ...], mode: str) -> dict[str, Any]:
+        if mode == "bucketize":
+            return numeric_features(cols, mode, maxima=self.numeric)
+        return numeric_features(cols, mode, moments=self.numeric)
+
+
+def _merge_numeric(old: Any, new: Any) -> Any:
+    """Max (bucketize) or Chan's merge of (count, mean, squared deviations) (normalize)."""
+    if not isinstance(new, tuple):
+        return new if old is None else (old if new is None else max(old, new))
+    if old is None or not old[0]:
+        return new
+    if not new[0]:
+        return old
+    (na, ma, qa), (nb, mb, qb) = old, new
+    n = na + nb
+    delta = mb - ma
+    return (n, ma + delta * nb / n, qa + qb + delta * delta * na * nb / n)
+
+
+def _time_cut(
+    plan: _Plan, merged: _Merged, blocks: Iterable[Block]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(time, key) thresholds: rows at or past the first are test, past the second valid.
+
+    The same rows as ranking all rows by (time, line) and taking the latest as test: per-time
+    counts find the boundary times; only the keys of the rows at those times are collected.
+    """
+    cfg = plan.config.split
+    times = merged.times
+    n = int(times["n"].sum()) if times is not None else 0
+    n_test, n_valid = round(n * cfg.test), round(n * cfg.valid)
+    never = (np.iinfo(np.int64).max, 0)
+    if times is None or n == 0:
+        return never, never
+    ordered = times.sort(TIME, descending=True)
+    cum = np.cumsum(ordered["n"].to_numpy())
+    values = ordered[TIME].to_numpy()
+    wanted = {}
+    for need in (n_test, n_test + n_valid):
+        if need > 0:
+            at = int(np.searchsorted(cum, need))  # first time whose cumulative count >= need
+            later = int(cum[at - 1]) if at else 0
+            wanted[need] = (int(values[at]), need - later)
+    boundary = tuple(sorted({t for t, _ in wanted.values()}))
+    keys: dict[int, list[np.ndarray]] = {t: [] for t in boundary}
+    tasks = ((plan, b, boundary) for b in blocks)
+    for found in ordered_map(_keys_task, tasks, plan.config.workers):
+        for t, k in found.items():
+            keys[t].append(k)
+
+    def cut(need: int) -> tuple[int, int]:
+        if need <= 0:
+            return never
+        t, take = wanted[need]
+        at_t = np.sort(np.concatenate(keys[t]))
+        return t, int(at_t[len(at_t) - take])
+
+    return cut(n_test), cut(n_test + n_valid)
+
+
+def _note_rejects(
+    stats: _Stats,
+    per_file: dict[int, dict[str, Any]],
+    counts: collections.Counter[str],
+    out: Any,
+) -> None:
+    """Add a block's lines and rejects to its file's tally; append the rejects to rejects.jsonl."""
+    entry = per_file[stats.file_index]
+    entry["lines"] += stats.lines
+    entry["rejects"] += stats.rejects.height
+    if not stats.rejects.height:
+        return
+    counts.update(stats.rejects["reason"].to_list())
+    for row in stats.rejects.iter_rows(named=True):
+        if len(entry["shown"]) < _SHOWN:
+            entry["shown"].append(row)
+        out.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def _check_rejects(per_file: dict[int, dict[str, Any]], max_ratio: float) -> None:
+    """Each file on its own: a clean training file does not hide a garbage validation file."""
+    for entry in per_file.values():
+        lines, bad = entry["lines"], entry["rejects"]
+        if bad == 0 or bad <= max_ratio * max(lines, 1):
+            continue
+        shown = "; ".join(
+            f"{r['file']}:{r['line']} {r['reason']}" + (f" ({r['column']})" if r["column"] else "")
+            for r in entry["shown"]
+        )
+        raise DataError(
+            f"{entry['path']}: {bad:,} of {lines:,} lines rejected ({bad / max(lines, 1):.2%} > "
+            f"data.max_reject_ratio {max_ratio:.2%}); first bad lines: {shown}. Fix the input "
+            "or raise data.max_reject_ratio"
+        )
+
+
+def _quality(
+    per_file: dict[int, dict[str, Any]], merged: _Merged, rows: dict[str, int], plan: _Plan
+) -> dict[str, Any]:
+    files = [
+        {k: e[k] for k in ("path", "split", "lines", "rejects")}
+        | {"reject_ratio": e["rejects"] / e["lines"] if e["lines"] else 0.0}
+        for e in per_file.values()
+    ]
+    splits: dict[str, Any] = {}
+    for i, s in enumerate(SPLITS):
+        entry: dict[str, Any] = {"rows": rows[s]}
+        if not plan.by_time:  # a rejected line has no time, so no split by time
+            bad = int(merged.reject_splits[i])
+            lines = rows[s] + bad
+            entry |= {"lines": lines, "rejects": bad, "reject_ratio": bad / lines if lines else 0.0}
+        splits[s] = entry
+    return {"files": files, "splits": splits}
