@@ -275,6 +275,20 @@ def cmd_bench_daily(args: argparse.Namespace) -> None:
 def cmd_bench_serve(args: argparse.Namespace) -> None:
     from plexus.pipelines.bench.serve import bench_serve
 
+    if args.soak:
+        from plexus.pipelines.bench.soak import bench_soak
+
+        result = bench_soak(
+            Path(args.out),
+            seconds=args.soak,
+            swap_every=args.swap_every,
+            items=args.items,
+            users=args.users,
+            concurrency=max(int(c) for c in args.concurrency.split(",")),
+        )
+        if result["failed_requests"] or result["unknown_versions_served"]:
+            raise PlexusError(f"the soak failed: {result}")
+        return
     bench_serve(
         Path(args.out),
         items=args.items,
@@ -519,6 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
     b.add_argument("--concurrency", default="1,8,32,64")
     b.add_argument("--batching", default="inline,loop,micro", help="service batching modes")
+    b.add_argument(
+        "--soak", type=float, metavar="SECONDS",
+        help="instead: steady load for SECONDS with an alias move every --swap-every seconds",
+    )  # fmt: skip
+    b.add_argument("--swap-every", type=float, default=60.0, help="soak: seconds between swaps")
     b.set_defaults(func=cmd_bench_serve)
     return parser
 

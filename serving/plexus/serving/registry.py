@@ -16,7 +16,10 @@ mlflow is imported lazily (mlflow-skinny is enough): a local folder needs no MLf
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import gc
 import logging
 import shutil
 import tempfile
@@ -75,6 +78,19 @@ class ModelRef:
         if self.path is not None:
             return str(self.path)
         return f"{self.name}@{self.alias}" if self.alias else f"{self.name}/{self.version}"
+
+
+def release_memory() -> None:
+    """Give freed heap pages back to the OS after a bundle is dropped.
+
+    glibc keeps freed memory in per-thread arenas: a service that swaps bundles (loaded on the
+    watcher's thread, used on the request threads) grew by about a bundle per swap in a soak
+    (+142 MiB over 5 swaps of a 100k-item bundle) while an in-process load loop plateaued.
+    `malloc_trim(0)` returns it; elsewhere than glibc this is a no-op.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def smoke_test(bundle: Bundle, *, k: int = 10, rounds: int = 3) -> None:
@@ -137,6 +153,7 @@ class BundleWatcher:
         self._client = None
         self._lock = threading.Lock()  # one load at a time
         self.failed_polls = 0  # consecutive polls that could not reach the registry
+        self._swapped = False  # a swap happened since the last poll: release the old bundle
 
     # ---- registry ---------------------------------------------------------------------------
     def _mlflow_client(self):  # -> mlflow.MlflowClient
@@ -215,6 +232,7 @@ class BundleWatcher:
         if old is not None:
             log.info("switched %s from v%s to v%s", self.ref.name, old.version, bundle.version)
         self._prune(keep={bundle.path, old.path if old else None})
+        self._swapped = True
 
     def _refuse(self, version: str, reason: str) -> None:
         """Remember why `version` cannot be served (it is not retried) and drop its download."""
@@ -237,6 +255,9 @@ class BundleWatcher:
     def check(self) -> bool:
         """Resolve the reference once; load and switch if it moved. True if a switch happened."""
         with self._lock:
+            if self._swapped:  # the requests that held the old bundle have finished by now
+                self._swapped = False
+                release_memory()
             try:
                 version = self.resolve()
             except RegistryError as exc:
