@@ -18,7 +18,9 @@ from plexus.pipelines import reaper
     "fault", "driver killed after its first epoch: no process left, the rerun resumes"
 )
 @pytest.mark.parametrize(
-    "signum", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)]
+    "signum",
+    [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
+    ids=["SIGKILL", "SIGTERM"],
 )
 def test_a_killed_driver_leaves_no_process_and_the_rerun_finishes(
     tmp_path: Path, signum: int

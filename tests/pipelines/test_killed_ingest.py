@@ -48,7 +48,9 @@ def _config(folder: Path, day: Path) -> Path:
     "fault", "ingest driver killed part-way: no process left, rerun byte-identical"
 )
 @pytest.mark.parametrize(
-    ("signum", "after"), [(signal.SIGKILL, 2.0), (signal.SIGKILL, 6.0), (signal.SIGTERM, 4.0)]
+    ("signum", "after"),
+    [(signal.SIGKILL, 2.0), (signal.SIGKILL, 6.0), (signal.SIGTERM, 4.0)],
+    ids=["SIGKILL after 2 s", "SIGKILL after 6 s", "SIGTERM after 4 s"],
 )
 def test_a_killed_ingest_reruns_to_the_same_bytes(
     tmp_path: Path, day: Path, signum: int, after: float

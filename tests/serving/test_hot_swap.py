@@ -35,7 +35,9 @@ def _wait(predicate, timeout: float = 30.0) -> None:
 @pytest.mark.reliability(
     "bundle", "hot swap under load, then a broken version: no failed request, broken one refused"
 )
-def test_hot_swap_under_load_has_no_failed_request(registry, bundle_dirs, start_service) -> None:
+def test_hot_swap_under_load_has_no_failed_request(
+    registry, bundle_dirs, start_service, record_property
+) -> None:
     registry.register("swap", bundle_dirs["v1"])
     service = start_service(
         "swap@champion", tracking_uri=registry.uri, extra=("--poll-interval", "0.2")
@@ -74,6 +76,8 @@ def test_hot_swap_under_load_has_no_failed_request(registry, bundle_dirs, start_
 
     results = [r for log in logs for r in log]
     failures = [r for r in results if r[0] != 200]
+    record_property("requests", len(results))
+    record_property("failed", len(failures))
     assert not failures, failures[:5]
     assert len(results) >= 6 * 60
     for log in logs:  # each client sees v1, then v2 only (atomic switch, no flip-back)
