@@ -53,6 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "reliability(kind, case): a row of the reliability table (make test-reliability)"
     )
+    config.addinivalue_line("markers", "disk_size(size): the size of the small_disk tmpfs")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -5,7 +5,9 @@ Real small file systems (a tmpfs mounted for the test; skipped where mounting is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +18,14 @@ from plexus.pipelines.data.synth import synth_criteo
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A real tmpfs of 400 KB (or the size a test's `disk_size` marker gives)."""
+    marker = request.node.get_closest_marker("disk_size")
+    size = marker.args[0] if marker else "400k"
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode()[:200]}")
@@ -66,3 +71,49 @@ def test_ingest_on_a_full_or_read_only_disk_fails_clearly_and_keeps_the_old_shar
     assert str(small_disk) in failed.stderr  # the error names where it could not write
     assert _digest(small_disk / "data") == before  # the previous good output, untouched
     assert [p.name for p in small_disk.iterdir()] == ["data"]  # no temporary folder left
+
+
+@pytest.mark.reliability(
+    "fault", "training checkpoints onto a full or read-only disk: one-line error, old run kept"
+)
+@pytest.mark.parametrize(
+    ("trouble", "message"),
+    [("full", "the disk is full"), ("read-only", "the file system is read-only")],
+)
+@pytest.mark.slow
+@pytest.mark.disk_size("16m")
+def test_training_on_a_full_or_read_only_disk_fails_clearly_and_keeps_the_old_run(
+    tmp_path: Path, small_disk: Path, trouble: str, message: str
+) -> None:
+    raw = synth_criteo(tmp_path / "day.tsv", rows=3_000, seed=1)
+    config = tmp_path / "job.yaml"
+    sections = (
+        f"name: disk\ndata: {{format: criteo, path: {raw}, output: {tmp_path / 'data'}}}\n"
+        "model: {backbone: lr}\nembedding: {method: full, dim: 2}\n"
+        f'tracking: {{uri: "sqlite:///{tmp_path / "mlflow.db"}", experiment: disk}}\n'
+        f"output: {small_disk / 'runs'}\n"
+    )
+    config.write_text(sections + "train: {batch_size: 512, epochs: 1, threads_per_worker: 1}\n")
+    first = plexus("train", str(config), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _digest(small_disk / "runs")
+
+    config.write_text(sections + "train: {batch_size: 256, epochs: 1, threads_per_worker: 1}\n")
+    if trouble == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    else:  # leave a few KB: the new run's folder starts, its first checkpoint cannot be written
+        filler = small_disk / "filler"
+        with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 4096)
+        os.truncate(filler, filler.stat().st_size - 16384)
+    failed = plexus("train", str(config), cwd=tmp_path)
+    assert failed.returncode == 2, failed.stdout[-2000:] + failed.stderr[-3000:]
+    last = failed.stderr.strip().splitlines()[-1]  # the job's own last word: one line
+    assert last.startswith("plexus: error: cannot write") and message in last, last
+    assert str(small_disk) in last
+    # Ray logs the failed worker's traceback (tagged with the worker); the driver adds none.
+    ours = [line for line in failed.stderr.splitlines() if not line.startswith("\x1b[36m(")]
+    assert not any("Traceback" in line for line in ours), failed.stderr[-3000:]
+    after = _digest(small_disk / "runs")
+    assert {k: v for k, v in after.items() if k in before} == before  # the old run, untouched

@@ -7,7 +7,6 @@ by `key=value` overrides, e.g. `plexus run criteo data.path=day_0.tsv train.epoc
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
@@ -561,26 +560,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-_STORAGE_ERRNOS = {
-    errno.ENOSPC: "the disk is full: free space there, or point output= at another disk",
-    errno.EDQUOT: "the disk quota is used up: free space there, or point output= elsewhere",
-    errno.EROFS: "the file system is read-only: point output= at a writable folder",
-    errno.EACCES: "permission denied: point output= at a folder you can write",
-}
-
-
 def _storage_error(exc: BaseException) -> str | None:
     """A one-line message for a full, read-only or forbidden output folder, found in `exc` or
     its causes (Ray and pyarrow wrap the OSError); None for any other error. Jobs write to a
     temporary name and rename, so the previous outputs are still whole when this happens."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
-            where = exc.filename or "the output folder"
-            return f"cannot write {where}: {_STORAGE_ERRNOS[exc.errno]}; earlier outputs are kept"
-        exc = exc.__cause__ or exc.__context__
-    return None
+    from plexus.pipelines.files import STORAGE_ERRNOS, storage_error
+
+    found = storage_error(exc)
+    if found is None:
+        return None
+    # A copy's error names its source first and its destination second (shutil).
+    where = getattr(found, "filename2", None) or found.filename or "the output folder"
+    return f"cannot write {where}: {STORAGE_ERRNOS[found.errno]}; earlier outputs are kept"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Any
@@ -43,3 +44,27 @@ def remove_stale_temporaries(folder: Path, prefix: str) -> list[Path]:
             entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
+
+
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "the disk is full: free space there, or point output= at another disk",
+    errno.EDQUOT: "the disk quota is used up: free space there, or point output= elsewhere",
+    errno.EROFS: "the file system is read-only: point output= at a writable folder",
+    errno.EACCES: "permission denied: point output= at a folder you can write",
+}
+
+
+def storage_error(exc: BaseException | None) -> OSError | None:
+    """The full, read-only or forbidden disk behind `exc`, if that is what failed: `exc` itself,
+    its causes, or (Ray Train) the exceptions of its failed workers; None for other errors."""
+    todo, seen = [exc], set()
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in STORAGE_ERRNOS:
+            return current
+        todo += [current.__cause__, current.__context__]
+        todo += list(getattr(current, "worker_failures", {}).values())
+    return None

@@ -27,7 +27,7 @@ from plexus.models.backbones import build_ctr_model
 from plexus.models.embeddings import protocol
 from plexus.pipelines import plots, tracking
 from plexus.pipelines.config import JobConfig
-from plexus.pipelines.files import write_json
+from plexus.pipelines.files import storage_error, write_json
 from plexus.pipelines.ingest import IngestResult
 from plexus.pipelines.runtime import default_runs_dir, ensure_ray
 from plexus.pipelines.train.evaluate import evaluate, iter_batches
@@ -176,7 +176,13 @@ def _fit(
         datasets={"train": dataset("train"), "valid": dataset("valid")},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except Exception as exc:  # a worker's checkpoint could not be written: name where
+        disk = storage_error(exc)
+        if disk is None or disk.filename:
+            raise
+        raise OSError(disk.errno, disk.strerror or str(disk), str(out)) from exc
 
 
 def _steps_per_epoch(job: JobConfig, data: IngestResult) -> int | None:
