@@ -66,6 +66,13 @@ def quiet_ray_worker() -> None:
     placement_group_cleaner.is_actor_alive = controller_alive
     cleaner = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
     logging.getLogger(cleaner).setLevel(logging.ERROR)
+    # Two INFO lines per epoch ("Reporting training result ...", "Checkpoint successfully
+    # created at ...") beside the job's own epoch line; warnings and errors still show.
+    from ray.train._internal import storage as v1_storage
+    from ray.train.v2._internal.execution import context, storage
+
+    for module in (context, storage, v1_storage):
+        module.logger.setLevel(logging.WARNING)
 
 
 def ensure_ray(*, num_cpus: int | None = None, address: str | None = None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -39,19 +40,29 @@ def export_query_model(module: KnnEmbedQuery, path: str | Path, *, history_len: 
         torch.ones(2, history_len, dtype=torch.float32),
     )
     batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=1)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module,
-            example,
-            str(path),
-            input_names=list(ONNX_INPUTS),
-            output_names=list(ONNX_OUTPUTS),
-            dynamic_shapes=({0: batch}, {0: batch, 1: length}, {0: batch, 1: length}),
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
+    # The exporter's notes (torchvision absent, pytree deprecations, merged dynamic axes)
+    # are about torch itself, not the model: keep them out of the job's output.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", ".*axis name.*will not be used", UserWarning)
+            torch.onnx.export(
+                module,
+                example,
+                str(path),
+                input_names=list(ONNX_INPUTS),
+                output_names=list(ONNX_OUTPUTS),
+                dynamic_shapes=({0: batch}, {0: batch, 1: length}, {0: batch, 1: length}),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        registration.setLevel(level)
     return Path(path)
 
 
