@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def remove_stale_temporaries(folder: Path, prefix: str) -> list[Path]:
     """Remove `folder/<prefix><pid>` entries whose writer process is gone (a killed job's
     half-written output); returns what was removed. Entries of live processes are kept."""
-    import os
-    import shutil
-
     removed = []
     for entry in folder.glob(f"{prefix}*") if folder.is_dir() else ():
         pid = entry.name.removeprefix(prefix)

@@ -138,7 +138,7 @@ def bare_latency(
     }
 
 
-def _memory_bytes(pid: int) -> dict[str, int]:
+def memory_bytes(pid: int) -> dict[str, int]:
     """Resident memory of a process now (`VmRSS`) and at its peak (`VmHWM`), in bytes."""
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -265,7 +265,7 @@ def bench_serve(
                         "users": users,
                         "k": k,
                         "bundle_bytes": sizes["total"],
-                        **_memory_bytes(service.proc.pid),
+                        **memory_bytes(service.proc.pid),
                     }
                     print(f"[bench serve] {row}", flush=True)
                     rows.append(row)

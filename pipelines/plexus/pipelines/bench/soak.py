@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from plexus.pipelines.bench.serve import memory_bytes
 from plexus.pipelines.bench.synthetic_bundle import build_synthetic_bundle
 from plexus.pipelines.files import write_json
 from plexus.serving.process import ServiceProcess
@@ -32,10 +33,7 @@ MODEL = "soak"
 
 
 def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return memory_bytes(pid)["service_rss_bytes"]
 
 
 def _client(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,8 +98,6 @@ def remap_day(
     schema = arrow_schema(spec)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     shards: dict[str, list[str]] = {}
     for split in SPLITS:
@@ -115,8 +114,6 @@ def remap_day(
     spec.save(tmp)
     write_json(tmp / "manifest.json", {"derived_from": str(day.output), "shards": shards})
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     tmp.replace(out)
     return IngestResult(
