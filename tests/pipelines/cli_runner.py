@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from plexus.pipelines import reaper
 
 PLEXUS = [sys.executable, "-m", "plexus.pipelines.cli"]
 
@@ -44,3 +49,25 @@ def tiny_ctr_job(tmp: Path, name: str, *, rows: int, seed: int, sections: str) -
         f"output: {tmp / 'runs'}\n"
     )
     return config
+
+
+def kill_train_workers_after(
+    proc: subprocess.Popen, log: Path, marker: str, *, only_one: bool = False
+) -> None:
+    """Once `log` shows `marker` (the first epoch's report: its checkpoint is then registered),
+    SIGKILL every RayTrainWorker process of the job `proc` (`only_one`: the last started),
+    in the middle of the next epoch."""
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and marker not in log.read_text(errors="replace"):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
+    assert marker in log.read_text(errors="replace"), log.read_text()[-3000:]
+    time.sleep(2)
+    workers = [
+        pid
+        for pid, _ in reaper.descendants(proc.pid)
+        if b"RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert workers, "no Ray Train worker found among the driver's processes"
+    for pid in sorted(workers)[-1:] if only_one else workers:
+        os.kill(pid, signal.SIGKILL)

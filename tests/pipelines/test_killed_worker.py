@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from cli_runner import PLEXUS, plexus, tiny_ctr_job
-from plexus.pipelines import reaper
+from cli_runner import PLEXUS, kill_train_workers_after, plexus, tiny_ctr_job
 
 pytestmark = pytest.mark.slow
 
@@ -51,25 +48,6 @@ def _retrieval_job(folder: Path) -> Path:
     return config
 
 
-def _kill_a_worker_after_the_first_epoch(proc: subprocess.Popen, log: Path, marker: str) -> None:
-    """Once the log shows the first epoch's report (its checkpoint is then registered), SIGKILL
-    every RayTrainWorker process of the job, in the middle of the second epoch."""
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline and marker not in log.read_text(errors="replace"):
-        assert proc.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.2)
-    assert marker in log.read_text(errors="replace"), log.read_text()[-3000:]
-    time.sleep(2)
-    workers = [
-        pid
-        for pid, _ in reaper.descendants(proc.pid)
-        if b"RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
-    assert workers, "no Ray Train worker found among the driver's processes"
-    for pid in workers:
-        os.kill(pid, signal.SIGKILL)
-
-
 def _ctr_metrics(folder: Path) -> dict:
     (path,) = folder.glob("runs/worker/train-*/metrics.json")
     return {k: v for k, v in json.loads(path.read_text()).items() if k.startswith("test_")}
@@ -103,7 +81,7 @@ def test_a_killed_worker_is_restarted_and_the_job_ends_as_if_uninterrupted(
             stderr=subprocess.STDOUT,
         )
         marker = "epoch 1/3" if kind == "ctr" else "[retrieval] {'epoch': 1.0,"
-        _kill_a_worker_after_the_first_epoch(proc, log, marker)
+        kill_train_workers_after(proc, log, marker)
         proc.wait(timeout=600)
     output = log.read_text(errors="replace")
     assert proc.returncode == 0, output[-4000:]

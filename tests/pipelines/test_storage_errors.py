@@ -35,6 +35,12 @@ def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]
         subprocess.run(["umount", str(disk)], check=False)
 
 
+TROUBLES = pytest.mark.parametrize(
+    ("trouble", "message"),
+    [("full", "the disk is full"), ("read-only", "the file system is read-only")],
+)
+
+
 def _digest(folder: Path) -> dict[str, str]:
     return {
         str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
@@ -46,10 +52,7 @@ def _digest(folder: Path) -> dict[str, str]:
 @pytest.mark.reliability(
     "fault", "ingest onto a full or read-only disk: one-line error, old shards kept"
 )
-@pytest.mark.parametrize(
-    ("trouble", "message"),
-    [("full", "the disk is full"), ("read-only", "the file system is read-only")],
-)
+@TROUBLES
 def test_ingest_on_a_full_or_read_only_disk_fails_clearly_and_keeps_the_old_shards(
     tmp_path: Path, small_disk: Path, trouble: str, message: str
 ) -> None:
@@ -76,10 +79,7 @@ def test_ingest_on_a_full_or_read_only_disk_fails_clearly_and_keeps_the_old_shar
 @pytest.mark.reliability(
     "fault", "training checkpoints onto a full or read-only disk: one-line error, old run kept"
 )
-@pytest.mark.parametrize(
-    ("trouble", "message"),
-    [("full", "the disk is full"), ("read-only", "the file system is read-only")],
-)
+@TROUBLES
 @pytest.mark.slow
 @pytest.mark.disk_size("16m")
 def test_training_on_a_full_or_read_only_disk_fails_clearly_and_keeps_the_old_run(
@@ -117,3 +117,43 @@ def test_training_on_a_full_or_read_only_disk_fails_clearly_and_keeps_the_old_ru
     assert not any("Traceback" in line for line in ours), failed.stderr[-3000:]
     after = _digest(small_disk / "runs")
     assert {k: v for k, v in after.items() if k in before} == before  # the old run, untouched
+
+
+@pytest.mark.reliability(
+    "fault", "MLflow store on a full or read-only disk: one-line error naming the store"
+)
+@TROUBLES
+@pytest.mark.slow
+@pytest.mark.disk_size("16m")
+def test_a_job_whose_mlflow_store_cannot_be_written_fails_clearly(
+    tmp_path: Path, small_disk: Path, trouble: str, message: str
+) -> None:
+    """SQLite reports a full or read-only disk as its own OperationalError, not an OSError:
+    the job still ends with one line naming the store, and the store keeps the earlier run."""
+    raw = synth_criteo(tmp_path / "day.tsv", rows=3_000, seed=1)
+    store = small_disk / "mlflow.db"
+    config = tmp_path / "job.yaml"
+    sections = (
+        f"name: store\ndata: {{format: criteo, path: {raw}, output: {tmp_path / 'data'}}}\n"
+        "model: {backbone: lr}\nembedding: {method: full, dim: 2}\n"
+        f'tracking: {{uri: "sqlite:///{store}", experiment: store}}\n'
+        f"output: {tmp_path / 'runs'}\n"
+    )
+    config.write_text(sections + "train: {batch_size: 512, epochs: 1, threads_per_worker: 1}\n")
+    first = plexus("train", str(config), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    config.write_text(sections + "train: {batch_size: 256, epochs: 1, threads_per_worker: 1}\n")
+    if trouble == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    else:
+        filler = small_disk / "filler"
+        with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 4096)
+    failed = plexus("train", str(config), cwd=tmp_path)
+    assert failed.returncode == 2, failed.stdout[-2000:] + failed.stderr[-3000:]
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("plexus: error: cannot write") and message in last, last
+    assert str(store) in last and "tracking.uri" in last
+    assert "Traceback" not in failed.stderr, failed.stderr[-3000:]

@@ -189,7 +189,8 @@ def cmd_bench_ingest(args: argparse.Namespace) -> None:
 def cmd_bench_train(args: argparse.Namespace) -> None:
     from plexus.pipelines.bench.train import bench_train
 
-    bench_train(Path(args.out), rows=args.rows, seed=args.seed)
+    workers = tuple(int(w) for w in args.workers.split(","))
+    bench_train(Path(args.out), rows=args.rows, seed=args.seed, workers=workers)
 
 
 def cmd_bench_search(args: argparse.Namespace) -> None:
@@ -427,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--rows", type=int, default=200_000)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument(
+        "--workers", default="1", help="worker counts to time, e.g. 1,2 (tables sharded)"
+    )
     b.set_defaults(func=cmd_bench_train)
     b = bench.add_parser(
         "search", help="a learned method's search stage, one worker against all cores"

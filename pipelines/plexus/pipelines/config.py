@@ -18,6 +18,7 @@ from plexus.models.backbones import ModelConfig
 from plexus.models.embeddings import EmbeddingConfig
 from plexus.pipelines.daily.ids import DailyConfig
 from plexus.pipelines.ingest import DataConfig
+from plexus.pipelines.train.sharding import ShardingConfig
 from plexus.platform import config as config_io
 from plexus.platform.errors import ConfigError
 
@@ -33,11 +34,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     patience: int = 2  # epochs without a better validation AUC before stopping
     seed: int = 0
-    workers: int = 1  # Ray Train workers (data parallel)
+    workers: int = 1  # Ray Train workers: tables sharded (TorchRec), dense part data parallel
     threads_per_worker: int = 0  # torch intra-op threads; 0 = cores / workers
     shuffle_buffer: int = 100_000  # rows in the local shuffle buffer of each worker
     max_failures: int = 1  # worker restarts from the last checkpoint before the job fails
     search_workers: int = 0  # parallel fitness evaluations of a search stage; 0 = one per core
+    sharding: ShardingConfig = ShardingConfig()  # how tables shard when workers > 1
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "eval_batch_size", "epochs", "workers"):

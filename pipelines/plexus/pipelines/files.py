@@ -64,6 +64,27 @@ def storage_error(exc: BaseException | None) -> OSError | None:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in STORAGE_ERRNOS:
             return current
+        if type(current).__name__ == "OperationalError":  # sqlite3's, or SQLAlchemy's around it
+            code = next((c for text, c in _SQLITE_STORAGE.items() if text in str(current)), None)
+            if code is not None:
+                return OSError(code, os.strerror(code), _sqlite_store())
         todo += [current.__cause__, current.__context__]
         todo += list(getattr(current, "worker_failures", {}).values())
     return None
+
+
+# What SQLite says when the MLflow store's disk cannot take a write (no OSError behind it).
+_SQLITE_STORAGE = {
+    "database or disk is full": errno.ENOSPC,
+    "attempt to write a readonly database": errno.EROFS,
+}
+
+
+def _sqlite_store() -> str:
+    """The SQLite MLflow store's path (from the tracking URI in use), for the error message."""
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    uri = mlflow.get_tracking_uri() if mlflow else os.environ.get("MLFLOW_TRACKING_URI", "")
+    where = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:") else "the MLflow store"
+    return f"{where} (the MLflow store: tracking.uri)"

@@ -156,3 +156,15 @@ def retry(
 def default_runs_dir() -> Path:
     """Where jobs write outputs unless configured: `./runs` (or `PLEXUS_RUNS_DIR`)."""
     return Path(os.environ.get("PLEXUS_RUNS_DIR", "runs")).resolve()
+
+
+def process_memory(pid: int | None = None) -> dict[str, int]:
+    """Resident bytes of a process (default this one) now (`rss`) and at its peak (`peak`),
+    from /proc (`VmRSS`, `VmHWM`; not `ru_maxrss`, which Linux carries over from a forking
+    parent across exec)."""
+    fields = {}
+    for line in Path(f"/proc/{pid or os.getpid()}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * 1024
+    return {"rss": fields["VmRSS"], "peak": fields["VmHWM"]}

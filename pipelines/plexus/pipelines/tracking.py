@@ -7,6 +7,7 @@ past one machine `MLFLOW_TRACKING_URI` (or the job's `tracking.uri`) points at a
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -28,6 +29,9 @@ def configure(uri: str | None = None) -> str:
     quiet_environment()
     import mlflow
 
+    # MLflow logs a store error's whole traceback before raising it; the job reports the error
+    # itself (in one line when the store's disk is full or read-only).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     resolved = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)

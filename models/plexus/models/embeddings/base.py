@@ -16,7 +16,7 @@ import abc
 import dataclasses
 import enum
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from plexus.models.embeddings.protocol import (
@@ -187,6 +187,10 @@ class EmbeddingTables(nn.Module, abc.ABC):
     """
 
     feature_names: tuple[str, ...]
+    # True for methods whose tables are plain `EmbeddingBagCollection`s trained by the optimiser
+    # step alone (no masks, hooks or optimisers of their own): TorchRec's sharded kernels can
+    # train them. Others are replicated when a job runs on several workers.
+    shards_through_torchrec: ClassVar[bool] = False
 
     def __init__(self, config: EmbeddingConfig, features: Sequence[Feature]) -> None:
         super().__init__()

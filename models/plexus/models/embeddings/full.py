@@ -14,7 +14,7 @@ from plexus.models.embeddings.base import (
 )
 from plexus.models.embeddings.hashed import Plan, identity_plan
 from plexus.models.embeddings.registry import register_embedding
-from plexus.models.layers.lookup import pooled_key_blocks
+from plexus.models.layers.lookup import keyed_values, pooled_key_blocks
 from plexus.platform.errors import DataError
 from plexus.platform.feature_spec import Feature
 from torch.nn import functional
@@ -24,6 +24,8 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTens
 @register_embedding(EmbeddingMethod.FULL)
 class FullEmbeddingTables(EmbeddingTables):
     """The uncompressed baseline: ids index their own field's table directly, `(B, F * dim)` out."""
+
+    shards_through_torchrec = True
 
     def __init__(self, config: EmbeddingConfig, features: Sequence[Feature]) -> None:
         super().__init__(config, features)
@@ -51,7 +53,7 @@ class FullEmbeddingTables(EmbeddingTables):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         if type(self.ebc) is not EmbeddingBagCollection:  # sharded by DistributedModelParallel
-            return self.ebc(features)
+            return self._keyed(keyed_values(self.ebc(features), self.feature_names))
         # Unsharded: the same lookups as the EBC, with the cheaper table gradient of
         # `pooled_lookup` (the one every embedding method uses, so they compare like for like).
         keys = features.keys()
@@ -65,11 +67,13 @@ class FullEmbeddingTables(EmbeddingTables):
                     f"got {keys}"
                 ) from exc
             blocks.append((k, 1, self.ebc.embedding_bags[f"t_{name}"].weight))
-        pooled = pooled_key_blocks(features, blocks, self.config.pooling)
+        return self._keyed(torch.cat(pooled_key_blocks(features, blocks, self.config.pooling), 1))
+
+    def _keyed(self, values: torch.Tensor) -> KeyedTensor:
         return KeyedTensor(
             keys=list(self.feature_names),
             length_per_key=[self.config.dim] * len(self.feature_names),
-            values=torch.cat(pooled, dim=1),
+            values=values,
         )
 
     def forward_padded(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

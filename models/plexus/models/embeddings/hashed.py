@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from plexus.models.embeddings.base import EmbeddingTables, init_weight, pool_padded
 from plexus.models.layers.hashing import check_buckets, hash_bucket, seed_tensors
-from plexus.models.layers.lookup import pooled_key_blocks
+from plexus.models.layers.lookup import keyed_values, pooled_key_blocks
 from plexus.platform.errors import ConfigError, DataError
 from plexus.platform.feature_spec import Feature
 from plexus.platform.hashing import feature_seed
@@ -232,7 +232,7 @@ class HashedEmbeddingTables(EmbeddingTables):
 
     def _pool_torchrec(self, probes: KeyedJaggedTensor) -> torch.Tensor:
         """Pooled probe lookups through the (possibly sharded) EBC: (P, B, dim), table order."""
-        flat = self.ebc(probes).values()  # (B, P * dim)
+        flat = keyed_values(self.ebc(probes), [p.key for p in self.probes])  # (B, P * dim)
         return flat.view(flat.shape[0], len(self.probes), -1).transpose(0, 1)
 
     def _pool_per_table(self, probes: KeyedJaggedTensor) -> torch.Tensor:

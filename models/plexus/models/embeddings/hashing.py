@@ -27,6 +27,8 @@ from plexus.platform.feature_spec import Feature
 class HashingEmbeddingTables(HashedEmbeddingTables):
     """One hashed `rows_f x dim` table per feature, `sum(rows_f) = budget_rows`; `(B, F * dim)` out."""
 
+    shards_through_torchrec = True
+
     def __init__(self, config: EmbeddingConfig, features: Sequence[Feature]) -> None:
         super().__init__(config, features)
         self._build(*self.plan(config, self.features))

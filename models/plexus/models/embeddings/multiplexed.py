@@ -26,6 +26,8 @@ SHARED_TABLE = "shared"
 class MultiplexedEmbeddingTables(HashedEmbeddingTables):
     """One shared hashed table, `probes` summed lookups per feature: `(B, F * dim)` out."""
 
+    shards_through_torchrec = True
+
     def __init__(self, config: EmbeddingConfig, features: Sequence[Feature]) -> None:
         super().__init__(config, features)
         self._build(*self.plan(config, self.features))

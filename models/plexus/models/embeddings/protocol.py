@@ -118,10 +118,16 @@ def extra_loss(model: nn.Module) -> torch.Tensor | None:
 
 
 def build_optimizers(
-    model: nn.Module, *, lr: float, weight_decay: float, stage: Stage | None = None
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    stage: Stage | None = None,
+    parameters: Sequence[nn.Parameter] | None = None,
 ) -> list[torch.optim.Optimizer]:
     """The loop's optimisers: one per `ParameterGroup` of the tables, then Adam over the rest
-    (none when `stage.freeze_rest`; groups with optimizer "none" get none either).
+    (none when `stage.freeze_rest`; groups with optimizer "none" get none either). `parameters`:
+    the ones the loop optimises (default all of `model`'s; sharded tables update themselves).
 
     The order is fixed (groups in module order, the main optimiser last), so checkpoints of
     the optimisers' states restore into the same list. Each optimiser's param group records
@@ -141,7 +147,8 @@ def build_optimizers(
             kind = torch.optim.SGD if group.optimizer == "sgd" else torch.optim.Adam
             optimizers.append(kind(list(group.params), **options))
             optimizers[-1].param_groups[0]["batches"] = BatchSource(group.batches).value
-    rest = [p for p in model.parameters() if id(p) not in grouped]
+    candidates = model.parameters() if parameters is None else parameters
+    rest = [p for p in candidates if id(p) not in grouped]
     if rest and not (stage is not None and stage.freeze_rest):
         optimizers.append(torch.optim.Adam(rest, lr=lr, weight_decay=weight_decay))
     return optimizers

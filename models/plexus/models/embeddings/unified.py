@@ -26,6 +26,8 @@ from plexus.platform.feature_spec import Feature
 class UnifiedEmbeddingTables(HashedEmbeddingTables):
     """Chunks of every feature spread over `num_tables` shared tables: `(B, sum_f c_f * dim)` out."""
 
+    shards_through_torchrec = True
+
     def __init__(self, config: EmbeddingConfig, features: Sequence[Feature]) -> None:
         super().__init__(config, features)
         self._build(*self.plan(config, self.features))

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch.nn import functional
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 _MODES = ("sum", "mean")
 
@@ -75,3 +75,15 @@ def pooled_key_blocks(
         start, stop = int(bag_offsets[0]), int(bag_offsets[-1])
         pooled.append(pooled_lookup(values[start:stop], weight, bag_offsets - start, mode))
     return pooled
+
+
+def keyed_values(pooled: KeyedTensor, keys: Sequence[str]) -> torch.Tensor:
+    """`pooled.values()` with its keys in `keys` order: (B, sum of the keys' widths).
+
+    An unsharded `EmbeddingBagCollection` returns its keys in table order; a sharded one (TorchRec
+    `DistributedModelParallel`) in the order of its shards, which depends on the plan.
+    """
+    if pooled.keys() == list(keys):
+        return pooled.values()
+    by_key = pooled.to_dict()
+    return torch.cat([by_key[k] for k in keys], dim=1)

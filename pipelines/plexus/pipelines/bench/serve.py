@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 from plexus.pipelines.bench.synthetic_bundle import build_synthetic_bundle, synthetic_query_onnx
+from plexus.pipelines.runtime import process_memory
 from plexus.serving.bundle import Bundle
 from plexus.serving.process import ServiceProcess
 
@@ -140,12 +141,8 @@ def bare_latency(
 
 def memory_bytes(pid: int) -> dict[str, int]:
     """Resident memory of a process now (`VmRSS`) and at its peak (`VmHWM`), in bytes."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) * 1024
-    return {"service_rss_bytes": fields["VmRSS"], "service_rss_peak_bytes": fields["VmHWM"]}
+    memory = process_memory(pid)
+    return {"service_rss_bytes": memory["rss"], "service_rss_peak_bytes": memory["peak"]}
 
 
 def bundle_bytes(folder: Path) -> dict[str, int]:

@@ -4,12 +4,16 @@ Both sides train the same model (same config, seed and batch size) in the same p
 the pipeline side is `plexus.pipelines.train.job.train` (Ray Data shards -> Ray Train worker ->
 Arrow -> KeyedJaggedTensor), the baseline iterates over batches already built in memory.
 The figure compared is the steady-state (last epoch) throughput; Ray start-up is excluded.
+`--workers 1,2` also trains with the tables sharded over 2 workers (TorchRec) and reports the
+scaling ratio and each worker's memory.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from plexus.models.backbones import Backbone, ModelConfig, build_ctr_model
@@ -24,47 +28,103 @@ from plexus.platform.feature_spec import FeatureSpec
 
 
 def bench_train(
-    out: Path, *, rows: int = 200_000, seed: int = 0, epochs: int = 2
-) -> dict[str, float]:
-    """Measure both sides, write `out/results.json` and print the ratio."""
+    out: Path,
+    *,
+    rows: int = 200_000,
+    seed: int = 0,
+    epochs: int = 2,
+    workers: Sequence[int] = (1,),
+) -> dict[str, Any]:
+    """Measure the pipeline at each worker count in `workers` and the bare loop, write
+    `out/results.json` (`by_workers`: one row per worker count) and print the table.
+
+    With several workers the tables are sharded (`plexus.pipelines.train.sharding`); each row
+    has the largest worker's peak resident memory and the table bytes it holds. The scaling
+    ratio is examples/s against the first worker count's, in the same run.
+    """
     out = out.resolve()
     raw = synth_criteo(out / "criteo.tsv", rows=rows, seed=seed)
-    data = ingest(
-        DataConfig(format=DataFormat.CRITEO, path=str(raw), min_count=2), output=out / "data"
-    )
-    job = JobConfig(
-        name="bench-train",
-        data=DataConfig(format=DataFormat.CRITEO, path=str(raw), min_count=2),
-        model=ModelConfig(backbone=Backbone.DEEPFM, hidden=(400, 400)),
-        embedding=EmbeddingConfig(dim=16),
-        train=TrainConfig(
-            batch_size=2048, epochs=epochs, patience=epochs, seed=seed, shuffle_buffer=0
-        ),
-        tracking=TrackingConfig(uri=f"sqlite:///{out / 'mlflow.db'}", experiment="bench-train"),
-        output=str(out / "runs"),
-    )
-    pipeline = train(job, data, force=True).history[-1]["examples_per_s"]
-    baseline = _bare_loop(job, data.shards("train"), data.spec)
+    data_config = DataConfig(format=DataFormat.CRITEO, path=str(raw), min_count=2)
+    data = ingest(data_config, output=out / "data")
+    cores = os.cpu_count() or 1
+    by_workers = []
+    for count in workers:
+        job = _job(out, data_config, seed=seed, epochs=epochs, workers=count, cores=cores)
+        result = train(job, data, force=True)
+        last = result.history[-1]
+        by_workers.append(
+            {
+                "workers": count,
+                "examples_per_s": last["examples_per_s"],
+                "worker_peak_rss_bytes": last["worker_peak_rss_bytes"],
+                "worker_table_bytes": last["worker_table_bytes"],
+                "test_auc": result.metrics["test_auc"],
+            }
+        )
+    for row in by_workers:
+        row["scaling"] = row["examples_per_s"] / by_workers[0]["examples_per_s"]
+    first = _job(out, data_config, seed=seed, epochs=epochs, workers=workers[0], cores=cores)
+    baseline = _bare_loop(first, data.shards("train"), data.spec)
+    pipeline = by_workers[0]["examples_per_s"]
     results = {
         "examples_per_s": pipeline,
         "baseline_examples_per_s": baseline,
         "ratio": pipeline / baseline,
+        "by_workers": by_workers,
         "rows": rows,
         "train_rows": data.rows["train"],
-        "batch_size": job.train.batch_size,
+        "batch_size": first.train.batch_size,
         "model": "deepfm",
-        "threads": torch.get_num_threads(),
+        "cores": cores,
     }
+    mb = 1 << 20
     table = markdown_table(
         [
-            {"side": "pipeline (Ray Train + Ray Data)", "examples/s": pipeline},
-            {"side": "bare PyTorch loop (pre-loaded tensors)", "examples/s": baseline},
-        ],
-        ["side", "examples/s"],
+            {
+                "side": f"pipeline, {r['workers']} worker(s)"
+                + (" (tables sharded)" if r["workers"] > 1 else ""),
+                "examples/s": r["examples_per_s"],
+                "scaling": f"{r['scaling']:.2f}",
+                "peak RSS/worker (MB)": f"{r['worker_peak_rss_bytes'] / mb:,.0f}",
+                "tables/worker (MB)": f"{r['worker_table_bytes'] / mb:,.1f}",
+                "test AUC": f"{r['test_auc']:.4f}",
+            }
+            for r in by_workers
+        ]
+        + [{"side": "bare PyTorch loop (pre-loaded tensors)", "examples/s": baseline}],
+        ["side", "examples/s", "scaling", "peak RSS/worker (MB)", "tables/worker (MB)", "test AUC"],
     )
-    write_results(out, results, markdown=table + f"\nratio: {results['ratio']:.2f}\n")
-    print(table + f"ratio pipeline / bare: {results['ratio']:.2f}  (target >= 0.6)")
+    summary = (
+        f"ratio pipeline ({workers[0]} worker) / bare: {results['ratio']:.2f}  (target >= 0.6)"
+    )
+    if len(workers) > 1:
+        summary += f"; {cores} cores bound the scaling ratio at about {cores / workers[0]:.0f}"
+    write_results(out, results, markdown=table + f"\n{summary}\n")
+    print(table + summary)
     return results
+
+
+def _job(
+    out: Path, data: DataConfig, *, seed: int, epochs: int, workers: int, cores: int
+) -> JobConfig:
+    """DeepFM [400, 400] over full dim-16 tables, the cores split over the workers."""
+    return JobConfig(
+        name=f"bench-train-{workers}w",
+        data=data,
+        model=ModelConfig(backbone=Backbone.DEEPFM, hidden=(400, 400)),
+        embedding=EmbeddingConfig(dim=16),
+        train=TrainConfig(
+            batch_size=2048,
+            epochs=epochs,
+            patience=epochs,
+            seed=seed,
+            shuffle_buffer=0,
+            workers=workers,
+            threads_per_worker=max(1, cores // workers),
+        ),
+        tracking=TrackingConfig(uri=f"sqlite:///{out / 'mlflow.db'}", experiment="bench-train"),
+        output=str(out / "runs"),
+    )
 
 
 def _bare_loop(job: JobConfig, shards: list[Path], spec: FeatureSpec) -> float:

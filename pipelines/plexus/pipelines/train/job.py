@@ -30,6 +30,7 @@ from plexus.pipelines.config import JobConfig
 from plexus.pipelines.files import storage_error, write_json
 from plexus.pipelines.ingest import IngestResult
 from plexus.pipelines.runtime import default_runs_dir, ensure_ray
+from plexus.pipelines.train import sharding
 from plexus.pipelines.train.evaluate import evaluate, iter_batches
 from plexus.pipelines.train.loop import STATE_FILE, train_loop
 from plexus.pipelines.train.stages import run_stages
@@ -166,7 +167,11 @@ def _fit(
             "stage": stage,
             "steps_per_epoch": _steps_per_epoch(job, data),
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=job.train.workers, use_gpu=False),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.train.workers,
+            use_gpu=False,
+            resources_per_worker={"CPU": _cpus_per_worker(job.train.workers)},
+        ),
         run_config=ray.train.RunConfig(
             name="ray",
             storage_path=str(out),
@@ -185,6 +190,16 @@ def _fit(
         raise OSError(disk.errno, disk.strerror or str(disk), str(out)) from exc
 
 
+def _cpus_per_worker(workers: int) -> float:
+    """At most one logical CPU per worker, leaving one for Ray Data's read tasks: on a 2-core
+    machine two workers holding a CPU each left the shards unread and the job waiting forever.
+    A worker's torch threads are `train.threads_per_worker`, whatever it reserves."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    return min(1.0, max(0.25, (cpus - 1.0) / workers))
+
+
 def _steps_per_epoch(job: JobConfig, data: IngestResult) -> int | None:
     """Batches per epoch of one worker (the planned steps of `StepContext`), None if unknown."""
     rows = data.rows.get("train", 0)
@@ -194,14 +209,18 @@ def _steps_per_epoch(job: JobConfig, data: IngestResult) -> int | None:
 def _latest_checkpoint(storage: Path) -> str | None:
     """The newest readable checkpoint folder a previous (crashed) attempt left, if any.
 
-    A checkpoint torn by a kill (truncated or empty `state.pt`) is skipped with a warning, so
+    A checkpoint torn by a kill (truncated or empty `state.pt`, a worker's shard file missing
+    or torn) is skipped with a warning, so
     the job resumes from the previous good one instead of failing on it.
     """
     candidates = sorted(storage.glob("**/checkpoint_*/" + STATE_FILE)) if storage.exists() else []
     epochs: dict[Path, int] = {}
     for path in candidates:
         try:
-            epochs[path] = int(torch.load(path, weights_only=False)["loop"]["epoch"])
+            saved = torch.load(path, weights_only=False)
+            for rank in range(saved.get("sharded_ranks", 0)):  # every worker's shards, readable
+                sharding.read_shards(path.parent, rank)
+            epochs[path] = int(saved["loop"]["epoch"])
         except Exception as exc:  # a torn file: EOFError, a zip error, a missing key, ...
             print(f"[plexus] skipping unreadable checkpoint {path.parent}: {exc!r}", flush=True)
     if not epochs:
@@ -214,7 +233,10 @@ def _load_final_state(result: Any) -> tuple[list[dict[str, float]], dict[str, to
         raise PlexusError(f"training produced no checkpoint: {getattr(result, 'error', None)}")
     with result.checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / STATE_FILE, weights_only=False)
-    return saved["loop"]["history"], saved["best_model"]
+        best = saved["best_model"]
+        if saved.get("sharded_ranks"):  # the full tables, from every worker's shards
+            best = sharding.assemble_state(Path(folder), saved["sharded_ranks"], "best", best)
+    return saved["loop"]["history"], best
 
 
 def _final_metrics(

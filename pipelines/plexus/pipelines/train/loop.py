@@ -28,7 +28,9 @@ import torch
 from plexus.models.backbones import build_ctr_model
 from plexus.models.batch import batch_from_arrow
 from plexus.models.embeddings import protocol
+from plexus.pipelines.train import sharding
 from plexus.pipelines.train.evaluate import evaluate
+from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import FeatureSpec
 
 STATE_FILE = "state.pt"
@@ -52,8 +54,6 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) 
     `session` is where datasets, checkpoints and reports go: Ray Train's (the default) or a
     Ray Tune trial's (`plexus.pipelines.tune.trial`), which runs this loop in its own process.
     """
-    import ray.train
-    import ray.train.torch
     from plexus.pipelines.runtime import quiet_ray_data
 
     quiet_ray_data()
@@ -71,32 +71,41 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) 
         model.load_state_dict(torch.load(loop_config["init_state"], weights_only=True))
     stage = protocol.stage_named(model, loop_config.get("stage"))
     epochs = stage.epochs if stage is not None and stage.epochs else train_cfg.epochs
+    label = f"[plexus] {loop_config['stage']}: " if loop_config.get("stage") else "[plexus] "
+    state = LoopState()
+    checkpoint = session.get_checkpoint()
+    resume_dir = checkpoint.to_directory() if checkpoint else loop_config.get("resume_from")
+    saved = torch.load(Path(resume_dir) / STATE_FILE, weights_only=False) if resume_dir else None
+    if saved is not None:  # the replicated part; a sharded model's shards come after sharding
+        model.load_state_dict(saved["model"], strict=not saved.get("sharded_ranks"))
+    model, module, sharded = _distribute(model, train_cfg, world, rank, label)
     optimizers = protocol.build_optimizers(
-        model, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, stage=stage
+        module,
+        lr=train_cfg.lr,
+        weight_decay=train_cfg.weight_decay,
+        stage=stage,
+        parameters=sharding.dense_parameters(model) if sharded else None,
     )
     valid_optimizers = [
         o for o in optimizers if protocol.optimizer_batches(o) is protocol.BatchSource.VALID
     ]
     train_optimizers = [o for o in optimizers if o not in valid_optimizers]
-    label = f"[plexus] {loop_config['stage']}: " if loop_config.get("stage") else "[plexus] "
-    state = LoopState()
-    checkpoint = session.get_checkpoint()
-    resume_dir = checkpoint.to_directory() if checkpoint else loop_config.get("resume_from")
-    if resume_dir:
-        saved = torch.load(Path(resume_dir) / STATE_FILE, weights_only=False)
-        model.load_state_dict(saved["model"])
+    best_pieces: sharding.Pieces = {}
+    if saved is not None:
         for optimizer, saved_state in zip(optimizers, saved["optimizers"], strict=True):
             optimizer.load_state_dict(saved_state)
         state = LoopState(**saved["loop"])
         best_model = saved["best_model"]
+        if sharded:
+            shards = sharding.read_shards(Path(resume_dir), rank)
+            sharding.restore_pieces(model, shards["current"])
+            best_pieces = shards["best"]
         if rank == 0:
             print(f"{label}resumed after epoch {state.epoch} (best valid AUC {state.best_auc:.4f})")
     else:
-        best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if world > 1:
-        model = ray.train.torch.prepare_model(model, move_to_device=False)
-    module = model.module if hasattr(model, "module") else model
+        best_model, best_pieces = _snapshot(module, model if sharded else None)
 
+    table_bytes = sharding.held_table_bytes(module)
     train_shard = session.dataset("train")
     valid_shard = session.dataset("valid")
     tracker = _MetricsLogger(
@@ -149,7 +158,7 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) 
         seconds = time.perf_counter() - started
         if valid_draws is not None:
             valid_draws.close()
-        valid = evaluate(module, _valid_batches(valid_shard, spec, train_cfg))
+        valid = _agreed(evaluate(module, _valid_batches(valid_shard, spec, train_cfg)), world)
         metrics = {
             "epoch": float(epoch),
             "train_loss": loss_sum / max(steps, 1),
@@ -157,11 +166,12 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) 
             "valid_logloss": valid["logloss"],
             "examples_per_s": examples * world / max(seconds, 1e-9),
             "epoch_seconds": seconds,
+            **_worker_memory(table_bytes, world),
         }
         improved = valid["auc"] > state.best_auc
         if improved:
             state.best_auc, state.best_epoch, state.bad_epochs = valid["auc"], epoch, 0
-            best_model = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            best_model, best_pieces = _snapshot(module, model if sharded else None)
         else:
             state.bad_epochs += 1
         state.epoch = epoch
@@ -179,14 +189,18 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) 
             if rank == 0:
                 torch.save(
                     {
-                        "model": module.state_dict(),
+                        "model": sharding.dense_state(module) if sharded else module.state_dict(),
                         "optimizers": [o.state_dict() for o in optimizers],
                         "loop": dataclasses.asdict(state),
                         "best_model": best_model,
+                        "sharded_ranks": world if sharded else 0,
                     },
                     Path(tmp) / STATE_FILE,
                 )
-            session.report(metrics, tmp if rank == 0 else None)
+            if sharded:  # every worker writes its own shards into the same checkpoint
+                current = sharding.local_pieces(model)
+                sharding.write_shards(Path(tmp), rank, {"current": current, "best": best_pieces})
+            session.report(metrics, tmp if rank == 0 or sharded else None)
         if state.bad_epochs > train_cfg.patience and rank == 0:
             print(
                 f"{label}early stop: no better valid AUC for {state.bad_epochs} epochs",
@@ -200,6 +214,77 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) 
             "raise train.epochs or train.lr (or tune them: plexus tune)",
             flush=True,
         )
+
+
+def _distribute(
+    model: torch.nn.Module, train_cfg: Any, world: int, rank: int, label: str
+) -> tuple[torch.nn.Module, torch.nn.Module, bool]:
+    """(the model to train, the plain module inside it, whether its tables are sharded).
+
+    One worker: the model itself. Several: tables sharded through TorchRec
+    (`sharding.shard_model`), or, for methods that cannot shard, the whole model replicated
+    (DDP), said once.
+    """
+    if world == 1:
+        return model, model, False
+    import ray.train.torch
+
+    reason = sharding.replication_reason(model)
+    if reason is None:
+        unknown = list(sharding.unknown_plan_keys(model, train_cfg.sharding))
+        if unknown:
+            raise ConfigError(
+                f"train.sharding.plan names no table of this model: {unknown[0]!r}; tables are "
+                "named <collection path>.<table>, e.g. embeddings.ebc.t_user"
+            )
+        sharded = sharding.shard_model(
+            model, train_cfg.sharding, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
+        )
+        if rank == 0:
+            print(f"{label}tables sharded over {world} workers:\n{sharding.describe_plan(sharded)}")
+        return sharded, sharded.module, True
+    if rank == 0:
+        print(f"{label}tables replicated on each of {world} workers (data parallel): {reason}")
+    wrapped = ray.train.torch.prepare_model(model, move_to_device=False)
+    return wrapped, model, False
+
+
+def _snapshot(
+    module: torch.nn.Module, sharded: Any | None
+) -> tuple[dict[str, torch.Tensor], sharding.Pieces]:
+    """The best model so far: the state dict (without the shards, if sharded) and this
+    worker's shards' weights."""
+    if sharded is None:
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}, {}
+    return sharding.dense_state(module), sharding.local_pieces(sharded, optimizer=False)
+
+
+def _agreed(metrics: dict[str, float], world: int) -> dict[str, float]:
+    """Rank 0's validation metrics on every worker, so that all take the same early-stopping
+    and best-model decisions (each evaluates the full validation set; summation order in
+    collectives may still differ in the last bit)."""
+    if world == 1:
+        return metrics
+    import torch.distributed as dist
+
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    dist.broadcast(values, src=0)
+    return dict(zip(keys, values.tolist(), strict=True))
+
+
+def _worker_memory(table_bytes: int, world: int) -> dict[str, float]:
+    """The largest worker's peak resident memory and embedding-table bytes (each worker holds
+    only its shards of sharded tables)."""
+    from plexus.pipelines.runtime import process_memory
+
+    values = torch.tensor([process_memory()["peak"], table_bytes], dtype=torch.float64)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    peak, tables = values.tolist()
+    return {"worker_peak_rss_bytes": peak, "worker_table_bytes": tables}
 
 
 def _valid_batches(shard: Any, spec: FeatureSpec, train_cfg: Any) -> Iterator[Any]:
