@@ -71,3 +71,37 @@ def kill_train_workers_after(
     assert workers, "no Ray Train worker found among the driver's processes"
     for pid in sorted(workers)[-1:] if only_one else workers:
         os.kill(pid, signal.SIGKILL)
+
+
+def kill_driver_and_check_nothing_is_left(
+    proc: subprocess.Popen, tmp: Path, marker: str, signum: int
+) -> None:
+    """Read the job's output until `marker` (an epoch's line) and its checkpoint under `tmp`,
+    send `signum` to the driver alone, and check that every process it had started (Ray's
+    GCS, raylet, workers, ...) is gone within a minute."""
+    seen: set[reaper.Process] = set()
+    output = ""
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:  # until the first epoch is checkpointed
+        seen |= reaper.descendants(proc.pid)
+        line = proc.stdout.readline()
+        output += line
+        if marker in line or not line:
+            break
+    assert marker in output, output[-3000:]
+    deadline = time.monotonic() + 180  # the epoch's checkpoint lands just after its line
+    while time.monotonic() < deadline and not any(tmp.glob("**/checkpoint_*/state.pt")):
+        seen |= reaper.descendants(proc.pid)
+        time.sleep(0.2)
+    time.sleep(2)  # let it be written whole
+    seen |= reaper.descendants(proc.pid)
+    assert len(seen) >= 3  # the GCS, the raylet, workers, ...: a real local Ray
+    os.kill(proc.pid, signum)  # the driver only, not its process group
+    proc.wait(timeout=120)
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(reaper.alive(p) for p in seen):
+        time.sleep(0.5)
+    left = [p for p in seen if reaper.alive(p)]
+    names = [Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid, _ in left]
+    assert not left, names

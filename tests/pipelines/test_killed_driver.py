@@ -3,15 +3,14 @@ and the rerun finishes from the checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from cli_runner import PLEXUS, plexus, tiny_ctr_job
-from plexus.pipelines import reaper
+from cli_runner import PLEXUS, kill_driver_and_check_nothing_is_left, plexus, tiny_ctr_job
 
 
 @pytest.mark.reliability(
@@ -48,33 +47,32 @@ train: {batch_size: 256, epochs: 3, threads_per_worker: 1}
         stderr=subprocess.STDOUT,
         text=True,
     )
-    seen: set[reaper.Process] = set()
-    output = ""
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline:  # until the first epoch is checkpointed
-        seen |= reaper.descendants(proc.pid)
-        line = proc.stdout.readline()
-        output += line
-        if "epoch 1/3" in line or not line:
-            break
-    assert "epoch 1/3" in output, output[-3000:]
-    deadline = time.monotonic() + 180  # the epoch's checkpoint lands just after its line
-    while time.monotonic() < deadline and not any(tmp_path.glob("runs/**/checkpoint_*/state.pt")):
-        seen |= reaper.descendants(proc.pid)
-        time.sleep(0.2)
-    time.sleep(2)  # let it be written whole
-    seen |= reaper.descendants(proc.pid)
-    assert len(seen) >= 3  # the GCS, the raylet, workers, ...: a real local Ray
-    os.kill(proc.pid, signum)  # the driver only, not its process group
-    proc.wait(timeout=120)
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(reaper.alive(p) for p in seen):
-        time.sleep(0.5)
-    left = [p for p in seen if reaper.alive(p)]
-    names = [Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid, _ in left]
-    assert not left, names
+    kill_driver_and_check_nothing_is_left(proc, tmp_path, "epoch 1/3", signum)
 
     rerun = plexus("train", str(config), cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
     assert "resumed after epoch" in rerun.stdout + rerun.stderr
+
+
+@pytest.mark.reliability(
+    "fault", "driver of plexus bench (2 sharded workers) killed mid-training: nothing left"
+)
+@pytest.mark.slow
+def test_a_killed_bench_driver_leaves_no_process_and_no_results(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    command = ["bench", "train", "--out", str(out), "--rows", "20000", "--workers", "2"]
+    proc = subprocess.Popen(
+        [*PLEXUS, *command],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    kill_driver_and_check_nothing_is_left(proc, tmp_path, "epoch 1/2", signal.SIGKILL)
+    assert not (out / "results.json").exists()  # nothing half-done passes for a result
+
+    rerun = plexus(*command, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    (row,) = json.loads((out / "results.json").read_text())["by_workers"]
+    assert row["workers"] == 2 and row["examples_per_s"] > 0
