@@ -49,6 +49,9 @@ def _auc_standard_error(auc: float, folder: Path) -> float:
     return math.sqrt(variance)
 
 
+@pytest.mark.reliability(
+    "fault", "one of 2 sharded Ray Train workers SIGKILLed: resumed, AUC within noise of 1 worker"
+)
 def test_two_sharded_workers_survive_a_killed_worker_and_match_one_worker(tmp_path: Path) -> None:
     one = tmp_path / "one"
     single = plexus("train", str(_job(one, 1)), cwd=tmp_path)

@@ -46,7 +46,7 @@ def _worker(rank: int, world: int, port: int, method: str, kind: str, out: str) 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     reference = _build(method)
-    config = sharding.ShardingConfig(types=(kind,))
+    config = sharding.ShardingConfig(types=(kind,), column_width=4)  # dim 8: 2 column shards
     sharded = sharding.shard_model(_build(method), config, lr=0.05, weight_decay=0.0)
     dense = torch.randn(6, 2, generator=torch.Generator().manual_seed(rank))
     kjt = random_kjt(6, seed=10 + rank)
@@ -73,7 +73,12 @@ def _worker(rank: int, world: int, port: int, method: str, kind: str, out: str) 
     dist.barrier()
     if rank == 0:
         full = sharding.assemble_state(folder, world, "best", sharding.dense_state(sharded.module))
-        torch.save({"same": same, "equal": equal, "full": full}, folder / "result.pt")
+        counts: dict[str, int] = {}
+        for r in range(world):
+            for key, items in sharding.read_shards(folder, r)["best"].items():
+                counts[key] = counts.get(key, 0) + len(items)
+        result = {"same": same, "equal": equal, "full": full, "pieces": max(counts.values())}
+        torch.save(result, folder / "result.pt")
     dist.destroy_process_group()
 
 
@@ -88,6 +93,7 @@ def test_sharded_tables_compute_like_unsharded_ones_and_round_trip(
     result = torch.load(tmp_path / "result.pt", weights_only=False)
     assert result["same"], "the sharded model's logits differ from the unsharded model's"
     assert result["equal"], "restored shards differ from the saved ones"
+    assert result["pieces"] == (2 if kind == "column_wise" else 1)  # a table in 2 column shards
     model = _build(method)
     full = result["full"]
     assert set(full) == set(model.state_dict())

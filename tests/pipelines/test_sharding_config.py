@@ -54,6 +54,7 @@ def test_a_plan_key_must_name_a_table_of_the_model() -> None:
         ({"plan": {"embeddings.ebc.t_user": "rows"}}, "train.sharding.plan"),
         ({"optimizer": "lamb"}, "train.sharding.optimizer"),
         ({"lr": -1.0}, "train.sharding.lr"),
+        ({"column_width": 6}, "train.sharding.column_width"),
         ({"types": []}, "train.sharding.types"),
     ],
 )

@@ -56,12 +56,13 @@ class ShardingConfig:
 
     `types`: the sharding types the planner may choose from (on CPU those of `CPU_TYPES`);
     `plan`: a type fixed per table, keyed `<collection path>.<table>` (e.g.
-    `embeddings.ebc.t_user`); `optimizer` and `lr`: the sharded tables' fused optimiser
+    `embeddings.ebc.t_user`); `column_width`: the width of column-wise shards; `optimizer` and `lr`: the sharded tables' fused optimiser
     (`adam` needs a GPU), `lr` 0 meaning the job's `train.lr`.
     """
 
     types: tuple[str, ...] = CPU_TYPES
     plan: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
+    column_width: int = 0  # width of column-wise shards (a multiple of 4); 0: TorchRec's
     optimizer: str = "rowwise_adagrad"
     # Row-wise Adagrad at 0.01 and 0.02 came within 0.011 test AUC of 1-worker Adam (20k
     # synthetic rows, DeepFM); at 0.05 and 0.1 it fell 0.06 and 0.14 short.
@@ -81,6 +82,11 @@ class ShardingConfig:
         if self.optimizer not in _OPTIMIZERS:
             raise ConfigError(
                 f"train.sharding.optimizer={self.optimizer!r}: use one of {', '.join(_OPTIMIZERS)}"
+            )
+        if self.column_width < 0 or self.column_width % 4:
+            raise ConfigError(
+                f"train.sharding.column_width={self.column_width}: use 0 (TorchRec's choice) or "
+                "a positive multiple of 4 (FBGEMM's kernels need widths divisible by 4)"
             )
         if self.lr < 0:
             raise ConfigError(f"train.sharding.lr must be >= 0, got {self.lr}")
@@ -135,7 +141,9 @@ def shard_model(model: nn.Module, config: ShardingConfig, *, lr: float, weight_d
             continue  # not in the plan: a plain module, replicated by DDP
         constraints = {
             table.name: ParameterConstraints(
-                sharding_types=config.types_for(f"{path}.{table.name}"), compute_kernels=["fused"]
+                sharding_types=config.types_for(f"{path}.{table.name}"),
+                compute_kernels=["fused"],
+                min_partition=config.column_width or None,
             )
             for table in ebc.embedding_bag_configs()
         }
