@@ -10,11 +10,11 @@ from plexus.models.embeddings import build_embedding_tables, full_table_paramete
 from plexus.pipelines.bench.embeddings import (
     ROW_KEYS,
     _data_section,
-    _plan,
     bench_embeddings,
     budget_label,
     embedding_for,
     parse_budget,
+    plan_rows,
     summarise,
     targets,
 )
@@ -55,7 +55,7 @@ def test_unified_splits_the_width_into_chunks_where_the_budget_allows() -> None:
 
 
 def test_plan_runs_full_once_per_seed_and_the_others_at_every_budget() -> None:
-    plan = _plan(["unified", "full", "hashing"], [1 / 16, 1.0], seeds=2, chunks=2, dim=16)
+    plan = plan_rows(["unified", "full", "hashing"], [1 / 16, 1.0], seeds=2, chunks=2, dim=16)
     assert [(m, b, s) for m, b, _, s in plan] == [
         (m, b, s)
         for s in (0, 1)
@@ -67,7 +67,7 @@ def test_plan_runs_full_once_per_seed_and_the_others_at_every_budget() -> None:
             ("unified", 1 / 16),
         ]
     ]
-    learned = _plan(["optembed", "full"], [1 / 4], seeds=1, chunks=2, dim=16)
+    learned = plan_rows(["optembed", "full"], [1 / 4], seeds=1, chunks=2, dim=16)
     assert [(m, b) for m, b, _, _ in learned] == [
         ("full", 1.0),
         ("optembed:full", 0.25),
@@ -82,12 +82,12 @@ def test_plan_runs_full_once_per_seed_and_the_others_at_every_budget() -> None:
     assert on_unified.base_method.value == "unified" and on_unified.chunks == 2
     assert on_unified.budget / on_unified.chunks == pytest.approx(0.95 * 0.25)
     assert on_unified.options.search_budget == 0.25  # a unified table just under b, searched to b
-    own = _plan(["optembed:unified@1/16", "hashing"], [1 / 4], seeds=1, chunks=2, dim=16)
+    own = plan_rows(["optembed:unified@1/16", "hashing"], [1 / 4], seeds=1, chunks=2, dim=16)
     assert [(m, b) for m, b, _, _ in own] == [("hashing", 0.25), ("optembed:unified", 1 / 16)]
     with pytest.raises(ConfigError, match="optembed:unified"):
-        _plan(["optembed:dnis"], [1.0], seeds=1, chunks=2, dim=16)
+        plan_rows(["optembed:dnis"], [1.0], seeds=1, chunks=2, dim=16)
     with pytest.raises(ConfigError, match="budgets"):
-        _plan(["hashing"], [2.0], seeds=1, chunks=2, dim=16)
+        plan_rows(["hashing"], [2.0], seeds=1, chunks=2, dim=16)
 
 
 def test_budgets_parse_from_fractions_and_label_back() -> None:

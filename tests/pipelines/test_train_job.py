@@ -101,6 +101,7 @@ def test_bad_override_names_the_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.reliability("fault", "training crash: the rerun resumes from the last checkpoint")
+@pytest.mark.slow  # 70 s; the killed-driver and killed-worker tests (slow) resume as well
 def test_training_resumes_from_the_last_checkpoint_after_a_crash(tmp_path: Path) -> None:
     raw = synth_criteo(tmp_path / "criteo.tsv", rows=20_000, seed=4)
     config = _config(tmp_path, raw, epochs=3)

@@ -227,6 +227,25 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
         parse_budget,
     )
 
+    if args.task == "retrieval":
+        from plexus.pipelines.bench.retrieval_embeddings import bench_retrieval_embeddings
+
+        bench_retrieval_embeddings(
+            Path(args.data),
+            Path(args.out),
+            fmt=args.format,
+            methods=args.methods.split(","),
+            budgets=[parse_budget(b) for b in args.budgets.split(",")],
+            seeds=1 if args.seeds is None else args.seeds,
+            chunks=args.chunks,
+            config=args.config,
+            overrides=args.set or (),
+            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
+            force=args.force,
+        )
+        return
+    if args.format == "lightgcn":
+        raise ConfigError("--format lightgcn is an interaction log: add --task retrieval")
     common = {
         "methods": args.methods.split(","),
         "budgets": [parse_budget(b) for b in args.budgets.split(",")],
@@ -241,7 +260,7 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
     bench_embeddings(
         *where,
         **common,
-        seeds=args.seeds,
+        seeds=3 if args.seeds is None else args.seeds,
         tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
         force=args.force,
         throughput_batches=args.throughput_batches,
@@ -458,8 +477,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--format",
         required=True,
-        choices=("criteo", "avazu", "movielens", "parquet"),
-        help="parquet needs --config with a data.schema (e.g. movielens_1m)",
+        choices=("criteo", "avazu", "movielens", "parquet", "lightgcn"),
+        help="parquet needs --config with a data.schema (e.g. movielens_1m); lightgcn (a "
+        "train.txt/test.txt folder) and movielens with --task retrieval",
+    )
+    b.add_argument(
+        "--task",
+        choices=("ctr", "retrieval"),
+        default="ctr",
+        help="ctr: test AUC of the CTR model; retrieval: Recall@20 / NDCG@20 of the two-tower "
+        "model (set its epochs and width with --set train.epochs=N --set model.dim=D)",
     )
     b.add_argument(
         "--data", required=True, help="input file, or a folder with train/dev/test files"
@@ -474,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--budgets", default="1,1/4,1/16,1/64", help="fractions of the full tables' parameters"
     )
-    b.add_argument("--seeds", type=int, default=3)
+    b.add_argument("--seeds", type=int, help="default: 3 (ctr), 1 (retrieval)")
     b.add_argument("--chunks", type=int, default=2, help="Unified Embedding chunks per feature")
     b.add_argument("--force", action="store_true", help="retrain rows that already finished")
     b.add_argument("--config", help="job config (bundled name or YAML) giving the hyper-parameters")

@@ -15,6 +15,7 @@ from plexus.models.retrieval.loss import (
     retrieval_loss,
     sampled_softmax_loss,
 )
+from plexus.models.retrieval.side import SideFeatures
 from plexus.models.retrieval.two_tower import TwoTower
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "KnnEmbedState",
     "LossKind",
     "QueryVariant",
+    "SideFeatures",
     "TwoTower",
     "TwoTowerConfig",
     "cosine_contrastive_loss",

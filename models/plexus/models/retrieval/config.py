@@ -27,7 +27,14 @@ class QueryVariant(enum.StrEnum):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TwoTowerConfig:
     """Two-tower / MF shape. User vector = normalize(g * e_user + (1 - g) * W mean(e_history)),
-    with g = `user_weight` (only the parts present are mixed); items = normalize(e_item)."""
+    with g = `user_weight` (only the parts present are mixed); items = normalize(e_item).
+
+    `side_features`: the towers also take the data's side features (MovieLens: gender, age,
+    occupation, zip3 / year, genres), summed into e_user and e_item; data without side
+    features (Gowalla) trains the id-only towers either way. `item_id_dropout`: the fraction of
+    items whose id embedding a training step leaves out, so that the features alone also rank
+    (the vector that a catalog item never seen in training gets; DropoutNet, Volkovs 2017).
+    """
 
     dim: int = 64
     history_len: int = 50
@@ -37,8 +44,14 @@ class TwoTowerConfig:
     project_history: bool = False  # a learned (D, D) map on the history mean, as in SimpleX
     history_grad: bool = True  # False: history items get no gradient (MF-cost training)
     init_std: float = 0.1
+    side_features: bool = True
+    item_id_dropout: float = 0.25
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ConfigError(
+                f"model.item_id_dropout: must be in [0, 1), got {self.item_id_dropout}"
+            )
         if self.dim < 1:
             raise ConfigError(f"model.dim: must be >= 1, got {self.dim}")
         if self.history_len < 1:

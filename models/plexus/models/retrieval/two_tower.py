@@ -10,6 +10,16 @@ items' vectors (SimpleX-style aggregation), so a new user with only a history ca
 Lookups go through `EmbeddingTables.forward_padded` (plain gathers, hashing in the graph), which
 is also what exports to ONNX; `sparse_lookups` gives them sparse gradients in training.
 
+Side features (`SideFeatures`, with `config.side_features`): each tower's tables then hold the
+id feature and the entity's side features (MovieLens: user gender, age, occupation, zip3; item
+year and the genres as one multi-valued bag), looked up from per-entity id tables inside the
+model (a served request still sends only the user id and history). The feature vectors are
+*summed* into the entity's raw vector: a sum adds no parameters, keeps every method's tables
+(and their compressed forms) as they are, keeps an item vector linear in its features (the
+history sum is still a sum of item vectors), and puts a catalog item that was never trained
+(`SideFeatures.item_known` False: its id bag is left empty) in the same space as trained ones,
+with its features' vector. A learned projection of the concatenation was not needed for that.
+
 Example:
     >>> model = TwoTower(TwoTowerConfig(dim=8, history_len=4), num_users=10, num_items=20)
     >>> u = model.user_vectors(torch.tensor([3]), torch.tensor([[1, 2, 0, 0]]),
@@ -26,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from plexus.models.embeddings import EmbeddingConfig, EmbeddingTables, build_embedding_tables
 from plexus.models.retrieval.config import TwoTowerConfig
-from plexus.platform.errors import ConfigError
+from plexus.models.retrieval.side import SideFeatures, compact_ids
+from plexus.platform.errors import ConfigError, DataError
 from plexus.platform.feature_spec import Encoding, Feature, FeatureKind
 from torch import nn
 
@@ -46,6 +57,8 @@ class TwoTower(nn.Module):
 
     `embedding` None: full tables of width `config.dim` (the model before the platform's tables).
     Each tower has its own `EmbeddingTables` (a shared method shares rows within a tower).
+    `side`: the side features of every user and item (used when `config.side_features`; its
+    item count may exceed the trained vocabulary by catalog items never trained on).
     """
 
     def __init__(
@@ -55,14 +68,32 @@ class TwoTower(nn.Module):
         num_users: int,
         num_items: int,
         embedding: EmbeddingConfig | None = None,
+        side: SideFeatures | None = None,
     ) -> None:
         super().__init__()
         self.config = config
+        if not config.side_features:
+            side = None
+        if side is not None and (side.num_users < num_users or side.num_items < num_items):
+            raise DataError(
+                f"side features of {side.num_users} users / {side.num_items} items for a model "
+                f"of {num_users} / {num_items}"
+            )
         self.num_users = num_users
-        self.num_items = num_items
+        self.num_items = side.num_items if side is not None else num_items
         self.embedding = embedding or EmbeddingConfig(dim=config.dim)
-        self.user_tables = self._tables([id_feature(USER_ID, num_users)])
-        self.item_tables = self._tables([id_feature(ITEM_ID, num_items)])
+        user_side = side.user_features if side is not None else ()
+        item_side = side.item_features if side is not None else ()
+        self.user_tables = self._tables([id_feature(USER_ID, num_users), *user_side])
+        self.item_tables = self._tables([id_feature(ITEM_ID, self.num_items), *item_side])
+        self.has_user_side = bool(user_side)
+        self.has_item_side = bool(item_side)
+        if side is not None and user_side:
+            self.register_buffer("user_side_ids", compact_ids(side.user_ids[: num_users + 1]))
+        if side is not None and item_side:
+            self.register_buffer("item_side_ids", compact_ids(side.item_ids))
+            self.register_buffer("item_side_lengths", compact_ids(side.item_lengths))
+            self.register_buffer("item_known", side.item_known.to(torch.bool).clone())
         self.history_proj: nn.Module = (
             nn.Linear(config.dim, config.dim, bias=False)
             if config.project_history
@@ -96,6 +127,37 @@ class TwoTower(nn.Module):
         vectors = tables.forward_padded(flat, present)
         return vectors.reshape(*ids.shape, -1)
 
+    def user_raw(self, user: torch.Tensor) -> torch.Tensor:
+        """(B,) user ids -> (B, D) raw user vectors: the id's plus its side features' (zeros for
+        the unknown user 0)."""
+        if not self.has_user_side:
+            return self.lookup(self.user_tables, user)
+        known = (user > 0).to(torch.int64)  # (B,)
+        side = self.user_side_ids[user].to(torch.int64)  # (B, Fu)
+        ids = torch.cat([user.unsqueeze(1), side], dim=1).unsqueeze(-1)  # (B, 1 + Fu, 1)
+        lengths = known.unsqueeze(1).expand(-1, ids.shape[1])  # (B, 1 + Fu)
+        out = self.user_tables.forward_padded(ids, lengths)
+        return out.reshape(user.shape[0], ids.shape[1], -1).sum(dim=1)
+
+    def item_raw(self, items: torch.Tensor) -> torch.Tensor:
+        """(...) item ids -> (..., D) raw item vectors: the id's (trained items only) plus the
+        side features' (zeros for the padding id 0)."""
+        if not self.has_item_side:
+            return self.lookup(self.item_tables, items)
+        flat = items.reshape(-1)
+        side = self.item_side_ids[flat].to(torch.int64)  # (B, Fi, L)
+        present = (flat > 0).to(torch.int64).unsqueeze(1)
+        side_lengths = self.item_side_lengths[flat].to(torch.int64) * present  # (B, Fi)
+        known = self.item_known[flat] & (flat > 0)
+        rate = self.config.item_id_dropout
+        if self.training and rate > 0:
+            known = known & (torch.rand(flat.shape, device=flat.device) >= rate)
+        id_bag = F.pad(flat.unsqueeze(1), (0, side.shape[2] - 1))
+        ids = torch.cat([id_bag.unsqueeze(1), side], dim=1)  # (B, 1 + Fi, L)
+        lengths = torch.cat([known.to(torch.int64).unsqueeze(1), side_lengths], dim=1)
+        out = self.item_tables.forward_padded(ids, lengths)
+        return out.reshape(flat.shape[0], ids.shape[1], -1).sum(dim=1).reshape(*items.shape, -1)
+
     def user_vectors(
         self, user: torch.Tensor, history: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
@@ -115,7 +177,7 @@ class TwoTower(nn.Module):
         has_hist = (count > 0).to(torch.float32) if cfg.use_history else torch.zeros_like(count)
         a = (cfg.user_weight if cfg.use_history else 1.0) * has_user
         b = (1.0 - cfg.user_weight if cfg.use_user_id else 1.0) * has_hist
-        e_user = self.lookup(self.user_tables, user)
+        e_user = self.user_raw(user)
         with torch.set_grad_enabled(cfg.history_grad and torch.is_grad_enabled()):
             total = self.history_sum(history, mask)
         mean = self.history_proj(total / count.clamp(min=1.0).unsqueeze(-1))
@@ -130,7 +192,18 @@ class TwoTower(nn.Module):
         The kept ids are moved to the front of each row, so the history is one sum-pooled bag
         per user for the tables (one gather and one reduction, as `nn.EmbeddingBag` would do):
         looking each item up alone and masking after cost three more passes over (B, L, D).
+        With item side features each item's raw vector (id + features) is summed instead; in
+        training the batch's distinct items are looked up once each (a user's history repeats
+        the catalog's popular items: on MovieLens ~1.4k distinct items against 25k history
+        slots a batch), the export path looks every slot up (no data-dependent shapes).
         """
+        if self.has_item_side:
+            if self.training:
+                distinct, inverse = torch.unique(history, return_inverse=True)
+                raw = self.item_raw(distinct)[inverse]
+            else:
+                raw = self.item_raw(history)
+            return (raw * mask.unsqueeze(-1)).sum(dim=1)
         keep = mask > 0
         positions = torch.arange(history.shape[1], device=history.device)
         # Distinct keys, kept positions first in their order: a plain sort (TopK in ONNX).
@@ -145,7 +218,7 @@ class TwoTower(nn.Module):
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """(...) item ids -> (..., D) unit item vectors (zeros for the padding id 0)."""
-        return F.normalize(self.lookup(self.item_tables, items), dim=-1)
+        return F.normalize(self.item_raw(items), dim=-1)
 
     def all_item_vectors(self) -> torch.Tensor:
         """(N + 1, D) unit vectors of every item; row 0 (padding) is zero."""

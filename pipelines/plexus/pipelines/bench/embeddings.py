@@ -108,7 +108,7 @@ def bench_embeddings(
     (0 skips it and uses the jobs' figures).
     """
     base = _base_job(fmt, Path(data), Path(out).resolve(), config, overrides, tracking_uri, name)
-    plan = _plan(methods, budgets, seeds, chunks, base.embedding.dim)
+    plan = plan_rows(methods, budgets, seeds, chunks, base.embedding.dim)
     uri = tracking.configure(base.tracking.uri)
     import mlflow
 
@@ -491,7 +491,7 @@ def _data_section(kind: DataFormat, data: Path, template: DataConfig) -> DataCon
                       test_path=str(find(_SPLIT_NAMES["test"])), **base)  # fmt: skip
 
 
-def _plan(
+def plan_rows(
     methods: Sequence[str], budgets: Sequence[float], seeds: int, chunks: int, dim: int
 ) -> list[tuple[str, float, EmbeddingConfig, int]]:
     """(method label, budget, embedding, seed) in run order: per seed, full first, then by method
@@ -555,7 +555,7 @@ def bench_embedding_throughput(
     `out/throughput.json` and `out/throughput.md` (examples/s and the ratio to `full`)."""
     out = Path(out).resolve()
     base = _base_job(fmt, Path(data), out, config, overrides, None, None)
-    plan = _plan(methods, budgets, 1, chunks, base.embedding.dim)
+    plan = plan_rows(methods, budgets, 1, chunks, base.embedding.dim)
     rows = [
         {"method": m.partition(":")[0], "base": m.partition(":")[2], "budget": b,
          "chunks": e.chunks, "dim": e.dim}

@@ -35,6 +35,7 @@ from plexus.pipelines.ingest.config import (
 from plexus.pipelines.ingest.delimited import LINE, empty_rejects, read_bytes
 from plexus.pipelines.ingest.readers import TIME, RawTable
 from plexus.platform.errors import ConfigError, DataError
+from plexus.platform.feature_spec import FeatureSpec
 
 USER = "user_id"
 ITEM = "item_id"
@@ -252,3 +253,32 @@ def finish_interactions(encoded: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, 
     kept = encoded.filter((pl.col(USER) > 0) & (pl.col(ITEM) > 0)).sort([SPLIT, USER, ORDER])
     counts = np.bincount(kept[SPLIT].to_numpy(), minlength=3)
     return kept, dict(zip(("train", "valid", "test"), map(int, counts), strict=True))
+
+
+def catalog_items(config: DataConfig, spec: FeatureSpec) -> pl.DataFrame:
+    """The log's items that are not in the spec's item vocabulary (never in a training positive:
+    only ratings below `min_rating`, or only in valid/test rows), one row each with its item
+    side features encoded by the spec: columns `external_id` (the log's item id) and the item
+    group's side features. Empty when the item group has no side features.
+
+    The retrieval towers give these catalog items vectors from their features alone; the split
+    and the vocabulary stay as the ingest wrote them.
+    """
+    from plexus.pipelines.ingest.encode import encode
+    from plexus.pipelines.ingest.readers import read_input
+
+    side = list(spec.groups.get("item", (ITEM,))[1:])
+    if not side or config.interactions is None:
+        return pl.DataFrame({"external_id": []}, schema={"external_id": pl.Int64})
+    table = read_input(config.format, Path(config.path), config.schema, interactions=True)
+    frame, _ = _renamed(table, config)
+    known = set(spec[ITEM].vocabulary)
+    frame = (
+        frame.filter(pl.col(ITEM).is_not_null() & ~pl.col(ITEM).is_in(list(known)))
+        .unique(ITEM, keep="first", maintain_order=True)
+        .with_columns(pl.col(ITEM).alias("__external"))
+    )
+    encoded = encode(frame, spec, keep=("__external",))
+    return encoded.select(
+        pl.col("__external").cast(pl.Int64, strict=False).alias("external_id"), *side
+    ).filter(pl.col("external_id").is_not_null())

@@ -107,7 +107,7 @@ def compare_allocations(
     item_np = items.numpy().astype(np.float32)
     clusters = state.item_clusters.numpy().astype(np.int64)
     index = item_index.build_cluster_index(
-        item_np[1:], clusters[1:], state.centroids.numpy(), np.arange(1, data.num_items + 1)
+        item_np[1:], clusters[1:], state.centroids.numpy(), np.arange(1, item_np.shape[0])
     )
     histories = torch.from_numpy(data.histories(module.model.config.history_len))
     tested = test_users(data)

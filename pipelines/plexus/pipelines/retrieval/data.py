@@ -4,7 +4,11 @@ The log itself goes through the platform's ingest (`data.interactions`, see
 `plexus.pipelines.ingest.interactions`): Parquet shards sorted by user and the user's order, a
 feature spec whose `user_id` / `item_id` vocabularies give the internal ids (users 1..U, items
 1..N, 0 = OOV / padding, the platform convention), rejects with file and line. This module only
-turns those shards into the arrays that training and the full-ranking evaluation index.
+turns those shards into the arrays that training and the full-ranking evaluation index, and
+the towers' side features (`SideFeatures`): each user's and item's side features, taken from
+its first training row, plus the catalog items that were never in a training positive
+(`catalog.parquet` beside the shards, written by `ingest_interactions`), which get internal ids
+N + 1.. after the vocabulary and no place in the split.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
+from plexus.models.retrieval import SideFeatures
 from plexus.pipelines.ingest import DataConfig, IngestResult, ingest
-from plexus.pipelines.ingest.interactions import ITEM, USER
+from plexus.pipelines.ingest.interactions import ITEM, USER, catalog_items
 from plexus.platform.errors import DataError
 from plexus.platform.feature_spec import FeatureSpec
 
@@ -30,7 +36,8 @@ class Interactions:
     (time, or file order); test_indptr / test_items and valid_indptr / valid_items likewise
     (valid: the ingest's hold-out, whose items are also in the training lists). `spec` and
     `source` are the feature spec and folder of the shards; `validation_task` marks the lists
-    of `validation()`.
+    of `validation()`. `side`: the towers' side features, when the log has any (its items
+    1..N are the vocabulary's, then the catalog items `catalog_ids` (external ids) follow).
     """
 
     name: str
@@ -45,10 +52,19 @@ class Interactions:
     spec: FeatureSpec | None = dataclasses.field(default=None, compare=False, repr=False)
     source: str | None = None
     validation_task: bool = False
+    side: SideFeatures | None = dataclasses.field(default=None, compare=False, repr=False)
+    catalog_ids: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def num_users(self) -> int:
         return len(self.user_ids) - 1
+
+    @property
+    def all_item_ids(self) -> np.ndarray:
+        """(N + C + 1,) external ids of the vocabulary's items, then of the catalog items."""
+        if self.catalog_ids is None or self.catalog_ids.size == 0:
+            return self.item_ids
+        return np.concatenate([self.item_ids, self.catalog_ids]).astype(np.int64)
 
     @property
     def num_items(self) -> int:
@@ -155,6 +171,7 @@ def load_interactions(folder: str | Path) -> Interactions:
         lists[split] = _csr(users, items, len(user_ids) - 1)
     if lists["train"][1].size == 0:
         raise DataError(f"{folder}: no training interactions")
+    side, catalog = side_features(folder, spec, len(user_ids) - 1, len(item_ids) - 1)
     return Interactions(
         name=spec.name,
         user_ids=user_ids,
@@ -167,7 +184,82 @@ def load_interactions(folder: str | Path) -> Interactions:
         valid_items=lists["valid"][1],
         spec=spec,
         source=str(folder),
+        side=side,
+        catalog_ids=catalog,
     )
+
+
+CATALOG_FILE = "catalog.parquet"
+
+
+def _bags(column: pa.ChunkedArray | pa.Array, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """An Arrow int column or list<int> column -> (R, width) ids (0-padded), (R,) lengths."""
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        lengths = np.minimum(np.asarray(col.value_lengths().fill_null(0), np.int64), width)
+        flat = np.asarray(col.flatten(), np.int64)
+        offsets = np.asarray(col.offsets, np.int64)[:-1]
+        rows = np.repeat(np.arange(lengths.size), lengths)
+        cols = np.arange(rows.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out = np.zeros((lengths.size, width), np.int64)
+        out[rows, cols] = flat[np.repeat(offsets, lengths) + cols]
+        return out, lengths
+    values = np.asarray(column.fill_null(0), np.int64)
+    out = np.zeros((values.size, width), np.int64)
+    out[:, 0] = values
+    return out, np.ones(values.size, np.int64)
+
+
+def side_features(
+    folder: Path, spec: FeatureSpec, num_users: int, num_items: int
+) -> tuple[SideFeatures | None, np.ndarray | None]:
+    """The side features of every user and item from the training shards (first row of each),
+    the catalog items' from `catalog.parquet`; (None, None) when the log has none."""
+    user_side = [spec[n] for n in spec.groups["user"][1:]]
+    item_side = [spec[n] for n in spec.groups["item"][1:]]
+    if not user_side and not item_side:
+        return None, None
+    columns = [USER, ITEM, *(f.name for f in user_side + item_side)]
+    shards = sorted((folder / "train").glob("part-*.parquet"))
+    table = pa.concat_tables([pq.read_table(s, columns=columns) for s in shards])
+    catalog_file = folder / CATALOG_FILE
+    catalog = (
+        pq.read_table(catalog_file)
+        if catalog_file.is_file() and item_side
+        else pa.table({"external_id": pa.array([], pa.int64())})
+    )
+    total = num_items + catalog.num_rows
+    width = max([f.max_length for f in item_side if f.is_multi_valued] + [1])
+    user_ids = np.zeros((num_users + 1, len(user_side)), np.int64)
+    users = table.column(USER).to_numpy()
+    _, first_user = np.unique(users, return_index=True)
+    for j, f in enumerate(user_side):
+        user_ids[users[first_user], j] = np.asarray(
+            table.column(f.name).take(first_user).fill_null(0), np.int64
+        )
+    item_ids = np.zeros((total + 1, len(item_side), width), np.int64)
+    item_lengths = np.zeros((total + 1, len(item_side)), np.int64)
+    items = table.column(ITEM).to_numpy()
+    _, first_item = np.unique(items, return_index=True)
+    rows = items[first_item]
+    cold = np.arange(num_items + 1, total + 1)
+    for j, f in enumerate(item_side):
+        bags, lengths = _bags(table.column(f.name).take(first_item), width)
+        item_ids[rows, j], item_lengths[rows, j] = bags, lengths
+        if catalog.num_rows:
+            bags, lengths = _bags(catalog.column(f.name), width)
+            item_ids[cold, j], item_lengths[cold, j] = bags, lengths
+    known = np.zeros(total + 1, bool)
+    known[1 : num_items + 1] = True
+    side = SideFeatures(
+        user_features=tuple(user_side),
+        item_features=tuple(item_side),
+        user_ids=torch.from_numpy(user_ids),
+        item_ids=torch.from_numpy(item_ids),
+        item_lengths=torch.from_numpy(item_lengths),
+        item_known=torch.from_numpy(known),
+    )
+    return side, catalog.column("external_id").to_numpy().astype(np.int64)
 
 
 def ingest_interactions(
@@ -180,4 +272,21 @@ def ingest_interactions(
             "data.interactions (e.g. {min_rating: 4, split: leave_last}) or format: lightgcn"
         )
     result = ingest(config, output=output, progress=progress)
+    _write_catalog(config, Path(result.output), refresh=not result.skipped)
     return result, load_interactions(result.output)
+
+
+def _write_catalog(config: DataConfig, folder: Path, *, refresh: bool) -> None:
+    """`catalog.parquet`: the log's items outside the vocabulary with their side features
+    (`ingest.interactions.catalog_items`), written when the log has item side features."""
+    target = folder / CATALOG_FILE
+    if target.is_file() and not refresh:
+        return
+    spec = FeatureSpec.load(folder)
+    if len(spec.groups.get("item", ())) < 2:
+        target.unlink(missing_ok=True)
+        return
+    frame = catalog_items(config, spec)
+    tmp = target.with_suffix(".parquet.tmp")
+    frame.write_parquet(tmp)
+    tmp.replace(target)

@@ -37,7 +37,7 @@ def ranking_metrics(
 ) -> dict[str, np.ndarray]:
     """Per-user recall@k and ndcg@k of ranked internal ids top (B, >= max k) (-1 = empty)."""
     pos, items = csr_rows(data.test_indptr, data.test_items, users)
-    stride = data.num_items + 2
+    stride = max(data.num_items, int(top.max(initial=0))) + 2  # catalog ids follow N
     truth = pos * stride + items
     kmax = max(ks)
     keys = np.arange(users.size)[:, None] * stride + top[:, :kmax]

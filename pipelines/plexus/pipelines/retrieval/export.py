@@ -4,7 +4,10 @@ The query model is exported with the dynamo exporter (the TorchScript one has no
 which the hashed tables' in-graph hash needs): plain Gather, MatMul, TopK and the hash's integer
 ops, with dynamic batch and history length, no EmbeddingBag offsets. The graph holds the
 model's own user table only; known users' mixtures and the new-user index are the user state
-(`plexus.pipelines.retrieval.user_state`), written beside it as compact arrays.
+(`plexus.pipelines.retrieval.user_state`), written beside it as compact arrays. With side
+features the graph also holds each user's and item's feature ids (the smallest integer type
+that fits: MovieLens-100K 8 bytes a user), so requests keep their inputs, and the item index
+and `item_ids` also hold the catalog items never trained on (ids after the vocabulary).
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ def write_retrieval_bundle(
             module,
             onnx_path,
             num_users=data.num_users,
-            num_items=data.num_items,
+            num_items=module.model.num_items,
             history_len=history_len,
         )
         if parity > 1e-5:
@@ -142,7 +145,7 @@ def write_retrieval_bundle(
             vectors = module.model.all_item_vectors()[1:].numpy().astype(np.float32)
         centroids = state.centroids.numpy().astype(np.float32)
         clusters = state.item_clusters.numpy().astype(np.int64)
-        ids = np.arange(1, data.num_items + 1, dtype=np.int64)
+        ids = np.arange(1, vectors.shape[0] + 1, dtype=np.int64)  # catalog items after N
         index = item_index.build_cluster_index(vectors, clusters[1:], centroids, ids)
         num_clusters = centroids.shape[0]
         probe = nprobe or default_nprobe(data.num_items, num_clusters)
@@ -169,7 +172,7 @@ def write_retrieval_bundle(
                     name="history",
                     kind=FeatureKind.MULTI_CATEGORICAL,
                     encoding=Encoding.VOCAB,
-                    cardinality=data.num_items + 1,
+                    cardinality=vectors.shape[0] + 1,
                     max_length=history_len,
                 ),
             ),
@@ -197,9 +200,11 @@ def write_retrieval_bundle(
             "metrics": metrics or {},
         }
         arrays = {
-            "item_ids": data.item_ids,
+            "item_ids": data.all_item_ids[: vectors.shape[0] + 1],
             "item_clusters": clusters,
-            "item_popularity": data.item_popularity(),
+            "item_popularity": np.pad(
+                data.item_popularity(), (0, vectors.shape[0] - data.num_items)
+            ),
             "user_ids": data.user_ids,
             "seen_indptr": _narrow(data.train_indptr, 2**32, np.uint32),
             "seen_items": _narrow(data.train_items, 2**31, np.int32),

@@ -26,6 +26,7 @@ from plexus.pipelines.retrieval.export import write_retrieval_bundle
 from plexus.pipelines.retrieval.report import flat_metrics, write_report
 from plexus.pipelines.retrieval.train import (
     STATE_FILE,
+    build_two_tower,
     epoch_reporter,
     latest_checkpoint,
     train_two_tower,
@@ -87,12 +88,7 @@ def train_model(
         model, history = _train_in_process(config, data, out)
     else:
         state, history = _train_with_ray(config, data, out)
-        model = TwoTower(
-            config.model,
-            num_users=data.num_users,
-            num_items=data.num_items,
-            embedding=config.embedding,
-        )
+        model = build_two_tower(data, config.model, config.embedding)
         model.load_state_dict(state)
     (out / "config.json").write_text(json.dumps(config_io.to_dict(config), indent=1))
     tmp = saved.with_suffix(".pt.tmp")  # model.pt marks the folder done: write it whole or not
@@ -116,11 +112,10 @@ def load_model(folder: Path, data: Interactions) -> tuple[TwoTower, list[dict[st
         raise RegistryError(f"no trained model at {file}; run `plexus run` with the config first")
     saved = torch.load(file, weights_only=False)
     embedding = saved.get("embedding")
-    model = TwoTower(
+    model = build_two_tower(
+        data,
         config_io.from_dict(TwoTowerConfig, saved["model"]),
-        num_users=data.num_users,
-        num_items=data.num_items,
-        embedding=None if embedding is None else config_io.from_dict(EmbeddingConfig, embedding),
+        None if embedding is None else config_io.from_dict(EmbeddingConfig, embedding),
     )
     model.load_state_dict(saved["state"])
     return model.eval(), saved["history"]
@@ -309,6 +304,7 @@ def run_retrieval_job(config: RetrievalJobConfig) -> dict[str, Any]:
             {
                 "data.users": data.num_users,
                 "data.items": data.num_items,
+                "data.catalog_items": 0 if data.catalog_ids is None else data.catalog_ids.size,
                 "data.train": int(data.train_items.size),
                 "data.test": int(data.test_items.size),
                 "ingest_seconds": time.perf_counter() - start,

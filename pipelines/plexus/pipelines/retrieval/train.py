@@ -70,6 +70,20 @@ class RetrievalTrainConfig:
         coerce_choice(self, "lr_schedule", LrSchedule, "train.lr_schedule")
 
 
+def build_two_tower(
+    data: Interactions, model_cfg: TwoTowerConfig, embedding: EmbeddingConfig | None = None
+) -> TwoTower:
+    """The untrained towers for `data`: its users and items, with its side features (and
+    catalog items) when it has them and `model.side_features` is on."""
+    return TwoTower(
+        model_cfg,
+        num_users=data.num_users,
+        num_items=data.num_items,
+        embedding=embedding,
+        side=data.side,
+    )
+
+
 def train_two_tower(
     data: Interactions,
     model_cfg: TwoTowerConfig,
@@ -92,9 +106,7 @@ def train_two_tower(
     torch.manual_seed(train_cfg.seed)
     torch.set_num_threads(min(train_cfg.threads, 2))
     rng = np.random.default_rng(train_cfg.seed)
-    model = TwoTower(
-        model_cfg, num_users=data.num_users, num_items=data.num_items, embedding=embedding
-    )
+    model = build_two_tower(data, model_cfg, embedding)
     histories = torch.from_numpy(data.histories(model_cfg.history_len))
     users = np.repeat(np.arange(data.num_users + 1), np.diff(data.train_indptr))
     items = data.train_items

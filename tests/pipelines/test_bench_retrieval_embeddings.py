@@ -1,0 +1,76 @@
+"""`plexus bench embeddings --task retrieval`: one tiny real run on planted interactions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from plexus.pipelines.bench.retrieval_embeddings import ROW_KEYS, bench_retrieval_embeddings
+from plexus.pipelines.data.synth import planted_lists, write_lightgcn
+from plexus.platform.errors import ConfigError
+
+_TINY = [
+    "model.history_len=8",
+    "train.batch_size=128",
+    "train.num_negatives=64",
+    "train.lr=0.02",
+    "train.lr_schedule=constant",
+    "train.threads=1",
+    "data.interactions.validation_users=10",
+    "use_ray=false",
+]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> Path:
+    train, test, _ = planted_lists(
+        num_users=150, num_groups=5, items_per_group=40, per_user=12, test_per_user=3, seed=0
+    )
+    return write_lightgcn(tmp_path_factory.mktemp("log") / "planted", train, test)
+
+
+@pytest.mark.slow  # ~55 s on 2 busy cores (10 tiny trainings + 8 probes)
+def test_every_method_gets_a_row_with_bytes_ordered_by_budget(planted: Path, tmp_path) -> None:
+    """Full, the plain methods at two budgets and the popular baseline are all measured; each
+    method's bytes shrink with its budget; the learned methods the retrieval loop cannot train
+    are named as skipped; full tables beat the most popular items on planted interests."""
+    out = tmp_path / "bench"
+    rows = bench_retrieval_embeddings(
+        planted, out, budgets=(1 / 2, 1 / 8), epochs=6, dim=16, overrides=_TINY
+    )
+    labels = {(r["method"], r["base"]) for r in rows}
+    assert labels == {
+        ("popular", ""),
+        ("full", ""),
+        ("hashing", ""),
+        ("multiplexed", ""),
+        ("unified", ""),
+    }
+    for row in rows:
+        assert set(ROW_KEYS) <= set(row), row
+    for method in ("hashing", "multiplexed", "unified"):
+        by_budget = sorted((r for r in rows if r["method"] == method), key=lambda r: r["budget"])
+        sizes = [r["bytes"] for r in by_budget]
+        assert len(sizes) == 2 and sizes[0] < sizes[1], (method, sizes)
+    full = next(r for r in rows if r["method"] == "full")
+    popular = next(r for r in rows if r["method"] == "popular")
+    assert all(r["bytes"] <= full["bytes"] for r in rows)
+    assert full["recall@20"] > popular["recall@20"] + 0.05, (full, popular)
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(rows))
+    markdown = (out / "results.md").read_text()
+    skipped = markdown.split("Skipped: ")[1]
+    for learned in ("optembed", "dnis", "dsl", "magnitude_pruning"):
+        assert f"{learned}:full (" in skipped and f"{learned}:unified (" in skipped
+    assert (out / "pareto.png").stat().st_size > 0
+    # A re-run reuses every trained model rather than training again.
+    again = bench_retrieval_embeddings(
+        planted, out, budgets=(1 / 2, 1 / 8), epochs=6, dim=16, overrides=_TINY,
+        methods=("full",),
+    )  # fmt: skip
+    assert next(r for r in again if r["method"] == "full")["reused"]
+
+
+def test_a_ctr_format_is_refused_naming_the_choices(planted: Path, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="use lightgcn"):
+        bench_retrieval_embeddings(planted, tmp_path, fmt="criteo")
