@@ -45,7 +45,7 @@ from plexus.models.backbones import build_ctr_model
 from plexus.models.embeddings import EmbeddingConfig, EmbeddingMethod
 from plexus.pipelines import plots, tracking
 from plexus.pipelines.bench.lookup import add_lookup_latency, lookup_section
-from plexus.pipelines.bench.report import markdown_table, write_results
+from plexus.pipelines.bench.report import markdown_table, publish
 from plexus.pipelines.bench.throughput import embedding_throughput, load_batches
 from plexus.pipelines.config import JobConfig, TrackingConfig, config_path, load_job_config
 from plexus.pipelines.ingest import DataConfig, DataFormat, SplitConfig
@@ -110,7 +110,6 @@ def bench_embeddings(
     base = _base_job(fmt, Path(data), Path(out).resolve(), config, overrides, tracking_uri, name)
     plan = plan_rows(methods, budgets, seeds, chunks, base.embedding.dim)
     uri = tracking.configure(base.tracking.uri)
-    import mlflow
 
     rows: list[dict[str, Any]] = []
     out = Path(out).resolve()
@@ -168,14 +167,16 @@ def bench_embeddings(
             command=_command(fmt, data, out, methods, budgets, seeds, chunks, config, overrides),
         )
         markdown += lookup_section(rows)
-        write_results(out, rows, markdown=markdown)
-        figure = pareto_figure(summary, title=f"{base.name}: test AUC vs embedding bytes")
-        tracking.log_figure(figure, "pareto.png", also_to=out / "pareto.png")
-        mlflow.log_artifact(str(out / "results.json"))
-        mlflow.log_artifact(str(out / "results.md"))
-        mlflow.log_metrics(_headline_metrics(summary))
-        print(markdown)
-        print(f"[bench embeddings] MLflow run {parent.info.run_id} at {uri}; results in {out}")
+        publish(
+            out,
+            rows,
+            markdown=markdown,
+            figure=pareto_figure(summary, title=f"{base.name}: test AUC vs embedding bytes"),
+            metrics=_headline_metrics(summary),
+            label="bench embeddings",
+            run_id=parent.info.run_id,
+            uri=uri,
+        )
     return rows
 
 

@@ -33,3 +33,28 @@ def write_results(out: Path, results: Any, *, markdown: str | None = None) -> Pa
     if markdown is not None:
         (out / "results.md").write_text(markdown)
     return path
+
+
+def publish(
+    out: Path,
+    rows: Any,
+    *,
+    markdown: str,
+    figure: Any,
+    metrics: dict[str, float],
+    label: str,
+    run_id: str,
+    uri: str,
+) -> None:
+    """A benchmark's outputs, inside its active MLflow run: `results.json` / `results.md` and
+    `pareto.png` in `out` and as artifacts, the headline `metrics`, the table on the terminal."""
+    import mlflow
+    from plexus.pipelines import tracking
+
+    write_results(out, rows, markdown=markdown)
+    tracking.log_figure(figure, "pareto.png", also_to=out / "pareto.png")
+    mlflow.log_artifact(str(out / "results.json"))
+    mlflow.log_artifact(str(out / "results.md"))
+    mlflow.log_metrics(metrics)
+    print(markdown)
+    print(f"[{label}] MLflow run {run_id} at {uri}; results in {out}")

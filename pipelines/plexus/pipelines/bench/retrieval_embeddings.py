@@ -50,7 +50,7 @@ from plexus.pipelines.bench.embeddings import (
     pareto_figure,
     plan_rows,
 )
-from plexus.pipelines.bench.report import markdown_table, write_results
+from plexus.pipelines.bench.report import markdown_table, publish
 from plexus.pipelines.config import TrackingConfig, config_path
 from plexus.platform import config as config_io
 from plexus.platform.errors import ConfigError
@@ -107,7 +107,6 @@ def bench_retrieval_embeddings(
     planned = plan_rows(methods, budgets, seeds, chunks, base.model.dim)
     plan, skipped = _runnable(planned, base.model.dim, probes)
     uri = tracking.configure(base.tracking.uri)
-    import mlflow
     import torch
 
     torch.set_num_threads(base.train.threads)
@@ -135,14 +134,17 @@ def bench_retrieval_embeddings(
             base.name, rows, skipped, command=_command(fmt, data, out, methods, budgets, seeds,
                                                        epochs, dim, config, overrides)
         )  # fmt: skip
-        write_results(out, rows, markdown=markdown)
-        figure = recall_pareto_figure(rows, title=f"{base.name}: test Recall@20 vs embedding bytes")
-        tracking.log_figure(figure, "pareto.png", also_to=out / "pareto.png")
-        mlflow.log_artifact(str(out / "results.json"))
-        mlflow.log_artifact(str(out / "results.md"))
-        mlflow.log_metrics(_headline_metrics(rows))
-        print(markdown)
-        print(f"[bench retrieval] MLflow run {parent.info.run_id} at {uri}; results in {out}")
+        title = f"{base.name}: test Recall@20 vs embedding bytes"
+        publish(
+            out,
+            rows,
+            markdown=markdown,
+            figure=recall_pareto_figure(rows, title=title),
+            metrics=_headline_metrics(rows),
+            label="bench retrieval",
+            run_id=parent.info.run_id,
+            uri=uri,
+        )
     return rows
 
 
