@@ -47,9 +47,11 @@ def bench_train(
     data_config = DataConfig(format=DataFormat.CRITEO, path=str(raw), min_count=2)
     data = ingest(data_config, output=out / "data")
     cores = os.cpu_count() or 1
+    jobs = [
+        _job(out, data_config, seed=seed, epochs=epochs, workers=n, cores=cores) for n in workers
+    ]
     by_workers = []
-    for count in workers:
-        job = _job(out, data_config, seed=seed, epochs=epochs, workers=count, cores=cores)
+    for count, job in zip(workers, jobs, strict=True):
         result = train(job, data, force=True)
         last = result.history[-1]
         by_workers.append(
@@ -63,7 +65,7 @@ def bench_train(
         )
     for row in by_workers:
         row["scaling"] = row["examples_per_s"] / by_workers[0]["examples_per_s"]
-    first = _job(out, data_config, seed=seed, epochs=epochs, workers=workers[0], cores=cores)
+    first = jobs[0]
     baseline = _bare_loop(first, data.shards("train"), data.spec)
     pipeline = by_workers[0]["examples_per_s"]
     results = {

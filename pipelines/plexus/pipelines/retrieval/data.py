@@ -165,13 +165,15 @@ def load_interactions(folder: str | Path) -> Interactions:
             "ingest it with data.interactions set (a retrieval job config does)"
         )
     user_ids, item_ids = _external_ids(spec, USER), _external_ids(spec, ITEM)
-    lists = {}
+    lists, pairs = {}, {}
     for split in ("train", "valid", "test"):
-        users, items = _pairs(sorted((folder / split).glob("part-*.parquet")))
-        lists[split] = _csr(users, items, len(user_ids) - 1)
+        pairs[split] = _pairs(sorted((folder / split).glob("part-*.parquet")))
+        lists[split] = _csr(*pairs[split], len(user_ids) - 1)
     if lists["train"][1].size == 0:
         raise DataError(f"{folder}: no training interactions")
-    side, catalog = side_features(folder, spec, len(user_ids) - 1, len(item_ids) - 1)
+    side, catalog = side_features(
+        folder, spec, pairs["train"], len(user_ids) - 1, len(item_ids) - 1
+    )
     return Interactions(
         name=spec.name,
         user_ids=user_ids,
@@ -211,15 +213,20 @@ def _bags(column: pa.ChunkedArray | pa.Array, width: int) -> tuple[np.ndarray, n
 
 
 def side_features(
-    folder: Path, spec: FeatureSpec, num_users: int, num_items: int
+    folder: Path,
+    spec: FeatureSpec,
+    train: tuple[np.ndarray, np.ndarray],
+    num_users: int,
+    num_items: int,
 ) -> tuple[SideFeatures | None, np.ndarray | None]:
     """The side features of every user and item from the training shards (first row of each),
-    the catalog items' from `catalog.parquet`; (None, None) when the log has none."""
+    the catalog items' from `catalog.parquet`; (None, None) when the log has none. `train`: the
+    shards' user and item columns, already read (`_pairs`), in shard order."""
     user_side = [spec[n] for n in spec.groups["user"][1:]]
     item_side = [spec[n] for n in spec.groups["item"][1:]]
     if not user_side and not item_side:
         return None, None
-    columns = [USER, ITEM, *(f.name for f in user_side + item_side)]
+    columns = [f.name for f in user_side + item_side]
     shards = sorted((folder / "train").glob("part-*.parquet"))
     table = pa.concat_tables([pq.read_table(s, columns=columns) for s in shards])
     catalog_file = folder / CATALOG_FILE
@@ -231,7 +238,7 @@ def side_features(
     total = num_items + catalog.num_rows
     width = max([f.max_length for f in item_side if f.is_multi_valued] + [1])
     user_ids = np.zeros((num_users + 1, len(user_side)), np.int64)
-    users = table.column(USER).to_numpy()
+    users, items = train
     _, first_user = np.unique(users, return_index=True)
     for j, f in enumerate(user_side):
         user_ids[users[first_user], j] = np.asarray(
@@ -239,7 +246,6 @@ def side_features(
         )
     item_ids = np.zeros((total + 1, len(item_side), width), np.int64)
     item_lengths = np.zeros((total + 1, len(item_side)), np.int64)
-    items = table.column(ITEM).to_numpy()
     _, first_item = np.unique(items, return_index=True)
     rows = items[first_item]
     cold = np.arange(num_items + 1, total + 1)

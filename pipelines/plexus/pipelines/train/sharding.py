@@ -45,7 +45,13 @@ from torch import nn
 SHARD_FILE = "shard-{rank}.pt"
 CPU_TYPES = ("table_wise", "column_wise", "table_column_wise")
 GPU_ONLY_TYPES = ("row_wise", "table_row_wise")
-_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
+# `train.sharding.optimizer` -> FBGEMM's `EmbOptimType` member
+_OPTIMIZERS = {
+    "rowwise_adagrad": "EXACT_ROWWISE_ADAGRAD",
+    "adagrad": "EXACT_ADAGRAD",
+    "sgd": "EXACT_SGD",
+    "adam": "ADAM",
+}
 
 Pieces = dict[str, list[tuple[tuple[int, ...], torch.Tensor]]]  # key -> [(offsets, tensor)]
 
@@ -56,8 +62,9 @@ class ShardingConfig:
 
     `types`: the sharding types the planner may choose from (on CPU those of `CPU_TYPES`);
     `plan`: a type fixed per table, keyed `<collection path>.<table>` (e.g.
-    `embeddings.ebc.t_user`); `column_width`: the width of column-wise shards; `optimizer` and `lr`: the sharded tables' fused optimiser
-    (`adam` needs a GPU), `lr` 0 meaning the job's `train.lr`.
+    `embeddings.ebc.t_user`); `column_width`: the width of column-wise shards; `optimizer` and
+    `lr`: the sharded tables' fused optimiser (`adam` needs a GPU), `lr` 0 meaning the job's
+    `train.lr`.
     """
 
     types: tuple[str, ...] = CPU_TYPES
@@ -115,7 +122,6 @@ def shard_model(model: nn.Module, config: ShardingConfig, *, lr: float, weight_d
     Collective: every worker calls it, with the same model and config.
     """
     import torch.distributed as dist
-    from torchrec import EmbeddingBagCollection
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.planner import (
@@ -136,8 +142,8 @@ def shard_model(model: nn.Module, config: ShardingConfig, *, lr: float, weight_d
     )
     world = dist.get_world_size()
     plans = {}
-    for path, ebc in model.named_modules():
-        if type(ebc) is not EmbeddingBagCollection or not _fused_widths(ebc):
+    for path, ebc in _collections(model):
+        if not _fused_widths(ebc):
             continue  # not in the plan: a plain module, replicated by DDP
         constraints = {
             table.name: ParameterConstraints(
@@ -167,21 +173,17 @@ def describe_plan(sharded: Any) -> str:
     replicated (every table of the collection is replicated if one cannot be fused)."""
     from collections import Counter
 
-    from torchrec import EmbeddingBagCollection
-
-    plan = sharded.plan.plan
     lines = []
-    for path, ebc in sharded.module.named_modules():
-        if path in plan:
-            kinds = Counter(f"{o.sharding_type} on ranks {o.ranks}" for o in plan[path].values())
-            parts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
-            lines.append(f"  {path}: {len(plan[path])} tables: {parts}")
-        elif type(ebc) is EmbeddingBagCollection:
-            widths = sorted({t.embedding_dim for t in ebc.embedding_bag_configs()})
-            lines.append(
-                f"  {path}: {len(ebc.embedding_bag_configs())} tables replicated (width "
-                f"{widths}: FBGEMM's fused kernels need widths divisible by 4)"
-            )
+    for path, module_plan in sharded.plan.plan.items():
+        kinds = Counter(f"{o.sharding_type} on ranks {o.ranks}" for o in module_plan.values())
+        parts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        lines.append(f"  {path}: {len(module_plan)} tables: {parts}")
+    for path, ebc in _collections(sharded.module):  # the ones left unsharded
+        widths = sorted({t.embedding_dim for t in ebc.embedding_bag_configs()})
+        lines.append(
+            f"  {path}: {len(ebc.embedding_bag_configs())} tables replicated (width "
+            f"{widths}: FBGEMM's fused kernels need widths divisible by 4)"
+        )
     return "\n".join(lines)
 
 
@@ -210,27 +212,13 @@ def dense_state(module: nn.Module) -> dict[str, torch.Tensor]:
 def local_pieces(sharded: Any, *, optimizer: bool = True) -> Pieces:
     """This worker's shards (cloned): `model/<key>` weights and, with `optimizer`,
     `optimizer/<key>/<state>` fused optimiser state, each as (offsets, tensor) pieces."""
-    pieces: Pieces = {}
-    for key, value in sharded.state_dict().items():
-        if _is_sharded(value):
-            pieces[f"model/{key}"] = _pieces_of(value)
-    if optimizer:
-        for key, states in sharded.fused_optimizer.state_dict()["state"].items():
-            for name, value in states.items():
-                if _is_sharded(value):
-                    pieces[f"optimizer/{key}/{name}"] = _pieces_of(value)
-    return pieces
+    return {key: _pieces_of(value) for key, value in _sharded_tensors(sharded, optimizer)}
 
 
 def restore_pieces(sharded: Any, pieces: Pieces) -> None:
     """Copy saved `local_pieces` back into this worker's shards (same plan)."""
-    for key, value in sharded.state_dict().items():
-        if _is_sharded(value):
-            _copy_into(value, pieces, f"model/{key}")
-    for key, states in sharded.fused_optimizer.state_dict()["state"].items():
-        for name, value in states.items():
-            if _is_sharded(value):
-                _copy_into(value, pieces, f"optimizer/{key}/{name}")
+    for key, value in _sharded_tensors(sharded, optimizer=True):
+        _copy_into(value, pieces, key)
 
 
 def write_shards(folder: Path, rank: int, pieces: dict[str, Pieces]) -> None:
@@ -263,6 +251,19 @@ def assemble_state(folder: Path, ranks: int, part: str, dense: dict[str, Any]) -
             tensor[_slices(offsets, piece.shape)] = piece
         full[key] = tensor
     return full
+
+
+def _sharded_tensors(sharded: Any, optimizer: bool) -> Iterator[tuple[str, Any]]:
+    """This worker's sharded tensors, keyed as in `local_pieces`: `model/<key>` weights, then
+    (with `optimizer`) `optimizer/<key>/<state>` fused optimiser state."""
+    for key, value in sharded.state_dict().items():
+        if _is_sharded(value):
+            yield f"model/{key}", value
+    if optimizer:
+        for key, states in sharded.fused_optimizer.state_dict()["state"].items():
+            for name, value in states.items():
+                if _is_sharded(value):
+                    yield f"optimizer/{key}/{name}", value
 
 
 def _pieces_of(value: Any) -> list[tuple[tuple[int, ...], torch.Tensor]]:
@@ -318,12 +319,7 @@ def _on_gpu() -> bool:
 def _fused_params(config: ShardingConfig, *, lr: float, weight_decay: float) -> dict[str, Any]:
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
 
-    kind = {
-        "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
-        "adagrad": EmbOptimType.EXACT_ADAGRAD,
-        "sgd": EmbOptimType.EXACT_SGD,
-        "adam": EmbOptimType.ADAM,
-    }[config.optimizer]
+    kind = getattr(EmbOptimType, _OPTIMIZERS[config.optimizer])
     return {"optimizer": kind, "learning_rate": lr, "eps": 1e-8, "weight_decay": weight_decay}
 
 
@@ -334,12 +330,16 @@ def _fused_widths(ebc: Any) -> bool:
 
 def unknown_plan_keys(model: nn.Module, config: ShardingConfig) -> Iterator[str]:
     """Keys of `train.sharding.plan` naming no table of `model`."""
-    from torchrec import EmbeddingBagCollection
-
     tables = {
-        f"{path}.{t.name}"
-        for path, m in model.named_modules()
-        if type(m) is EmbeddingBagCollection
-        for t in m.embedding_bag_configs()
+        f"{path}.{t.name}" for path, m in _collections(model) for t in m.embedding_bag_configs()
     }
     return (k for k in config.plan if k not in tables)
+
+
+def _collections(module: nn.Module) -> Iterator[tuple[str, Any]]:
+    """(path, collection) of every unsharded `EmbeddingBagCollection` in `module`."""
+    from torchrec import EmbeddingBagCollection
+
+    for path, child in module.named_modules():
+        if type(child) is EmbeddingBagCollection:
+            yield path, child
