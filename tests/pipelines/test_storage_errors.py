@@ -157,3 +157,74 @@ def test_a_job_whose_mlflow_store_cannot_be_written_fails_clearly(
     assert last.startswith("plexus: error: cannot write") and message in last, last
     assert str(store) in last and "tracking.uri" in last
     assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
+
+
+def _retrieval_job(folder: Path) -> Path:
+    """A tiny retrieval job tracked in `folder/mlflow.db`, its artifacts in `folder/mlartifacts`."""
+    from plexus.pipelines.data.synth import synth_interactions
+
+    log = synth_interactions(folder / "log", interactions=4_000, seed=1)
+    config = folder / "retrieval.yaml"
+    config.write_text(
+        f"name: export\n"
+        f"data: {{format: lightgcn, path: {log}, interactions: {{split: given, validation_users: 0}}}}\n"
+        "model: {dim: 8, history_len: 8}\n"
+        "train: {epochs: 1, batch_size: 256, num_negatives: 32, threads: 1}\n"
+        "knn_embed: {num_clusters: 4, neighbors: 3}\n"
+        "eval: {ks: [10]}\n"
+        "export: {registered_model: disk-retrieval, alias: champion}\n"
+        f'tracking: {{uri: "sqlite:///{folder / "mlflow.db"}", experiment: export}}\n'
+        f"output: {folder / 'runs'}\n"
+        "use_ray: false\n"
+    )
+    return config
+
+
+def _champion(folder: Path) -> tuple[str, Path]:
+    """The version `@champion` names and where its bundle's artifacts lie."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("disk-retrieval", "champion")
+    run = client.get_run(version.run_id)
+    return version.version, Path(run.info.artifact_uri.removeprefix("file://"))
+
+
+@pytest.mark.reliability(
+    "fault", "export onto a full or read-only disk: one-line error, the champion version kept"
+)
+@TROUBLES
+@pytest.mark.slow
+@pytest.mark.disk_size("16m")
+def test_export_onto_a_full_or_read_only_disk_fails_clearly_and_keeps_the_champion(
+    tmp_path: Path, small_disk: Path, trouble: str, message: str
+) -> None:
+    """`plexus export` logs the bundle into the MLflow artifact store and registers a version
+    last: when the store's disk cannot take the bundle, the job ends with one line naming the
+    file, no version is registered, and the served `@champion` stays whole. (A full TMPDIR is
+    no fault: Python's tempfile falls back to the next writable temporary folder.)"""
+    config = _retrieval_job(tmp_path)
+    (small_disk / "mlartifacts").mkdir()  # the store's artifacts on their own (small) volume
+    (tmp_path / "mlartifacts").symlink_to(small_disk / "mlartifacts")
+    first = plexus("run", str(config), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    version, artifacts = _champion(tmp_path)
+    before = _digest(artifacts)
+    assert any(name.startswith("bundle/") for name in before), sorted(before)
+
+    if trouble == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    else:
+        filler = small_disk / "filler"
+        with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 4096)
+    failed = plexus("export", str(config), cwd=tmp_path)
+    assert failed.returncode == 2, failed.stdout[-2000:] + failed.stderr[-3000:]
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("plexus: error: cannot write") and message in last, last
+    # named as the store sees it (through the link)
+    assert f"{tmp_path / 'mlartifacts'}/" in last and "MLflow artifact store" in last, last
+    assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    assert _champion(tmp_path)[0] == version  # no new version took the alias
+    assert _digest(artifacts) == before  # the served bundle, untouched

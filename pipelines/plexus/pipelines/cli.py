@@ -596,12 +596,15 @@ def _storage_error(exc: BaseException) -> str | None:
     its causes (Ray and pyarrow wrap the OSError); None for any other error. Jobs write to a
     temporary name and rename, so the previous outputs are still whole when this happens."""
     from plexus.pipelines.files import STORAGE_ERRNOS, storage_error
+    from plexus.pipelines.tracking import ARTIFACTS_DIRNAME
 
     found = storage_error(exc)
     if found is None:
         return None
     # A copy's error names its source first and its destination second (shutil).
     where = getattr(found, "filename2", None) or found.filename or "the output folder"
+    if ARTIFACTS_DIRNAME in Path(str(where)).parts:  # the embedded store's artifact folder
+        where = f"{where} (the MLflow artifact store, beside tracking.uri's database)"
     return f"cannot write {where}: {STORAGE_ERRNOS[found.errno]}; earlier outputs are kept"
 
 
