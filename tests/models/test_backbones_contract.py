@@ -121,3 +121,35 @@ def test_lr_uses_one_weight_per_id() -> None:
     model = _model(Backbone.LR)
     assert model.embeddings.num_parameters() == 10 + 10 + 10 + 3
     assert np.isclose(sum(p.numel() for p in model.parameters()), 33 + 2 + 1)
+
+
+def test_the_tables_take_their_own_weight_decay_apart_from_the_network() -> None:
+    from plexus.models.embeddings import protocol
+
+    model = _model(Backbone.DEEPFM)
+    table_ids = {id(p) for t in protocol.embedding_tables(model) for p in t.parameters()}
+    (shared,) = protocol.build_optimizers(model, lr=1e-3, weight_decay=1e-5)
+    assert [g["weight_decay"] for g in shared.param_groups] == [1e-5]  # one group, as before
+
+    (split,) = protocol.build_optimizers(model, lr=1e-3, weight_decay=1e-5, table_weight_decay=0.1)
+    tables, dense = split.param_groups
+    assert tables["weight_decay"] == 0.1 and dense["weight_decay"] == 1e-5
+    assert {id(p) for p in tables["params"]} == table_ids
+    assert not table_ids & {id(p) for p in dense["params"]} and dense["params"]
+
+    batch = batch_from_arrow(planted_table(64, seed=0), tiny_spec())
+    norms = {}
+    for decay in (0.0, 1.0):
+        model = _model(Backbone.DEEPFM)
+        (adam,) = protocol.build_optimizers(
+            model, lr=1e-2, weight_decay=0.0, table_weight_decay=decay
+        )
+        for _ in range(50):
+            adam.zero_grad()
+            logits = model(batch.dense, batch.sparse)
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels).backward()
+            adam.step()
+        norms[decay] = sum(
+            p.norm() for t in protocol.embedding_tables(model) for p in t.parameters()
+        )
+    assert norms[1.0] < 0.5 * norms[0.0]  # the decay reaches the tables

@@ -5,6 +5,8 @@ the exported bundle (no dense user table) serves both through onnxruntime."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -105,3 +107,46 @@ def test_compact_store_and_sampled_index_stay_close_to_dense(exported) -> None:
         )
         want, _ = _dense(exported, new_users=new_users)
         assert _overlap(got, want) >= 0.9, (new_users, _overlap(got, want))
+
+
+def test_the_hnsw_batch_step_finds_the_exact_neighbours_and_mixtures(exported) -> None:
+    """The export's HNSW search (what `auto` uses past `exact_users`) against the exact one on
+    the same users: nearly the same neighbours, never the user itself, and the stored mixtures
+    equal to the exact ones (float32, every cluster kept) where the neighbours agree."""
+    from plexus.pipelines.retrieval.user_state import HnswUsers
+    from plexus.serving.user_state import NeighborSearch
+
+    _, data, module, state, _ = exported
+    users = torch.arange(1, data.num_users + 1)
+    hist = torch.from_numpy(data.histories(module.model.config.history_len)[users.numpy()])
+    with torch.no_grad():
+        query, _, _ = module(users, hist, (hist > 0).float())
+    exact = module.nearest_users(users, query, state)
+    approx = HnswUsers(state.user_table, module.neighbors)(users, query)
+    assert approx.shape == exact.shape
+    assert not (approx == users.unsqueeze(1)).any() and (approx > 0).all()
+    found = [np.intersect1d(a, e).size for a, e in zip(approx, exact, strict=True)]
+    recall = np.mean(found) / exact.shape[1]
+    assert recall >= 0.95, recall
+
+    same = (torch.sort(approx).values == torch.sort(exact).values).all(dim=1).numpy()
+    assert same.mean() >= 0.8
+    stores = {
+        search: build_user_state(
+            module, state, data, dataclasses.replace(EXACT, neighbor_search=search)
+        ).mixtures
+        for search in (NeighborSearch.EXACT, NeighborSearch.HNSW)
+    }
+    rows = users.numpy()[same]
+    np.testing.assert_allclose(
+        stores[NeighborSearch.HNSW].dense(rows, state.centroids.shape[0]),
+        stores[NeighborSearch.EXACT].dense(rows, state.centroids.shape[0]),
+        atol=1e-6,
+    )
+
+
+def test_auto_search_is_exact_up_to_its_user_count() -> None:
+    auto = UserStateConfig(exact_users=1_000)
+    assert auto.exact_for(1_000) and not auto.exact_for(1_001)
+    assert UserStateConfig(neighbor_search="exact", exact_users=0).exact_for(10**7)
+    assert not UserStateConfig(neighbor_search="hnsw").exact_for(10)

@@ -291,6 +291,19 @@ def cmd_bench_daily(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_bench_neighbours(args: argparse.Namespace) -> None:
+    from plexus.pipelines.bench.neighbours import bench_neighbours
+
+    bench_neighbours(
+        Path(args.out),
+        users=[int(n) for n in args.users.split(",")],
+        dim=args.dim,
+        neighbors=args.neighbors,
+        queries=args.queries,
+        table=Path(args.table) if args.table else None,
+    )
+
+
 def cmd_bench_serve(args: argparse.Namespace) -> None:
     from plexus.pipelines.bench.serve import bench_serve
 
@@ -546,6 +559,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 1.2); 0 chooses by recall alone",
     )
     b.set_defaults(func=cmd_bench_retrieval)
+    b = bench.add_parser(
+        "neighbours", help="the export's nearest-user step: exact vs HNSW as users grow"
+    )
+    b.add_argument("--out", required=True)
+    b.add_argument("--users", default="30000,200000,1000000", help="planted user counts")
+    b.add_argument("--dim", type=int, default=64, help="user vector width (planted users)")
+    b.add_argument("--neighbors", type=int, default=20, help="kNN-Embed's neighbours per user")
+    b.add_argument("--queries", type=int, default=2048, help="users timed, scaled to all")
+    b.add_argument("--table", help="a trained model's user table (.npy, (U+1, D)) instead")
+    b.set_defaults(func=cmd_bench_neighbours)
     b = bench.add_parser(
         "daily", help="next-day AUC: warm-started daily training vs from scratch vs never"
     )

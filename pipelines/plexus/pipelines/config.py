@@ -31,7 +31,8 @@ class TrainConfig:
     eval_batch_size: int = 8192
     epochs: int = 10
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # Adam L2 of every parameter
+    embedding_weight_decay: float | None = None  # the tables' own L2; None: weight_decay
     patience: int = 2  # epochs without a better validation AUC before stopping
     seed: int = 0
     workers: int = 1  # Ray Train workers: tables sharded (TorchRec), dense part data parallel
@@ -47,6 +48,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        for key in ("weight_decay", "embedding_weight_decay"):
+            if (getattr(self, key) or 0.0) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         for key in ("patience", "threads_per_worker", "max_failures", "search_workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")

@@ -36,6 +36,7 @@ from plexus.platform.errors import ConfigError, RegistryError, require
 
 __all__ = [
     "WeightDtype",
+    "NeighborSearch",
     "UserStateConfig",
     "CompactMixtures",
     "ReferenceIndex",
@@ -64,6 +65,14 @@ class WeightDtype(enum.StrEnum):
     FLOAT32 = "float32"
 
 
+class NeighborSearch(enum.StrEnum):
+    """How the export finds known users' neighbours (`export.user_state.neighbor_search`)."""
+
+    AUTO = "auto"
+    EXACT = "exact"
+    HNSW = "hnsw"
+
+
 _LOG8_STEPS = 16.0  # codes per halving of the weight
 _LOG8 = np.append(2.0 ** (-np.arange(255) / _LOG8_STEPS), 0.0).astype(np.float32)
 
@@ -90,12 +99,18 @@ class UserStateConfig:
     user (uint8 ids below 257 clusters) and keep the diversity of the dense mixtures on
     MovieLens (README: M = 8 or 16 in float16 lost a third or an eighth of the distinct
     clusters at K = 200); on Gowalla a sample of 5,000 users gave new users the dense
-    mixtures' Recall@20 to 0.0004, so 20,000 (6.2 MB at dim 64) is a safe bound."""
+    mixtures' Recall@20 to 0.0004, so 20,000 (6.2 MB at dim 64) is a safe bound.
+
+    `neighbor_search`: how the export finds each known user's nearest users (the batch step):
+    `exact` compares every user with every user (U^2 D work), `hnsw` searches a faiss HNSW
+    graph (about U log U), `auto` is exact up to `exact_users` users and HNSW beyond."""
 
     top_clusters: int = 24
     weight_dtype: WeightDtype = WeightDtype.LOG8
     reference_users: int = 20_000
     seed: int = 0
+    neighbor_search: NeighborSearch = NeighborSearch.AUTO
+    exact_users: int = 200_000
 
     def __post_init__(self) -> None:
         coerce_choice(self, "weight_dtype", WeightDtype, "export.user_state.weight_dtype")
@@ -107,6 +122,17 @@ class UserStateConfig:
             raise ConfigError(
                 f"export.user_state.reference_users: must be >= 1, got {self.reference_users}"
             )
+        coerce_choice(self, "neighbor_search", NeighborSearch, "export.user_state.neighbor_search")
+        if self.exact_users < 0:
+            raise ConfigError(
+                f"export.user_state.exact_users: must be >= 0, got {self.exact_users}"
+            )
+
+    def exact_for(self, num_users: int) -> bool:
+        """Whether the batch step compares all `num_users` users exactly."""
+        if self.neighbor_search is NeighborSearch.AUTO:
+            return num_users <= self.exact_users
+        return self.neighbor_search is NeighborSearch.EXACT
 
 
 def _id_dtype(num_clusters: int) -> type[np.integer[Any]]:

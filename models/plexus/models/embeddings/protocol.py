@@ -124,10 +124,14 @@ def build_optimizers(
     weight_decay: float,
     stage: Stage | None = None,
     parameters: Sequence[nn.Parameter] | None = None,
+    table_weight_decay: float | None = None,
 ) -> list[torch.optim.Optimizer]:
     """The loop's optimisers: one per `ParameterGroup` of the tables, then Adam over the rest
     (none when `stage.freeze_rest`; groups with optimizer "none" get none either). `parameters`:
     the ones the loop optimises (default all of `model`'s; sharded tables update themselves).
+    `table_weight_decay` (None: `weight_decay`): the L2 of the tables' own parameters in that
+    Adam, apart from the dense network's (FuxiCTR's `embedding_regularizer` beside its
+    `net_regularizer`: embeddings of sparse ids overfit at other strengths than the MLP).
 
     The order is fixed (groups in module order, the main optimiser last), so checkpoints of
     the optimisers' states restore into the same list. Each optimiser's param group records
@@ -150,8 +154,26 @@ def build_optimizers(
     candidates = model.parameters() if parameters is None else parameters
     rest = [p for p in candidates if id(p) not in grouped]
     if rest and not (stage is not None and stage.freeze_rest):
-        optimizers.append(torch.optim.Adam(rest, lr=lr, weight_decay=weight_decay))
+        optimizers.append(
+            torch.optim.Adam(
+                _decay_groups(model, rest, table_weight_decay), lr=lr, weight_decay=weight_decay
+            )
+        )
     return optimizers
+
+
+def _decay_groups(
+    model: nn.Module, params: list[nn.Parameter], table_weight_decay: float | None
+) -> list[nn.Parameter] | list[dict[str, Any]]:
+    """`params` as they are, or split in two Adam param groups (tables' parameters with
+    `table_weight_decay`, the rest with the optimiser's default) when a table decay is set."""
+    if table_weight_decay is None:
+        return params
+    owned = {id(p) for tables in embedding_tables(model) for p in tables.parameters()}
+    tables = [p for p in params if id(p) in owned]
+    dense = [p for p in params if id(p) not in owned]
+    groups = [{"params": tables, "weight_decay": table_weight_decay}, {"params": dense}]
+    return [g for g in groups if g["params"]]
 
 
 def optimizer_batches(optimizer: torch.optim.Optimizer) -> BatchSource:

@@ -6,7 +6,7 @@ exported. `KnnEmbedQuery` is the export-ready query side: from (user id, padded 
 it computes the user vector, the history's cluster histogram and one query vector per cluster.
 It holds no user table beyond the model's own (in whatever form the embedding method made it)
 and no user distributions: the neighbour smoothing of a mixture is `smoothed_mixture`, run by
-the batch job for every known user over all users (dense), and by the service for new users
+the batch job for every known user over all users (exact, or an HNSW graph at scale), and by the service for new users
 over a sample index (`plexus.serving.user_state`). Plain gathers and matmuls: it exports to ONNX.
 """
 
@@ -82,6 +82,19 @@ def fit_knn_embed(
     )
 
 
+@torch.no_grad()
+def exact_nearest_users(
+    user: torch.Tensor, query: torch.Tensor, user_table: torch.Tensor, k: int
+) -> torch.Tensor:
+    """(B, k) ids of the rows of `user_table` (U + 1, D) nearest to `query` (B, D) by inner
+    product, never the querying `user` (B,) itself nor the padding row 0: a (B, U) block."""
+    sims = query @ user_table.T
+    ids = torch.arange(user_table.shape[0])
+    invalid = (ids.unsqueeze(0) == user.unsqueeze(1)) | (ids == 0)
+    sims = torch.where(invalid, torch.full_like(sims, -10.0), sims)
+    return torch.topk(sims, k, dim=1).indices
+
+
 class KnnEmbedQuery(nn.Module):
     """The query side of kNN-Embed: (B,) user, (B, L) history, (B, L) mask -> query (B, D),
     history_mixture (B, C) (the history's cluster histogram, rows sum to 1, or 0 without a
@@ -124,21 +137,26 @@ class KnnEmbedQuery(nn.Module):
         return query, own, components
 
     @torch.no_grad()
+    def nearest_users(
+        self, user: torch.Tensor, query: torch.Tensor, state: KnnEmbedState
+    ) -> torch.Tensor:
+        """(B, neighbors) ids of the users nearest to `query` (B, D) among all of
+        `state.user_table`: `exact_nearest_users`."""
+        return exact_nearest_users(user, query, state.user_table, self.neighbors)
+
+    @torch.no_grad()
     def smoothed_mixture(
         self,
         user: torch.Tensor,
         query: torch.Tensor,
         own: torch.Tensor,
         state: KnnEmbedState,
+        nearest: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The dense kNN-Embed mixture (B, C): `own` (B, C) smoothed with the mean distribution
-        of the `neighbors` users nearest to `query` (B, D) among all of `state.user_table`
-        (never the user itself nor the padding row). The batch job's (exact) computation."""
-        sims = query @ state.user_table.T
-        ids = torch.arange(state.user_table.shape[0])
-        invalid = (ids.unsqueeze(0) == user.unsqueeze(1)) | (ids == 0)
-        sims = torch.where(invalid, torch.full_like(sims, -10.0), sims)
-        top = torch.topk(sims, self.neighbors, dim=1).indices
+        """The kNN-Embed mixture (B, C): `own` (B, C) smoothed with the mean distribution of
+        the user's neighbours, `nearest` (B, k) ids when an index found them, else the exact
+        `nearest_users`. The batch job's computation."""
+        top = self.nearest_users(user, query, state) if nearest is None else nearest
         neigh = state.user_dist[top].mean(dim=1)
         lam = self.smoothing
         total = own.sum(dim=1, keepdim=True)

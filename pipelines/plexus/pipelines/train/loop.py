@@ -83,6 +83,7 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) 
         module,
         lr=train_cfg.lr,
         weight_decay=train_cfg.weight_decay,
+        table_weight_decay=train_cfg.embedding_weight_decay,
         stage=stage,
         parameters=sharding.dense_parameters(model) if sharded else None,
     )
@@ -237,8 +238,12 @@ def _distribute(
                 f"train.sharding.plan names no table of this model: {unknown[0]!r}; tables are "
                 "named <collection path>.<table>, e.g. embeddings.ebc.t_user"
             )
+        decay = train_cfg.embedding_weight_decay
         sharded = sharding.shard_model(
-            model, train_cfg.sharding, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
+            model,
+            train_cfg.sharding,
+            lr=train_cfg.lr,
+            weight_decay=train_cfg.weight_decay if decay is None else decay,
         )
         if rank == 0:
             print(f"{label}tables sharded over {world} workers:\n{sharding.describe_plan(sharded)}")
