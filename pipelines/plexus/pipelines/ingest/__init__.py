@@ -1,7 +1,9 @@
 """Ingest: raw Criteo / Avazu / MovieLens / Parquet inputs -> encoded Parquet shards + FeatureSpec.
 
-Criteo and Avazu inputs (a file, a folder or a glob; plain, `.gz` or `.zst`) are streamed in
-bounded memory (`plexus.pipelines.ingest.stream`); the other formats are read whole.
+Criteo and Avazu inputs (a file, a folder or a glob; plain, `.gz` or `.zst`) and CTR Parquet
+inputs (a file, a folder or a glob) are streamed in bounded memory
+(`plexus.pipelines.ingest.stream`); MovieLens and interaction logs are read whole (see
+`plexus.pipelines.ingest.interactions` for why).
 
 Example:
     >>> from plexus.pipelines.ingest import DataConfig, DataFormat, ingest

@@ -1,6 +1,7 @@
 """The I/O half of the streamed ingest: input files cut into blocks at line ends (gzip and zstd
-decompressed, raw bytes fingerprinted), an ordered map of a task over workers (threads or Ray
-tasks) and the shard writer that appends rows in fixed row groups."""
+decompressed, raw bytes fingerprinted) or Parquet files read in batches of
+`PARQUET_BATCH_ROWS` rows, an ordered map of a task over workers (threads or Ray tasks) and the
+shard writer that appends rows in fixed row groups."""
 
 from __future__ import annotations
 
@@ -23,20 +24,22 @@ from plexus.platform.feature_spec import FeatureSpec
 
 BLOCK_BYTES = 16 << 20  # input bytes read per block (fixed: row groups must not depend on it)
 ROW_GROUP = 1 << 17  # rows per Parquet row group of the shards
+# Rows of a Parquet input per block: what one task holds (fixed: blocks must not depend on it).
+PARQUET_BATCH_ROWS = 1 << 16
 SPLITS = ("train", "valid", "test")
 R = TypeVar("R")
 
 
 @dataclasses.dataclass(frozen=True)
 class Block:
-    """One piece of one input file, ending at a line end."""
+    """One piece of one input file: text ending at a line end, or a batch of Parquet rows."""
 
     index: int
     file_index: int
     file: str
     given: int | None  # the split of a given-split file (0 train, 1 valid, 2 test), else None
-    data: bytes
-    line_offset: int  # lines of the file before this block
+    data: bytes | pa.RecordBatch
+    line_offset: int  # lines (Parquet: rows) of the file before this block
 
 
 def open_input(file: Path, digest: Any | None = None) -> Iterator[bytes]:
@@ -122,6 +125,70 @@ def read_blocks(
         prints.append({"path": str(file), "size": stat.st_size, "sha256": sha})
 
 
+def read_parquet_blocks(
+    ordered: list[tuple[str, Path]],
+    given: bool,
+    fingerprint: Callable[[Path, int, int], str | None],
+    prints: list[dict[str, Any]],
+    columns: list[str],
+) -> Iterator[Block]:
+    """Every Parquet file's rows in batches of `PARQUET_BATCH_ROWS` (only `columns`, in the
+    file's order), in order; appends each file's fingerprint once it is read.
+
+    pyarrow decodes one batch at a time, so memory holds a batch (and the pages of the row group
+    it comes from), whatever the file's size. The file's bytes are hashed on a thread of their
+    own (a Parquet reader seeks, so the hash cannot ride on its reads).
+    """
+    index = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as hasher:
+        for file_index, (split, file) in enumerate(ordered):
+            stat = file.stat()
+            cached = fingerprint(file, stat.st_size, stat.st_mtime_ns)
+            digest = hasher.submit(_sha256, file) if cached is None else None
+            try:
+                reader = pq.ParquetFile(file)
+            except (OSError, pa.ArrowException) as exc:
+                raise DataError(f"{file}: not a readable Parquet file: {exc}") from None
+            try:
+                names = reader.schema_arrow.names
+                missing = [c for c in columns if c not in names]
+                if missing:
+                    raise DataError(
+                        f"{file}: declared column {missing[0]!r} not found (data.schema); "
+                        f"columns: {names}"
+                    )
+                wanted = [n for n in names if n in columns]
+                rows = 0
+                batches = reader.iter_batches(
+                    batch_size=PARQUET_BATCH_ROWS, columns=wanted, use_threads=False
+                )
+                while True:
+                    try:
+                        batch = next(batches, None)
+                    except (OSError, pa.ArrowException) as exc:
+                        raise DataError(
+                            f"{file}: not a readable Parquet file after row {rows:,} ({exc}); the "
+                            "file is truncated or corrupt: copy it again, or remove it from the input"
+                        ) from None
+                    if batch is None:
+                        break
+                    yield Block(index, file_index, str(file), SPLITS.index(split) if given else None,
+                                batch, rows)  # fmt: skip
+                    index, rows = index + 1, rows + batch.num_rows
+            finally:
+                reader.close()
+            sha = cached if digest is None else digest.result()
+            prints.append({"path": str(file), "size": stat.st_size, "sha256": sha})
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as fh:
+        while chunk := fh.read(BLOCK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def ordered_map(
     task: Callable[..., R], args: Iterable[tuple[Any, ...]], workers: int
 ) -> Iterator[R]:
@@ -177,14 +244,25 @@ def ordered_map(
 
 class ShardWriter:
     """Appends encoded rows to one split's shards: `rows_per_shard` rows per file, written in
-    row groups of `ROW_GROUP` rows whatever the blocks were."""
+    row groups of `ROW_GROUP` rows whatever the blocks were.
+
+    `whole_shards`: each shard is written by one call, in pyarrow's default row groups, i.e.
+    the bytes `pq.write_table` gives for the shard's rows (Parquet inputs keep the bytes the
+    whole-table ingest wrote); memory then holds up to `rows_per_shard` encoded rows.
+    """
 
     def __init__(
-        self, folder: Path, schema: pa.Schema, rows_per_shard: int, compression: str | None
+        self,
+        folder: Path,
+        schema: pa.Schema,
+        rows_per_shard: int,
+        compression: str | None,
+        *,
+        whole_shards: bool = False,
     ) -> None:
         folder.mkdir()
         self.folder, self.schema, self.per_shard = folder, schema, rows_per_shard
-        self.compression = compression
+        self.compression, self.whole_shards = compression, whole_shards
         self.names: list[str] = []
         self.writer: pq.ParquetWriter | None = None
         self.in_shard = 0
@@ -205,7 +283,8 @@ class ShardWriter:
         return self.names
 
     def _room(self) -> int:
-        return min(ROW_GROUP, self.per_shard - self.in_shard)
+        left = self.per_shard - self.in_shard
+        return left if self.whole_shards else min(ROW_GROUP, left)
 
     def _flush(self, n: int) -> None:
         frame = pl.concat(self.pending) if len(self.pending) > 1 else self.pending[0]
@@ -217,7 +296,9 @@ class ShardWriter:
             self.writer = pq.ParquetWriter(
                 self.folder / name, self.schema, compression=self.compression
             )
-        self.writer.write_table(to_arrow(head, self.schema), row_group_size=n)
+        self.writer.write_table(
+            to_arrow(head, self.schema), row_group_size=None if self.whole_shards else n
+        )
         self.in_shard += n
         if self.in_shard == self.per_shard:
             self.writer.close()

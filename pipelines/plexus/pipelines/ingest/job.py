@@ -37,7 +37,7 @@ from plexus.pipelines.ingest.delimited import LINE
 from plexus.pipelines.ingest.encode import arrow_schema, encode, fit_spec, to_arrow
 from plexus.pipelines.ingest.interactions import ORDER, finish_interactions, split_interactions
 from plexus.pipelines.ingest.readers import TIME, RawTable, read_input, source_files
-from plexus.pipelines.ingest.stream import seeded_split, stream_text
+from plexus.pipelines.ingest.stream import seeded_split, stream_inputs
 from plexus.platform.config import to_dict
 from plexus.platform.errors import ConfigError, DataError
 from plexus.platform.feature_spec import SPEC_FILENAME, FeatureSpec
@@ -102,8 +102,10 @@ def ingest(
     if previous and _reusable(out, previous, _cached_prints(all_files, stat_cache)):
         log(f"{out}: up to date (same config, same input files), reusing it")
         return _reused(out, previous)
-    if config.format in _TEXT_FORMATS:
-        return _ingest_text(config, files, out, previous, config_hash, stat_cache, log)
+    if config.format in _TEXT_FORMATS or (
+        config.format is DataFormat.PARQUET and config.interactions is None
+    ):
+        return _ingest_streamed(config, files, out, previous, config_hash, stat_cache, log)
     tables, input_prints, stats = _read_inputs(config, files, stat_cache, log)
     if previous and _reusable(out, previous, input_prints):
         log(f"{out}: up to date (same config, same input bytes), reusing it")
@@ -198,7 +200,7 @@ def ingest(
     )
 
 
-def _ingest_text(
+def _ingest_streamed(
     config: DataConfig,
     files: dict[str, list[Path]],
     out: Path,
@@ -207,7 +209,8 @@ def _ingest_text(
     stat_cache: dict[str, Any],
     log: _Log,
 ) -> IngestResult:
-    """Criteo and Avazu inputs (files, folders, globs; gzip or zstd) streamed in two passes."""
+    """Criteo and Avazu inputs (files, folders, globs; gzip or zstd) and CTR Parquet inputs
+    (a file, a folder or a glob of files) streamed in two passes."""
     stats: dict[str, Any] = {}
     seen: list[list[dict[str, Any]]] = []
 
@@ -228,7 +231,7 @@ def _ingest_text(
         return {"format": config.format.value, "inputs": seen[0], "config_hash": config_hash}
 
     with _publishing(out) as tmp:
-        streamed, prints = stream_text(
+        streamed, prints = stream_inputs(
             config, files, tmp, name=_name(config), source=source, fingerprint=cached,
             reuse=reuse, log=log,
         )  # fmt: skip

@@ -5,6 +5,11 @@ Three layouts: the 100K folder (`u.data` + `u.user` + `u.item` [+ `u.genre`]), t
 (`ratings.csv` + `movies.csv`). `path` is the folder or the ratings file. Features: user_id,
 item_id, then gender, age, occupation, zip3 (user side, when known), year (item side) and
 genres (multi-valued). The rating timestamp is the time used by time splits.
+
+Read whole: the largest MovieLens ratings file (ml-latest, 33M ratings) fits in memory, and an
+interaction log needs every row at once anyway (see `ingest.interactions`). A MovieLens CTR
+table could go through the streamed path (blocks of the ratings file joined with the side
+tables) but does not yet.
 """
 
 from __future__ import annotations

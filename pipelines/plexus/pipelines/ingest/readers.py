@@ -12,8 +12,10 @@ import glob
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+import pyarrow as pa
 from plexus.pipelines.ingest.config import DataFormat, ParquetSchema
 from plexus.pipelines.ingest.delimited import LINE, Column, empty_rejects, read_delimited
 from plexus.platform.errors import DataError
@@ -59,6 +61,8 @@ def source_files(fmt: DataFormat, path: Path) -> list[Path]:
         if not files:
             raise DataError(f"no *.parquet files in folder {path}")
         return files
+    if fmt is DataFormat.PARQUET and not path.exists() and glob.has_magic(str(path)):
+        return _text_files(path)
     if fmt in (DataFormat.CRITEO, DataFormat.AVAZU):
         return _text_files(path)
     if not path.is_file():
@@ -174,57 +178,114 @@ def read_avazu(path: Path, *, data: bytes | None = None) -> RawTable:
     return parse_text(DataFormat.AVAZU, path, data=data)
 
 
+def parquet_columns(schema: ParquetSchema) -> list[str]:
+    """The declared columns a Parquet reader reads (the others are never decoded)."""
+    return [schema.label, *schema.features] + ([schema.time] if schema.time else [])
+
+
 def read_parquet(path: Path, schema: ParquetSchema, *, binary: bool = True) -> RawTable:
-    """Parquet file(s) with declared column roles; rows whose label is not 0/1 (with `binary`
-    false: not a number, e.g. an interaction log's rating) are rejected.
+    """Parquet file(s) with declared column roles, read whole (interaction logs; CTR inputs are
+    streamed batch by batch by `ingest.stream` through `parse_parquet`, which this reuses).
 
     Line numbers are 1-based row numbers within each file.
     """
+    from plexus.pipelines.ingest.blocks import read_parquet_blocks
+
     files = source_files(DataFormat.PARQUET, path)
-    frames, rejects, lines = [], [], 0
-    wanted = [schema.label, *schema.features] + ([schema.time] if schema.time else [])
-    for file in files:
-        try:
-            frame = pl.read_parquet(file)
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            raise DataError(f"{file}: not a readable Parquet file: {exc}") from exc
-        missing = [c for c in wanted if c not in frame.columns]
-        if missing:
-            raise DataError(
-                f"{file}: declared column {missing[0]!r} not found; columns: {frame.columns}"
-            )
-        lines += frame.height
-        frame = frame.with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64))
-        label = pl.col(schema.label).cast(pl.Float64, strict=False)
-        ok = (label.is_in([0.0, 1.0]) if binary else label.is_not_nan()).fill_null(False)
-        bad = frame.filter(~ok)
-        if bad.height:
-            rejects.append(
-                bad.select(
-                    pl.lit(str(file)).alias("file"),
-                    pl.col(LINE).alias("line"),
-                    pl.lit("bad_label").alias("reason"),
-                    pl.lit(schema.label).alias("column"),
-                    pl.Series(
-                        "raw", [json.dumps(r, default=str) for r in bad.drop(LINE).to_dicts()]
-                    ),
-                )
-            )
-        frames.append(_cast_parquet(file, frame.filter(ok), schema))
-    roles = ParquetSchema(
-        label="label", numeric=schema.numeric, categorical=schema.categorical,
-        multi_categorical=schema.multi_categorical,
-    )  # fmt: skip
+    tables = [
+        parse_parquet(schema, Path(b.file), b.data, line_offset=b.line_offset, binary=binary)
+        for b in read_parquet_blocks(
+            [("train", f) for f in files], False, lambda *_: "", [], parquet_columns(schema)
+        )
+    ]
+    roles = _parquet_roles(schema)
+    if not tables:
+        empty = _cast_parquet(files[0], pl.DataFrame(schema={LINE: pl.Int64}), schema, check=False)
+        return RawTable(empty, roles, empty_rejects(), 0, tuple(files))
     return RawTable(
-        frame=pl.concat(frames),
+        frame=pl.concat([t.frame for t in tables]),
         roles=roles,
-        rejects=pl.concat(rejects) if rejects else empty_rejects(),
-        lines=lines,
+        rejects=pl.concat([t.rejects for t in tables]),
+        lines=sum(t.lines for t in tables),
         files=tuple(files),
     )
 
 
-def _cast_parquet(file: Path, frame: pl.DataFrame, schema: ParquetSchema) -> pl.DataFrame:
+def _parquet_roles(schema: ParquetSchema) -> ParquetSchema:
+    return ParquetSchema(
+        label="label", numeric=schema.numeric, categorical=schema.categorical,
+        multi_categorical=schema.multi_categorical,
+    )  # fmt: skip
+
+
+def parse_parquet(
+    schema: ParquetSchema,
+    file: Path,
+    batch: Any,
+    *,
+    line_offset: int = 0,
+    binary: bool = True,
+) -> RawTable:
+    """Rows of one Parquet batch (`line_offset` rows of `file` before it) with declared roles.
+
+    A row is rejected, with its file and 1-based row number, when its label is not 0/1 (with
+    `binary` false: not a number, e.g. an interaction log's rating; reason `bad_label`), or a
+    numeric or time value does not parse as a number (`bad_float`, `bad_time`; e.g. a string
+    column holding "n/a"). The first problem of a row wins; `raw` holds its declared columns.
+    """
+    try:
+        frame = pl.from_arrow(batch)
+    except (pl.exceptions.PolarsError, pa.ArrowException) as exc:
+        raise DataError(f"{file}: rows {line_offset + 1:,}..: cannot convert: {exc}") from None
+    assert isinstance(frame, pl.DataFrame)
+    frame = frame.with_row_index(LINE, offset=line_offset + 1).with_columns(
+        pl.col(LINE).cast(pl.Int64)
+    )
+    label = pl.col(schema.label).cast(pl.Float64, strict=False)
+    checks = [
+        ((label.is_in([0.0, 1.0]) if binary else label.is_not_nan()).fill_null(False),
+         "bad_label", schema.label)
+    ]  # fmt: skip
+    numbers = [(c, pl.Float64, "bad_float") for c in schema.numeric]
+    numbers += [(schema.time, pl.Int64, "bad_time")] if schema.time else []
+    for col, dtype, reason in numbers:
+        value = pl.col(col)
+        checks.append(
+            (value.is_null() | value.cast(dtype, strict=False).is_not_null(), reason, col)
+        )
+    try:
+        judged = frame.with_columns(
+            pl.all_horizontal(ok for ok, _, _ in checks).alias("__ok"),
+            pl.coalesce(pl.when(~ok).then(pl.lit(reason)) for ok, reason, _ in checks).alias(
+                "__reason"
+            ),
+            pl.coalesce(pl.when(~ok).then(pl.lit(col)) for ok, _, col in checks).alias("__column"),
+        )
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(f"{file}: a declared column has the wrong type: {exc}") from None
+    good = judged.filter(pl.col("__ok"))
+    bad = judged.filter(~pl.col("__ok"))
+    rejects = empty_rejects()
+    if bad.height:
+        shown = bad.drop(LINE, "__ok", "__reason", "__column")
+        rejects = bad.select(
+            pl.lit(str(file)).alias("file"),
+            pl.col(LINE).alias("line"),
+            pl.col("__reason").alias("reason"),
+            pl.col("__column").alias("column"),
+            pl.Series("raw", [json.dumps(r, default=str) for r in shown.to_dicts()], pl.String),
+        )
+    frame = _cast_parquet(file, good.drop("__ok", "__reason", "__column"), schema)
+    return RawTable(frame, _parquet_roles(schema), rejects, frame.height + rejects.height, (file,))
+
+
+def _cast_parquet(
+    file: Path, frame: pl.DataFrame, schema: ParquetSchema, *, check: bool = True
+) -> pl.DataFrame:
+    if not check:  # an empty input: the typed columns, no rows
+        frame = frame.with_columns(
+            [pl.lit(None).alias(c) for c in parquet_columns(schema) if c not in frame.columns]
+        )
     exprs = [pl.col(schema.label).cast(pl.Float32).alias("label")]
     exprs += [pl.col(c).cast(pl.Float64) for c in schema.numeric]
     exprs += [pl.col(c).cast(pl.String) for c in schema.categorical]

@@ -1,14 +1,21 @@
-"""Streaming ingest of delimited text (Criteo, Avazu): many files, gzip or zstd, bounded memory.
+"""Streaming ingest of delimited text (Criteo, Avazu) and of CTR Parquet: many files, gzip or
+zstd, bounded memory.
 
 Pass 1 reads each input file in blocks of about `BLOCK_BYTES` ending at a line end (`.gz` and
-`.zst` files are decompressed on the fly; the raw bytes are fingerprinted as they are read),
-parses each block on a worker, sets its rejects aside and counts the training values of every
-vocabulary column. Per-block counts are merged in block order, so the vocabulary is exactly the
-whole-input one. Pass 2 reads and parses the blocks again and encodes them with the spec; the
-driver appends the rows to each split's shards in block order, in row groups of `ROW_GROUP`
-rows. Memory holds the blocks in flight and the vocabularies, whatever the input size, and
-nothing is spilled to disk. A split by time needs two more passes (the per-time row counts
-first, then the keys of the rows at the boundary times).
+`.zst` files are decompressed on the fly; the raw bytes are fingerprinted as they are read) or,
+for Parquet, in batches of `PARQUET_BATCH_ROWS` rows of the declared columns, parses each block
+on a worker, sets its rejects aside and counts the training values of every vocabulary column.
+Per-block counts are merged in block order, so the vocabulary is exactly the whole-input one.
+Pass 2 reads and parses the blocks again and encodes them with the spec; the driver appends
+the rows to each split's shards in block order, in row groups of `ROW_GROUP` rows. Memory holds
+the blocks in flight and the vocabularies, whatever the input size, and nothing is spilled to
+disk. A split by time needs two more passes (the per-time row counts first, then the keys of
+the rows at the boundary times).
+
+Parquet inputs keep the bytes the whole-table ingest wrote: a row's random-split key is its
+row number within its file (so row k of every file of a folder shares a split, as before),
+ties of a time split are broken by (row number, file), and each shard is written in one call
+in pyarrow's default row groups, so the writer holds up to `data.rows_per_shard` encoded rows.
 
 Workers are threads of this process (`data.workers: 0`, the default: polars, pyarrow and
 hashlib release the GIL) or Ray tasks, at most `data.workers` in flight. Block boundaries,
@@ -26,8 +33,14 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from plexus.pipelines.ingest.blocks import Block, ShardWriter, ordered_map, read_blocks
-from plexus.pipelines.ingest.config import DataConfig, DataFormat
+from plexus.pipelines.ingest.blocks import (
+    Block,
+    ShardWriter,
+    ordered_map,
+    read_blocks,
+    read_parquet_blocks,
+)
+from plexus.pipelines.ingest.config import DataConfig, DataFormat, ParquetSchema
 from plexus.pipelines.ingest.delimited import LINE
 from plexus.pipelines.ingest.encode import (
     arrow_schema,
@@ -37,7 +50,13 @@ from plexus.pipelines.ingest.encode import (
     rank_vocabulary,
     vocab_columns,
 )
-from plexus.pipelines.ingest.readers import TIME, parse_text, text_format
+from plexus.pipelines.ingest.readers import (
+    TIME,
+    parquet_columns,
+    parse_parquet,
+    parse_text,
+    text_format,
+)
 from plexus.platform.errors import ConfigError, DataError
 from plexus.platform.feature_spec import FeatureSpec
 from plexus.platform.hashing import splitmix64
@@ -45,6 +64,7 @@ from plexus.platform.hashing import splitmix64
 SPLIT = "__split"
 SPLITS = ("train", "valid", "test")
 _FILE_BITS = 40  # a row's split key: line + (file index << 40); the line alone for file 0
+_TIE_BITS = 20  # a Parquet row's time-tie key: (row << 20) + file index
 _SHOWN = 5
 
 
@@ -54,9 +74,14 @@ class _Plan:
 
     fmt: DataFormat
     config: DataConfig
+    roles: ParquetSchema  # the parsed frame's columns (label `label`)
     vocab: tuple[str, ...]
     by_time: bool  # split known only after pass 1 (then counting is a pass of its own)
     time_cut: tuple[tuple[int, int], tuple[int, int]] | None = None  # (test, valid) thresholds
+
+    @property
+    def parquet(self) -> bool:
+        return self.fmt is DataFormat.PARQUET
 
 
 @dataclasses.dataclass
@@ -71,6 +96,7 @@ class _Stats:
     numeric: dict[str, Any]
     times: pl.DataFrame | None  # rows per time value (time splits)
     file_index: int = 0  # the input file (a file given as two splits counts twice)
+    lengths: dict[str, int | None] = dataclasses.field(default_factory=dict)  # longest lists
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +110,7 @@ class Streamed:
     shards: dict[str, list[str]]
 
 
-def stream_text(
+def stream_inputs(
     config: DataConfig,
     files: dict[str, list[Path]],
     tmp: Path,
@@ -95,23 +121,36 @@ def stream_text(
     reuse: Callable[[list[dict[str, Any]]], bool],
     log: Callable[[str], None],
 ) -> tuple[Streamed | None, list[dict[str, Any]]]:
-    """Ingest text `files` (split -> files) into `tmp` in two streamed passes.
+    """Ingest text or Parquet `files` (split -> files) into `tmp` in two streamed passes.
 
     `fingerprint(path, size, mtime_ns)` gives a cached SHA-256 (None: hash while reading);
     `reuse(prints)` says, once every input is fingerprinted, that an existing output holds
     these bytes (then nothing is written and None is returned with the prints); `source()`
     gives the spec's source record once the prints are known.
     """
-    roles = text_format(config.format).roles
+    roles = _roles(config)
     given = "valid" in files
-    plan = _Plan(config.format, config, tuple(vocab_columns(roles, config)), by_time=False)
+    plan = _Plan(config.format, config, roles, tuple(vocab_columns(roles, config)), by_time=False)
     if not given and config.split.by == "time":
-        if config.format is not DataFormat.AVAZU:
+        timed = config.format is DataFormat.AVAZU or (
+            config.schema is not None and config.schema.time is not None
+        )
+        if not timed:
             raise ConfigError(
                 f"data.split.by: 'time' needs a time column; {config.format.value} has none"
+                + (" (declare data.schema.time)" if plan.parquet else "")
             )
         plan = dataclasses.replace(plan, by_time=True)
     ordered = [(s, f) for s in SPLITS for f in files.get(s, [])]
+
+    def read(fingerprint: Callable[[Path, int, int], str | None], prints: list) -> Iterator[Block]:
+        if plan.parquet:
+            assert config.schema is not None
+            return read_parquet_blocks(
+                ordered, given, fingerprint, prints, parquet_columns(config.schema)
+            )
+        return read_blocks(ordered, given, fingerprint, prints)
+
     prints: list[dict[str, Any]] = []
     merged = _Merged(plan.vocab)
     per_file: dict[int, dict[str, Any]] = {
@@ -119,7 +158,7 @@ def stream_text(
         for i, (s, f) in enumerate(ordered)
     }
     reject_counts: collections.Counter[str] = collections.Counter()
-    blocks = read_blocks(ordered, given, fingerprint, prints)
+    blocks = read(fingerprint, prints)
     with (tmp / "rejects.jsonl").open("w") as rejects_out:
         for stats in ordered_map(_parse_task, ((plan, b) for b in blocks), config.workers):
             merged.add(stats)
@@ -132,7 +171,7 @@ def stream_text(
     _check_rejects(per_file, config.max_reject_ratio)
 
     def again() -> Iterator[Block]:
-        return read_blocks(ordered, given, lambda *_: "", [])
+        return read(lambda *_: "", [])
 
     if plan.by_time:
         plan = dataclasses.replace(plan, time_cut=_time_cut(plan, merged, again()))
@@ -150,7 +189,7 @@ def stream_text(
                 "was rejected or the files are empty. Fix the input or point it at other files"
             )
     spec = build_spec(
-        roles, config, vocabs=merged.vocabularies(config), max_lengths={},
+        roles, config, vocabs=merged.vocabularies(config), max_lengths=merged.max_lengths(),
         numeric=merged.numeric_features(roles.numeric, config.numeric),
         name=name, source=source(), splits=rows,
     )  # fmt: skip
@@ -159,7 +198,9 @@ def stream_text(
     schema = arrow_schema(spec, fingerprint_)
     compression = None if config.compression == "none" else config.compression
     writers = {
-        s: ShardWriter(tmp / s, schema, config.rows_per_shard, compression)
+        s: ShardWriter(
+            tmp / s, schema, config.rows_per_shard, compression, whole_shards=plan.parquet
+        )
         for s in SPLITS
         if rows[s] or s in files
     }
@@ -195,9 +236,30 @@ def _check_unchanged(
         )
 
 
-def _key(frame: pl.DataFrame, file_index: int) -> np.ndarray:
-    """Each row's split key: its line, plus its file's index above bit 40 (uint64)."""
-    return frame[LINE].to_numpy().astype(np.uint64) + np.uint64(file_index << _FILE_BITS)
+def _roles(config: DataConfig) -> ParquetSchema:
+    """The columns of the parsed frames: a text format's own, or a Parquet input's declared."""
+    if config.format is not DataFormat.PARQUET:
+        return text_format(config.format).roles
+    assert config.schema is not None
+    s = config.schema
+    return ParquetSchema(label="label", numeric=s.numeric, categorical=s.categorical,
+                         multi_categorical=s.multi_categorical)  # fmt: skip
+
+
+def _key(plan: _Plan, lines: np.ndarray, file_index: int) -> np.ndarray:
+    """Each row's random-split key (uint64): text, its line plus its file's index above bit 40;
+    Parquet, its row number alone (what the whole-table ingest used)."""
+    lines = lines.astype(np.uint64)
+    return lines if plan.parquet else lines + np.uint64(file_index << _FILE_BITS)
+
+
+def _tie_key(plan: _Plan, frame: pl.DataFrame, file_index: int) -> np.ndarray:
+    """Each row's order among rows of the same time: (file, line) for text; (row, file) for
+    Parquet, the order the whole-table ingest ranked (time, row) ties in."""
+    lines = frame[LINE].to_numpy().astype(np.uint64)
+    if plan.parquet:
+        return (lines << np.uint64(_TIE_BITS)) + np.uint64(file_index)
+    return lines + np.uint64(file_index << _FILE_BITS)
 
 
 def seeded_split(keys: np.ndarray, config: DataConfig) -> np.ndarray:
@@ -215,11 +277,11 @@ def _split_of(plan: _Plan, frame: pl.DataFrame, block: Block) -> np.ndarray | No
     if block.given is not None:
         return np.full(frame.height, block.given, dtype=np.int8)
     if not plan.by_time:
-        return seeded_split(_key(frame, block.file_index), plan.config)
+        return seeded_split(_key(plan, frame[LINE].to_numpy(), block.file_index), plan.config)
     if plan.time_cut is None:
         return None
     times = frame[TIME].to_numpy()
-    keys = _key(frame, block.file_index)
+    keys = _tie_key(plan, frame, block.file_index)
     (t_test, k_test), (t_valid, k_valid) = plan.time_cut
     test = (times > t_test) | ((times == t_test) & (keys >= np.uint64(k_test)))
     valid = (times > t_valid) | ((times == t_valid) & (keys >= np.uint64(k_valid)))
@@ -227,7 +289,16 @@ def _split_of(plan: _Plan, frame: pl.DataFrame, block: Block) -> np.ndarray | No
 
 
 def _parse(plan: _Plan, block: Block) -> tuple[pl.DataFrame, Any]:
-    table = parse_text(plan.fmt, Path(block.file), data=block.data, line_offset=block.line_offset)
+    if plan.parquet:
+        assert plan.config.schema is not None
+        table = parse_parquet(
+            plan.config.schema, Path(block.file), block.data, line_offset=block.line_offset
+        )
+    else:
+        assert isinstance(block.data, bytes)
+        table = parse_text(
+            plan.fmt, Path(block.file), data=block.data, line_offset=block.line_offset
+        )
     return table.frame, table
 
 
@@ -242,9 +313,7 @@ def _parse_task(plan: _Plan, block: Block) -> _Stats:
     if rejects.height and block.given is not None:
         reject_splits[block.given] = rejects.height
     elif rejects.height and not plan.by_time:
-        keys = rejects["line"].to_numpy().astype(np.uint64) + np.uint64(
-            block.file_index << _FILE_BITS
-        )
+        keys = _key(plan, rejects["line"].to_numpy(), block.file_index)
         reject_splits = np.bincount(seeded_split(keys, plan.config), minlength=3)
     stats = _count(plan, frame, split is not None)
     stats.lines, stats.rejects, stats.reject_splits = table.lines, rejects, reject_splits
@@ -265,7 +334,7 @@ def _count_task(plan: _Plan, block: Block) -> _Stats:
 def _keys_task(plan: _Plan, block: Block, times: tuple[int, ...]) -> dict[int, np.ndarray]:
     """Pass 1b (time splits): the keys of the rows at each boundary time."""
     frame, _ = _parse(plan, block)
-    return {t: _key(frame.filter(pl.col(TIME) == t), block.file_index) for t in times}
+    return {t: _tie_key(plan, frame.filter(pl.col(TIME) == t), block.file_index) for t in times}
 
 
 def _encode_task(plan: _Plan, spec: FeatureSpec, block: Block) -> pl.DataFrame:
@@ -280,13 +349,19 @@ def _count(plan: _Plan, frame: pl.DataFrame, known: bool) -> _Stats:
     rows = np.zeros(3, dtype=np.int64)
     counts: dict[str, pl.DataFrame] = {}
     numeric: dict[str, Any] = {}
+    lengths: dict[str, int | None] = {}
+    multi = plan.roles.multi_categorical
     if known:
         rows = np.bincount(frame[SPLIT].to_numpy(), minlength=3).astype(np.int64)
         train = frame.lazy().filter(pl.col(SPLIT) == 0)
         queries = [
-            train.group_by(pl.col(c).alias("v")).agg(pl.len().alias("n")) for c in plan.vocab
-        ]
-        cols = text_format(plan.fmt).roles.numeric
+            (
+                train.select(pl.col(c).alias("v")).explode("v") if c in multi
+                else train.select(pl.col(c).alias("v"))
+            ).group_by("v").agg(pl.len().alias("n"))
+            for c in plan.vocab
+        ]  # fmt: skip
+        cols = plan.roles.numeric
         x = [pl.col(c).cast(pl.Float64) for c in cols]
         if plan.config.numeric == "bucketize":
             queries.append(train.select([e.max() for e in x]))
@@ -298,7 +373,11 @@ def _count(plan: _Plan, frame: pl.DataFrame, known: bool) -> _Stats:
                     + [((e - e.mean()) ** 2).sum().alias(f"q{i}") for i, e in enumerate(x)]
                 )
             )
+        if multi:
+            queries.append(train.select([pl.col(c).list.len().max() for c in multi]))
         found = pl.collect_all(queries)
+        if multi:
+            lengths = found.pop().row(0, named=True)
         counts = dict(zip(plan.vocab, found[: len(plan.vocab)], strict=True))
         row = found[-1].row(0) if cols else ()
         if plan.config.numeric == "bucketize":
@@ -307,7 +386,7 @@ def _count(plan: _Plan, frame: pl.DataFrame, known: bool) -> _Stats:
             k = len(cols)
             numeric = {c: (row[i], row[k + i], row[2 * k + i]) for i, c in enumerate(cols)}
     empty = pl.DataFrame(schema={"file": pl.String})
-    return _Stats(0, rows, empty, np.zeros(3, np.int64), counts, numeric, None)
+    return _Stats(0, rows, empty, np.zeros(3, np.int64), counts, numeric, None, lengths=lengths)
 
 
 class _Merged:
@@ -324,6 +403,7 @@ class _Merged:
         self.pending, self.merged_rows = 0, 0
         self.numeric: dict[str, Any] = {}
         self.times: pl.DataFrame | None = None
+        self.lengths: dict[str, int | None] = {}
         self.vocab = vocab
 
     def add(self, stats: _Stats) -> None:
@@ -337,6 +417,9 @@ class _Merged:
             self._compact()
         for col, value in stats.numeric.items():
             self.numeric[col] = _merge_numeric(self.numeric.get(col), value)
+        for col, n in stats.lengths.items():
+            old = self.lengths.get(col)
+            self.lengths[col] = n if old is None else (old if n is None else max(old, n))
         if stats.times is not None:
             self.times = (
                 stats.times if self.times is None
@@ -362,6 +445,10 @@ class _Merged:
         ]  # fmt: skip
         found = pl.collect_all(queries)
         return {c: tuple(f.to_series().to_list()) for c, f in zip(self.vocab, found, strict=True)}
+
+    def max_lengths(self) -> dict[str, int]:
+        """The longest training list of each multi-valued column (1 when none has items)."""
+        return {c: int(n or 1) for c, n in self.lengths.items()}
 
     def numeric_features(self, cols: tuple[str, ...], mode: str) -> dict[str, Any]:
         if mode == "bucketize":
