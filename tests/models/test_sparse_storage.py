@@ -38,7 +38,10 @@ def _table(rows: int, dim: int, density: float, seed: int = 0) -> tuple[torch.Te
         (100, 4, 0.5),  # blocks of rows sharing a pointer
         (1000, 16, 0.01),  # very sparse: the widest blocks
         (200, 16, 0.3),
-        (50, 16, 0.9),  # dense is smaller: stored dense
+        (50, 16, 0.9),  # the bitmap is smaller than CSR and dense
+        (50, 16, 0.99),  # dense is smaller: stored dense
+        (40, 256, 0.5),  # the bitmap (DSL's density 0.5 at a retrieval width): 0.53 of dense
+        (30, 20, 0.6),  # a bitmap whose last byte is padded
         (300, 300, 0.05),  # 2-byte local indices
         (7, 3, 0.0),  # a single non-zero
     ],
@@ -52,7 +55,10 @@ def test_lookups_equal_the_masked_table_and_bytes_are_the_arrays(rows, dim, dens
     nnz = int(mask.sum())
     assert table.num_bytes() == sparse_bytes(rows, dim, nnz)
     assert table.num_bytes() <= 4 * rows * dim
-    if not table.dense:
+    if table.form == "bitmap":
+        assert table.num_bytes() == 4 * nnz + rows * (math.ceil(dim / 8) + 4)
+        assert table.num_values() == nnz
+    if table.form == "csr":
         g = table.rows_per_block
         index_bytes = 1 if g * dim <= 256 else 2
         assert table.index.element_size() == index_bytes
@@ -61,9 +67,19 @@ def test_lookups_equal_the_masked_table_and_bytes_are_the_arrays(rows, dim, dens
 
 
 def test_dense_storage_when_the_csr_would_be_larger() -> None:
-    weight, mask = _table(50, 16, 0.9)
+    weight, mask = _table(50, 16, 0.99)
     assert SparseTable(weight, mask).dense
     assert sparse_bytes(50, 16, int(mask.sum())) == 4 * 50 * 16
+
+
+def test_the_bitmap_form_at_half_density_is_under_the_csr_form() -> None:
+    """At DSL's density 0.5 and the retrieval width 256, 1-byte CSR indices cost 0.63 of the
+    dense bytes; the bitmap (one bit per position, a pointer per row) 0.53."""
+    weight, mask = _table(40, 256, 0.5)
+    table = SparseTable(weight, mask)
+    assert table.form == "bitmap" and table.bits.dtype == torch.uint8
+    assert table.num_bytes() < 0.54 * 4 * 40 * 256
+    assert table.num_bytes() < (4 + 1) * int(mask.sum())  # CSR's values and indices alone
 
 
 def test_block_rows_spend_at_most_the_pointer_share_unless_at_the_index_limit() -> None:

@@ -28,9 +28,20 @@ The method (Sec. 3 of the paper; official code: github.com/shuyao-wang/DSL, `*/u
 
 `delta_t` defaults to a twentieth of the planned steps: the official 2,000-3,000 steps come from
 runs of 10^5-10^6 steps (hundreds of updates of the mask); jobs here take hundreds to thousands.
-The tables are stored and served row-compressed (`sparse_storage`): `num_bytes()` counts values,
-indices and pointers, and `byte_budget` picks the density that fits those bytes.
+The tables are stored and served row-compressed (`sparse_storage`: blocked CSR, or a bitmap per
+row, whichever is smaller): `num_bytes()` counts values, indices and pointers, and
+`byte_budget` picks the density that fits those bytes.
 Not offered yet: sparsifying the MLP (the paper's option for the whole model).
+
+Sparse gradients (the retrieval towers train with `SparseAdam` on sparse COO gradients): the step
+then stays row-sparse. After a step only the rows it touched (those in the gradient) are
+re-masked, weights and moments; other rows did not change. Growth reads the coalesced gradient:
+its largest magnitudes are among the touched rows (every other position has gradient 0), and
+when those rows hold fewer inactive positions than are to be grown, the rest are drawn at random
+among the zero-gradient positions (the dense rule's tie among zeros, broken at random instead
+of by `topk`'s order). Only the prune-and-grow step, every `delta_t` steps, reads whole tables,
+and the first step, which masks whole tables once (a model may draw the weights again after
+the tables were built: the towers' N(0, init_std); a row never touched is never re-masked).
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ import torch
 from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod, coerce_base
 from plexus.models.embeddings.protocol import StepContext
 from plexus.models.embeddings.registry import register_embedding
-from plexus.models.embeddings.sparse_storage import MaskedTables, check_fraction
+from plexus.models.embeddings.sparse_storage import MOMENTS, MaskedTables, check_fraction
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Feature
 
@@ -146,16 +157,50 @@ class DSLTables(MaskedTables):
     def delta_t(self, context: StepContext) -> int:
         return self.options.delta_t or max(1, self.total_steps(context) // DEFAULT_CYCLES)
 
+    def after_step(self, context: StepContext) -> None:
+        sparse = any(w.grad is not None and w.grad.is_sparse for w in self.weights())
+        if not sparse or int(self.steps) == 0:
+            # Dense gradients: whole tables, as the CTR loop steps; the first step of sparse
+            # ones too (see the module docstring).
+            super().after_step(context)
+            return
+        self._mask_touched_rows(context)
+        if self._update_masks(context):
+            self.apply_masks(context)  # the pruned positions: anywhere in the tables
+
     @torch.no_grad()
-    def _update_masks(self, context: StepContext) -> None:
+    def _mask_touched_rows(self, context: StepContext) -> None:
+        """Re-mask, in weights and optimiser moments, the rows this step's gradients touched
+        (a sparse gradient's rows; a dense gradient: the whole table). The rows of a parameter
+        without a gradient were not stepped (SparseAdam, Adam and SGD skip it)."""
+        for weight, mask in zip(self.weights(), self.masks(), strict=True):
+            grad = weight.grad
+            if grad is None:
+                continue
+            state = context.optimizer_state(weight)
+            tensors = [weight.data, *(state.get(key) for key in MOMENTS)]
+            tensors = [t for t in tensors if isinstance(t, torch.Tensor) and t.shape == mask.shape]
+            if not grad.is_sparse:
+                for tensor in tensors:
+                    tensor.masked_fill_(~mask, 0.0)
+                continue
+            rows = torch.unique(grad._indices()[0])  # (R,) touched rows; uncoalesced COO
+            keep = mask.index_select(0, rows)  # (R, dim)
+            for tensor in tensors:
+                tensor.index_copy_(0, rows, tensor.index_select(0, rows) * keep)
+
+    @torch.no_grad()
+    def _update_masks(self, context: StepContext) -> bool:
+        """Count the step; every `delta_t` steps prune and grow each table. True if it did."""
         self.steps += 1
         step = int(self.steps)
         if step % self.delta_t(context):
-            return
+            return False
         share = zeta(self.options, step, self.total_steps(context))
         for weight, mask in zip(self.weights(), self.masks(), strict=True):
             grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
             prune_and_grow(weight, grad, mask, share, self.options, seed=step)
+        return True
 
 
 def prune_and_grow(
@@ -169,23 +214,61 @@ def prune_and_grow(
 ) -> int:
     """One DSL update of one tensor, in place on `mask` (bool, weight's shape): drop the
     `ceil(share * nnz)` active positions of lowest score (|w|, or (w g)^2 for `taylor`), then
-    activate as many inactive ones of highest |g| (or at random). Returns how many moved."""
+    activate as many inactive ones of highest |g| (or at random). Returns how many moved.
+
+    `grad` may be a sparse COO gradient of a `(rows, dim)` table (rows of an embedding lookup
+    with `sparse=True`): it is coalesced and never made dense; positions outside its rows have
+    gradient 0 (see the module docstring for growth beyond its rows)."""
     flat = mask.view(-1)
     nnz = int(flat.sum())
     count = min(math.ceil(share * nnz), nnz)
     if count == 0:
         return 0
-    w, g = weight.detach().reshape(-1), grad.reshape(-1)
+    w = weight.detach().reshape(-1)
+    generator = torch.Generator(device=w.device).manual_seed(seed)
+    if grad.is_sparse:
+        return _prune_and_grow_sparse(w, grad.coalesce(), flat, count, options, generator)
+    g = grad.reshape(-1)
     score = w.abs() if options.prune == "magnitude" else (w * g).pow(2)
     score = torch.where(flat, score, torch.full_like(score, math.inf))
     flat[torch.topk(score, count, largest=False).indices] = False
     if options.grow == "gradient":
         gain = g.abs()
     else:
-        generator = torch.Generator(device=w.device).manual_seed(seed)
         gain = torch.rand(w.shape, generator=generator, device=w.device)
     gain = torch.where(flat, torch.full_like(gain, -math.inf), gain)
     flat[torch.topk(gain, count, largest=True).indices] = True
+    return count
+
+
+def _prune_and_grow_sparse(
+    w: torch.Tensor,
+    grad: torch.Tensor,
+    flat: torch.Tensor,
+    count: int,
+    options: DSLConfig,
+    generator: torch.Generator,
+) -> int:
+    """`prune_and_grow` with a coalesced sparse gradient: w (rows * dim,), flat mask alike."""
+    dim = grad.shape[1]
+    rows = grad.indices()[0]  # (R,) distinct, sorted
+    positions = (rows.unsqueeze(1) * dim + torch.arange(dim, device=w.device)).reshape(-1)
+    g = grad.values().reshape(-1)  # (R * dim,) the gradient at `positions`
+    if options.prune == "magnitude":
+        score = w.abs()
+    else:  # (w g)^2: zero wherever the batch gave no gradient
+        score = torch.zeros_like(w).index_copy_(0, positions, (w[positions] * g).pow(2))
+    score = torch.where(flat, score, torch.full_like(score, math.inf))
+    flat[torch.topk(score, count, largest=False).indices] = False
+    grown = 0
+    if options.grow == "gradient":
+        gain = torch.where(flat[positions], torch.full_like(g, -math.inf), g.abs())
+        grown = min(count, int((~flat[positions]).sum()))
+        flat[positions[torch.topk(gain, grown, largest=True).indices]] = True
+    if grown < count:  # random growth, or zero-gradient positions when the rows ran out
+        draw = torch.rand(w.shape, generator=generator, device=w.device)
+        draw = torch.where(flat, torch.full_like(draw, -math.inf), draw)
+        flat[torch.topk(draw, count - grown, largest=True).indices] = True
     return count
 
 

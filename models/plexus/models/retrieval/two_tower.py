@@ -216,6 +216,17 @@ class TwoTower(nn.Module):
             summed = summed * lengths.clamp(min=1).to(summed.dtype)
         return summed
 
+    def compact(self) -> TwoTower:
+        """A copy whose towers' tables are in their serving form (`EmbeddingTables.compact`:
+        DSL's row-compressed arrays, OptEmbed's kept rows): the model to export. Same vectors
+        as this model in eval mode."""
+        import copy
+
+        served = copy.deepcopy(self).eval()
+        served.user_tables = served.user_tables.compact()
+        served.item_tables = served.item_tables.compact()
+        return served
+
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """(...) item ids -> (..., D) unit item vectors (zeros for the padding id 0)."""
         return F.normalize(self.item_raw(items), dim=-1)

@@ -10,14 +10,17 @@ protocol) on the test split. The plan is the CTR benchmark's (`bench.embeddings`
 budget 1, `hashing`, `multiplexed` and `unified` at every budget, learned methods on their
 bases. Each method is first tried for one epoch on a tiny planted log and skipped, with the
 reason in `results.md`, when the retrieval loop cannot train it: multi-stage methods (OptEmbed,
-DNIS, magnitude pruning: a search or a retrain) are refused by `train_two_tower`, and DSL's
-sparse-training step does not take the towers' sparse gradients (measured at the time of
-writing). Multiplexed tables use `probes` summed
-probes (2 by default): each tower has a single id feature, so one probe would be plain hashing.
+DNIS, magnitude pruning: a search or a retrain) are refused by `train_two_tower`. DSL trains
+single-stage on the towers' sparse gradients (`dsl:full` at budget 1 is the official density
+0.5; below 1, the density whose row-compressed bytes fit the budget). Multiplexed tables use
+`probes` summed probes (2 by default): each tower has a single id feature, so one probe would be
+plain hashing.
 
 `bytes` is measured on the trained model: both towers' tables (user and item) in the form they
-are served from (`EmbeddingTables.num_bytes`: float32 values plus index arrays, compact for a
-learned method); the history projection and side-feature buffers are not counted. A
+are served from, built (`EmbeddingTables.compact()`: DSL's row-compressed values, indices and
+pointers) and counted array by array; the history projection and side-feature buffers are not
+counted. `step_ms`: wall time of a training step (mean over epochs), `update_ms` its backward,
+optimiser steps and `after_step` hooks (DSL's masks), the part where methods differ. A
 `popular` row (the most popular unseen training items, `retrieval.compare.most_popular`) is
 the reference measured on the same test users; it stores no embeddings (`bytes` 0).
 
@@ -271,10 +274,11 @@ def _train_row(
             "probes": embedding.probes,
             "dim": embedding.dim,
             "params": sum(t.num_parameters() for t in tables),
-            "bytes": sum(t.num_bytes() for t in tables),
+            "bytes": sum(t.compact().num_bytes() for t in tables),
             **{k: float(metrics[k]) for k in _metric_keys()},
             "epochs": len(history),
             "seconds": sum(float(h.get("epoch_seconds", 0.0)) for h in history),
+            **{key: _mean(history, key) for key in ("step_ms", "update_ms")},
             "train_wall_seconds": train_wall,
             "eval_seconds": eval_seconds,
             "reused": reused,
@@ -284,6 +288,12 @@ def _train_row(
         tracking.log_metrics("test", {k: row[k] for k in _metric_keys()})
         tracking.log_metrics("embedding", {"bytes": row["bytes"], "params": row["params"]})
     return row
+
+
+def _mean(history: Sequence[dict[str, float]], key: str) -> float:
+    """The mean of `key` over the epochs that recorded it (NaN for models trained before)."""
+    values = [float(h[key]) for h in history if key in h]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def _popular_row(data: Any) -> dict[str, Any]:
@@ -328,18 +338,21 @@ def results_markdown(
          "bytes / full": "" if "bytes_fraction" not in r else f"{r['bytes_fraction']:.4f}",
          "recall@20": f"{r['recall@20']:.4f}", "ndcg@20": f"{r['ndcg@20']:.4f}",
          "recall - full": "" if full is None else f"{r['recall@20'] - full['recall@20']:+.4f}",
-         "seconds": f"{r['seconds']:.0f}"}
+         "seconds": f"{r['seconds']:.0f}",
+         **{k: f"{r[k]:.1f}" if k in r else "" for k in ("step_ms", "update_ms")}}
         for r in rows
     ]  # fmt: skip
     columns = ["method", "base", "budget_label", "chunks", "probes", "params", "bytes",
-               "bytes / full", "recall@20", "ndcg@20", "recall - full", "epochs", "seconds"]  # fmt: skip
+               "bytes / full", "recall@20", "ndcg@20", "recall - full", "epochs", "seconds",
+               "step_ms", "update_ms"]  # fmt: skip
     lines = [
         f"## {name}: retrieval quality against embedding bytes\n",
         f"`{command}`\n",
         markdown_table(shown, columns),
         "",
         "`bytes`: both towers' tables (user and item) in their serving form, measured on the "
-        "trained model; `seconds`: training time (sum of epochs); Recall@20 / NDCG@20 on the "
+        "trained model; `seconds`: training time (sum of epochs); `step_ms`: a training step, "
+        "`update_ms` its backward and updates (mean over epochs); Recall@20 / NDCG@20 on the "
         f"test split, train items excluded. `{POPULAR}`: the most popular unseen training items "
         "(no embeddings), measured on the same users.\n",
     ]

@@ -8,10 +8,16 @@ model's own user table only; known users' mixtures and the new-user index are th
 features the graph also holds each user's and item's feature ids (the smallest integer type
 that fits: MovieLens-100K 8 bytes a user), so requests keep their inputs, and the item index
 and `item_ids` also hold the catalog items never trained on (ids after the vocabulary).
+
+The graph holds the towers' tables in their serving form (`served_query`: `TwoTower.compact`,
+e.g. Dynamic Sparse Learning's row-compressed values, indices and pointers, gathered in the
+graph), and the parity check compares it with the model as trained, so it covers both the
+compact form and the export. The manifest's `export.embedding_bytes` gives those tables' bytes.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
@@ -31,7 +37,20 @@ from plexus.serving.bundle import ONNX_INPUTS, ONNX_OUTPUTS, write_bundle
 from plexus.serving.knn_embed import AllocationConfig
 from plexus.serving.user_state import UserState
 
-__all__ = ["export_query_model", "onnx_parity", "write_retrieval_bundle", "default_nprobe"]
+__all__ = [
+    "default_nprobe",
+    "export_query_model",
+    "onnx_parity",
+    "served_query",
+    "write_retrieval_bundle",
+]
+
+
+def served_query(module: KnnEmbedQuery) -> KnnEmbedQuery:
+    """A copy of `module` over the towers' serving form (`TwoTower.compact`): what the bundle's
+    graph holds. Same outputs as `module` in eval mode."""
+    compact = module.model.compact()
+    return copy.deepcopy(module, {id(module.model): compact}).eval()  # towers copied once
 
 
 def export_query_model(module: KnnEmbedQuery, path: str | Path, *, history_len: int) -> Path:
@@ -123,13 +142,16 @@ def write_retrieval_bundle(
 ) -> tuple[Path, dict[str, Any]]:
     """Export, check and write the whole bundle; returns (folder, export info: parity, index recall).
 
-    Raises if the ONNX model differs from torch by more than 1e-5.
+    Raises if the ONNX model (of the serving form, `served_query`) differs from torch (the
+    model as trained) by more than 1e-5.
     """
+    from plexus.models.embeddings import protocol
     from plexus.platform.errors import RegistryError
 
     out = Path(directory)
+    served = served_query(module)
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_query_model(module, Path(tmp) / "query.onnx", history_len=history_len)
+        onnx_path = export_query_model(served, Path(tmp) / "query.onnx", history_len=history_len)
         parity = onnx_parity(
             module,
             onnx_path,
@@ -180,7 +202,13 @@ def write_retrieval_bundle(
             splits={"train": int(data.train_items.size), "test": int(data.test_items.size)},
         )
         digest = hashlib.sha256(onnx_path.read_bytes() + vectors.tobytes()).hexdigest()[:16]
-        info = {"onnx_max_abs_diff": parity, "index_recall_vs_exact": recall, "nprobe": probe}
+        table_bytes = protocol.embedding_bytes(served.model)  # the graph's user and item tables
+        info = {
+            "onnx_max_abs_diff": parity,
+            "index_recall_vs_exact": recall,
+            "nprobe": probe,
+            "embedding_bytes": table_bytes,
+        }
         manifest = {
             "name": name,
             "bundle_id": digest,
@@ -196,7 +224,7 @@ def write_retrieval_bundle(
                 "nlist": int(num_clusters),
                 "recall_vs_exact": recall,
             },
-            "export": {"onnx_max_abs_diff": parity},
+            "export": {"onnx_max_abs_diff": parity, "embedding_bytes": table_bytes},
             "metrics": metrics or {},
         }
         arrays = {

@@ -238,6 +238,7 @@ def _export_and_register(
         config=config_io.to_dict(config),
     )
     mlflow.log_metric("onnx_max_abs_diff", info["onnx_max_abs_diff"])
+    mlflow.log_metric("embedding_bytes", info["embedding_bytes"])  # the graph's tables, served
     for k, recall in info["index_recall_vs_exact"].items():
         mlflow.log_metric(f"index_recall_at_{k}", recall)
     gated = config.promote.gate  # then the gate, not the export, moves the alias

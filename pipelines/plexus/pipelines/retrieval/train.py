@@ -142,6 +142,7 @@ def train_two_tower(
         order = rng.permutation(users.size)
         total = 0.0
         steps = 0
+        update_seconds = 0.0  # backward, optimiser steps and `after_step` (DSL's masks)
         model.train()
         for lo in range(0, order.size, train_cfg.batch_size):
             idx = order[lo : lo + train_cfg.batch_size]
@@ -163,12 +164,14 @@ def train_two_tower(
                 )
                 if (extra := protocol.extra_loss(model)) is not None:
                     loss = loss + extra
+            tick = time.perf_counter()
             for opt in optimizers:
                 opt.zero_grad()
             loss.backward()
             for opt in optimizers:
                 opt.step()
             protocol.after_step(model, optimizers, total_steps=train_cfg.epochs * steps_per_epoch)
+            update_seconds += time.perf_counter() - tick
             for schedule in schedules:
                 schedule.step()
             total += float(loss.detach())
@@ -176,6 +179,8 @@ def train_two_tower(
         record = {"epoch": float(epoch), "loss": total / max(steps, 1)}
         record["lr"] = optimizers[-1].param_groups[0]["lr"]
         record["epoch_seconds"] = time.perf_counter() - start
+        record["step_ms"] = 1000.0 * record["epoch_seconds"] / max(steps, 1)
+        record["update_ms"] = 1000.0 * update_seconds / max(steps, 1)  # backward and updates
         if on_epoch is not None:
             on_epoch(record, model)
         history.append(record)
