@@ -14,6 +14,7 @@ import yaml
 from cli_runner import PLEXUS, plexus
 from plexus.pipelines.data.synth import synth_criteo
 from plexus.pipelines.tune import parse_space
+from plexus.pipelines.tune.job import rank_configurations
 from plexus.platform.errors import ConfigError
 
 
@@ -59,11 +60,44 @@ def test_unknown_config_key_in_the_space_fails_before_any_work(tmp_path: Path) -
     assert not (tmp_path / "runs").exists()
 
 
-def test_two_trial_tune_finds_the_planted_learning_rate(tmp_path: Path) -> None:
-    """LR needs a large step to learn the planted weights in 2 epochs: 1e-5 stays at chance."""
+def test_rank_configurations_averages_seeds_and_sinks_failed_ones() -> None:
+    def row(lr: float, seed: int, auc: float, status: str = "ok") -> dict:
+        return {"config": {"train.lr": lr, "train.seed": seed}, "valid_auc": auc, "status": status}
+
+    ranked = rank_configurations(
+        [
+            row(0.1, 0, 0.80),  # the luckiest single run, but the worse recipe on average
+            row(0.1, 1, 0.60),
+            row(0.01, 1, 0.74),
+            row(0.01, 0, 0.72),
+            row(0.5, 0, 0.95),
+            row(0.5, 1, float("-inf"), status="error"),
+        ]
+    )
+    assert [c["config"] for c in ranked] == [
+        {"train.lr": 0.01},
+        {"train.lr": 0.1},
+        {"train.lr": 0.5},
+    ]
+    assert ranked[0]["valid_auc"] == pytest.approx(0.73)
+    assert [t["config"]["train.seed"] for t in ranked[0]["trials"]] == [0, 1]
+    assert ranked[2]["status"] == "error"
+
+
+def test_repeats_and_a_searched_seed_are_exclusive() -> None:
+    assert parse_space({"repeats": 3, "space": {"train.lr": {"choice": [0.1]}}}).repeats == 3
+    with pytest.raises(ConfigError, match="space.train.seed: searched and repeated"):
+        parse_space({"repeats": 2, "space": {"train.seed": {"grid": [0, 1]}}})
+    with pytest.raises(ConfigError, match="repeats must be >= 1"):
+        parse_space({"repeats": 0, "space": {"train.lr": {"choice": [0.1]}}})
+
+
+def test_tune_finds_the_planted_learning_rate_on_the_mean_of_two_seeds(tmp_path: Path) -> None:
+    """LR needs a large step to learn the planted weights in 2 epochs: 1e-5 stays at chance.
+    Each learning rate runs with seeds 0 and 1; the selection and test figures are their means."""
     raw = synth_criteo(tmp_path / "criteo.tsv", rows=6000, seed=3)
     config = _job(tmp_path, raw, epochs=2)
-    space = _space(tmp_path, "space:\n  train.lr: {grid: [0.00001, 0.05]}\n")
+    space = _space(tmp_path, "repeats: 2\nspace:\n  train.lr: {grid: [0.00001, 0.05]}\n")
     done = plexus(
         "tune", str(config), "--space", str(space), "--trials", "1", cwd=tmp_path, timeout=1200
     )
@@ -71,12 +105,20 @@ def test_two_trial_tune_finds_the_planted_learning_rate(tmp_path: Path) -> None:
     best_path = Path(done.stdout.strip().splitlines()[-1])
     best = yaml.safe_load(best_path.read_text())
     assert best["train"]["lr"] == 0.05 and best["model"]["backbone"] == "lr"
+    assert best["train"]["seed"] == 0  # the job's own seed, not the last one tried
     summary = json.loads((best_path.parent / "summary.json").read_text())
-    assert summary["trials"] == 2 and summary["best_valid_auc"] > 0.6
-    assert summary["test_auc"] > 0.6
+    assert (summary["trials"], summary["configurations"], summary["repeats"]) == (4, 2, 2)
+    seeds = summary["seeds"]
+    assert [s["seed"] for s in seeds] == [0, 1] and seeds[0]["test_auc"] != seeds[1]["test_auc"]
+    assert summary["best_valid_auc"] == pytest.approx(sum(s["valid_auc"] for s in seeds) / 2)
+    assert summary["test_auc"] == pytest.approx(sum(s["test_auc"] for s in seeds) / 2)
+    assert summary["best_valid_auc"] > 0.6 and summary["test_auc"] > 0.6
     trials = json.loads((best_path.parent / "trials.json").read_text())["trials"]
     assert {t["status"] for t in trials} == {"ok"}
+    pairs = {(t["config"]["train.lr"], t["config"]["train.seed"]) for t in trials}
+    assert pairs == {(0.00001, 0), (0.00001, 1), (0.05, 0), (0.05, 1)}
     assert min(t["valid_auc"] for t in trials) < 0.58  # the tiny step barely moved
+    assert "mean valid_auc" in (best_path.parent / "trials.md").read_text()
 
     import mlflow
 
@@ -88,17 +130,15 @@ def test_two_trial_tune_finds_the_planted_learning_rate(tmp_path: Path) -> None:
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
     )
     trial_runs = [r for r in children if "plexus.trial" in r.data.tags]
-    assert len(trial_runs) == 2 and {r.info.status for r in trial_runs} == {"FINISHED"}
-    steps = {
-        float(r.data.params["train.lr"]): [
-            m.step for m in client.get_metric_history(r.info.run_id, "valid_auc")
-        ]
-        for r in trial_runs
-    }
-    assert steps[0.05] == [1, 2]  # the best trial ran every epoch
-    assert steps[0.00001] in ([1], [1, 2])  # ASHA may stop the weak one after its first rung
-    best_run = next(r for r in trial_runs if r.info.run_id == summary.get("best_run_id"))
-    assert best_run.data.metrics["test_auc"] == pytest.approx(summary["test_auc"])
+    assert len(trial_runs) == 4 and {r.info.status for r in trial_runs} == {"FINISHED"}
+    for run in trial_runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "valid_auc")]
+        if float(run.data.params["train.lr"]) == 0.05:
+            assert steps == [1, 2]  # the best configuration ran every epoch
+            seed = int(run.data.params["train.seed"])
+            assert run.data.metrics["test_auc"] == pytest.approx(seeds[seed]["test_auc"])
+        else:
+            assert steps in ([1], [1, 2])  # ASHA may stop the weak one after its first rung
 
 
 @pytest.mark.slow

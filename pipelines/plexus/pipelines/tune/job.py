@@ -3,9 +3,10 @@
 One parent MLflow run (`<name>-tune`) holds a nested run per trial (per-epoch validation
 metrics, every config key as params); the parent gets the best trial's validation AUC and its
 test metrics. Trials are sampled at random from the space (seeded), stopped early by ASHA on
-the validation AUC each epoch reports, and ranked by their best validation AUC; the test split
-is touched once, by the selected model itself (the best trial's best epoch, from its last Tune
-checkpoint), evaluated in the driver. `plexus run best.yaml` trains that configuration through
+the validation AUC each epoch reports, and ranked by their best validation AUC (the mean over
+seeds when the space repeats each configuration); the test split is touched once, by the
+selected models themselves (each selected trial's best epoch, from its last Tune checkpoint),
+evaluated in the driver. `plexus run best.yaml` trains that configuration through
 the job into a servable model folder.
 
 Everything lives under `<runs>/<name>/tune-<hash>/` (the hash covers the job config and the
@@ -32,7 +33,7 @@ from plexus.pipelines.config import JobConfig
 from plexus.pipelines.files import read_json, write_json
 from plexus.pipelines.jobs import run_ingest
 from plexus.pipelines.runtime import default_runs_dir, ensure_ray
-from plexus.pipelines.tune.space import TuneSpace
+from plexus.pipelines.tune.space import SEED_KEY, TuneSpace
 from plexus.pipelines.tune.trial import RUN_RECORD, TrialContext, run_trial, trial_job
 from plexus.platform import config as config_io
 from plexus.platform.errors import ConfigError, PlexusError
@@ -47,10 +48,32 @@ class TuneResult:
     run_id: str  # the parent MLflow run
     best_config: Path  # best.yaml
     best: dict[str, Any]  # the best trial's sampled values
-    best_valid_auc: float
-    test_auc: float
+    best_valid_auc: float  # the mean over seeds when the space repeats configurations
+    test_auc: float  # likewise
     test_logloss: float
     trials: list[dict[str, Any]]
+
+
+def rank_configurations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials grouped by their sampled values without `train.seed`, best mean validation AUC
+    first. A configuration with a failed trial ranks below every complete one: the mean of the
+    seeds that did run would favour the recipe that crashed on its unlucky seeds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        config = {k: v for k, v in row["config"].items() if k != SEED_KEY}
+        groups.setdefault(json.dumps(config, sort_keys=True, default=str), []).append(row)
+    configurations = []
+    for trials in groups.values():
+        ok = all(t["status"] == "ok" for t in trials)
+        configurations.append(
+            {
+                "config": {k: v for k, v in trials[0]["config"].items() if k != SEED_KEY},
+                "trials": sorted(trials, key=lambda t: t["config"].get(SEED_KEY, 0)),
+                "status": "ok" if ok else "error",
+                METRIC: sum(t[METRIC] for t in trials) / len(trials) if ok else float("-inf"),
+            }
+        )
+    return sorted(configurations, key=lambda c: -c[METRIC])
 
 
 def tune_folder(job: JobConfig, space: TuneSpace) -> Path:
@@ -120,47 +143,74 @@ def tune(
         )
         results = _fit(job, space, folder, context)
         rows = _trial_rows(results, context)
-        if not any(r["status"] == "ok" for r in rows):
+        configurations = rank_configurations(rows)
+        if not configurations or configurations[0]["status"] != "ok":
             errors = "; ".join(str(r.get("error")) for r in rows)[:2000]
             raise PlexusError(f"every trial failed; see {folder / 'tuner'}: {errors}")
-        best = max((r for r in rows if r["status"] == "ok"), key=lambda r: r[METRIC])
+        best = configurations[0]
         best_job = trial_job(config_io.to_dict(job), best["config"])
         best_path = _write_best(folder / "best.yaml", best_job, best, command)
+        seeds = f" (mean of {len(best['trials'])} seeds)" if space.repeats > 1 else ""
         print(
-            f"[plexus tune] best of {len(rows)} trials: valid AUC {best[METRIC]:.4f} {best['config']}"
+            f"[plexus tune] best of {len(configurations)} configurations: valid AUC "
+            f"{best[METRIC]:.4f}{seeds} {best['config']}"
         )
-        test = _test_selected(results, best, best_job, data)
-        if best.get("run_id"):
-            mlflow.tracking.MlflowClient().log_batch(
-                best["run_id"],
-                metrics=[
-                    mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
-                    for k, v in test.items()
-                ],
-            )
+        tests = []
+        for trial in best["trials"]:  # the selected recipe's models, each tested once
+            seed_job = trial_job(config_io.to_dict(job), trial["config"])
+            tests.append(_test_selected(results, trial, seed_job, data))
+            if trial.get("run_id"):
+                mlflow.tracking.MlflowClient().log_batch(
+                    trial["run_id"],
+                    metrics=[
+                        mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
+                        for k, v in tests[-1].items()
+                    ],
+                )
+        test = {k: sum(t[k] for t in tests) / len(tests) for k in tests[0]}
         summary = {
             "best_config": best["config"],
-            "best_trial": best["trial"],
-            "best_run_id": best.get("run_id"),
+            "best_trial": best["trials"][0]["trial"],
+            "best_run_id": best["trials"][0].get("run_id"),
             "best_valid_auc": best[METRIC],
             **test,
             "trials": len(rows),
+            "configurations": len(configurations),
+            "repeats": space.repeats,
         }
+        if space.repeats > 1:
+            summary["seeds"] = [
+                {"seed": t["config"].get(SEED_KEY), METRIC: t[METRIC], **tested}
+                for t, tested in zip(best["trials"], tests, strict=True)
+            ]
         write_json(folder / "summary.json", summary)
         write_json(folder / "trials.json", {"trials": rows})
-        columns = ["trial", "status", METRIC, "epochs", *sorted(p.key for p in space.params)]
+        keys = sorted({p.key for p in space.params} | ({SEED_KEY} if space.repeats > 1 else set()))
         flat = [
             {**r, **{k: _cell(v) for k, v in r["config"].items()}}
             for r in sorted(rows, key=lambda r: -r[METRIC])
         ]
-        (folder / "trials.md").write_text(markdown_table(flat, columns))
+        table = markdown_table(flat, ["trial", "status", METRIC, "epochs", *keys])
+        if space.repeats > 1:
+            means = [
+                {
+                    "configuration": i + 1,
+                    "seeds": len(c["trials"]),
+                    f"mean {METRIC}": c[METRIC],
+                    **{k: _cell(v) for k, v in c["config"].items()},
+                }
+                for i, c in enumerate(configurations)
+            ]
+            columns = ["configuration", "seeds", f"mean {METRIC}", *sorted(best["config"])]
+            table = markdown_table(means, columns) + "\n\n" + table
+        (folder / "trials.md").write_text(table)
         mlflow.log_metrics({"best_valid_auc": best[METRIC], **test, "trials": float(len(rows))})
         for name in ("best.yaml", "trials.md", "trials.json", "summary.json"):
             mlflow.log_artifact(str(folder / name))
-        print(markdown_table(flat, columns))
+        print(table)
         print(
             f"[plexus tune] best configuration: test AUC {test['test_auc']:.4f}  logloss "
-            f"{test['test_logloss']:.4f} (valid AUC {best[METRIC]:.4f}); plexus run {best_path}"
+            f"{test['test_logloss']:.4f}{seeds} (valid AUC {best[METRIC]:.4f}); plexus run {best_path}"
         )
     return TuneResult(
         folder=folder,
@@ -197,7 +247,7 @@ def _fit(job: JobConfig, space: TuneSpace, folder: Path, context: TrialContext) 
     cpus = int(os.cpu_count() or 1)
     tuner = tune.Tuner(
         trainable,
-        param_space=space.param_space(),
+        param_space=space.param_space(job.train.seed),
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode="max",
@@ -208,8 +258,10 @@ def _fit(job: JobConfig, space: TuneSpace, folder: Path, context: TrialContext) 
                 grace_period=space.scheduler.grace_period,
                 reduction_factor=space.scheduler.reduction_factor,
             ),
-            search_alg=BasicVariantGenerator(
-                random_state=space.seed, max_concurrent=max(1, cpus // space.cpus_per_trial)
+            search_alg=BasicVariantGenerator(  # each sample runs every grid value (and seed)
+                random_state=space.seed,
+                max_concurrent=max(1, cpus // space.cpus_per_trial),
+                constant_grid_search=True,
             ),
         ),
         run_config=tune.RunConfig(
@@ -262,18 +314,18 @@ def _cell(value: Any) -> str:
 
 
 def _test_selected(
-    results: Any, best: dict[str, Any], job: JobConfig, data: Any
+    results: Any, trial: dict[str, Any], job: JobConfig, data: Any
 ) -> dict[str, float]:
-    """Test AUC and logloss of the selected model: the best trial's best epoch (the loop keeps
-    it in every checkpoint as `best_model`), evaluated once, in this process."""
+    """Test AUC and logloss of a selected model: the trial's best epoch (the loop keeps it in
+    every checkpoint as `best_model`), evaluated once, in this process."""
     import torch
     from plexus.models.backbones import build_ctr_model
     from plexus.pipelines.train.evaluate import evaluate, iter_batches
     from plexus.pipelines.train.loop import STATE_FILE
 
-    result = next(r for r in results if (r.metrics or {}).get("trial_id") == best["trial"])
+    result = next(r for r in results if (r.metrics or {}).get("trial_id") == trial["trial"])
     if result.checkpoint is None:
-        raise PlexusError(f"the best trial {best['trial']} left no checkpoint under {result.path}")
+        raise PlexusError(f"the best trial {trial['trial']} left no checkpoint under {result.path}")
     with result.checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / STATE_FILE, weights_only=False)
     model = build_ctr_model(job.model, job.embedding, data.spec)
@@ -284,8 +336,11 @@ def _test_selected(
 
 
 def _write_best(path: Path, job: JobConfig, best: dict[str, Any], command: str | None) -> Path:
+    seeds = len(best["trials"])
     header = [
-        f"# Tuned by plexus tune: best validation AUC {best[METRIC]:.4f} of the search"
+        f"# Tuned by plexus tune: best validation AUC {best[METRIC]:.4f}"
+        + (f" (mean of {seeds} seeds)" if seeds > 1 else "")
+        + " of the search"
         + (f" `{command}`" if command else ""),
         "# Searched values: " + json.dumps(best["config"], sort_keys=True),
     ]
