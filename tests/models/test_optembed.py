@@ -3,6 +3,8 @@ sampling, the search over the tables, the compact serving form and its ONNX grap
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -95,6 +97,20 @@ def test_thresholds_get_their_own_sgd_optimiser_until_the_rows_are_frozen() -> N
     model.embeddings.freeze_rows()
     assert model.embeddings.extra_loss() is None
     assert [g.name for g in model.embeddings.parameter_groups()] == ["optembed.embeddings"]
+
+
+def test_the_rows_take_the_jobs_table_decay_unless_optembed_sets_its_own() -> None:
+    torch.manual_seed(0)
+    model = build_ctr_model(ModelConfig(hidden=(8,)), _config("full"), tiny_spec())
+
+    def decays(**kwargs: float) -> list[float]:
+        optimizers = protocol.build_optimizers(model, lr=1e-3, **kwargs)
+        return [o.param_groups[0]["weight_decay"] for o in optimizers[:2]]  # thresholds, rows
+
+    assert decays(weight_decay=1e-5) == [0.0, 1e-5]
+    assert decays(weight_decay=0.0, table_weight_decay=1e-3) == [0.0, 1e-3]  # the tables' own
+    model.embeddings.options = dataclasses.replace(model.embeddings.options, weight_decay=0.1)
+    assert decays(weight_decay=0.0, table_weight_decay=1e-3) == [0.0, 0.1]
 
 
 @pytest.mark.parametrize("base", list(BASES))

@@ -12,8 +12,9 @@ runs three stages (Sec. 3 of the paper; official code: github.com/fuyuanlyu/OptE
    `pruned: oov`). The step's backward is the surrogate of the official `layer.py`:
    `2 - 4|x|` for `|x| <= 0.4`, `0.4` for `0.4 < |x| <= 1`, 0 beyond. The loss adds
    `alpha * sum_f exp(-t_f)` (Eq. 8); thresholds train by plain SGD at `threshold_lr`, the
-   embeddings by Adam (the job's `lr`, L2 `weight_decay`). In training only, each sample and
-   feature keeps a random prefix of its output (Eq. 10: width d ~ U over the feature's choices).
+   embeddings by Adam (the job's `lr`; L2 `weight_decay`, by default the job's table L2). In
+   training only, each sample and feature keeps a random prefix of its output (Eq. 10: width
+   d ~ U over the feature's choices).
 2. **search** (Sec. 3.3): the row masks are frozen (each row's norm and the thresholds at that
    moment), then `evolution.evolutionary_search` picks each feature's width on validation AUC,
    optionally within `search_budget` of the full tables' bytes (beyond the paper).
@@ -87,7 +88,7 @@ class OptEmbedConfig:
     base: EmbeddingMethod = EmbeddingMethod.FULL
     alpha: float = 1e-3  # weight of the threshold regulariser sum_f exp(-t_f)
     threshold_lr: float = 1.0  # plain SGD on the thresholds
-    weight_decay: float | None = None  # Adam L2 of the embedding rows; None: train.weight_decay
+    weight_decay: float | None = None  # Adam L2 of the rows; None: the job's table L2
     pruned: str = "zero"  # a pruned row becomes zeros, or "oov": a learned vector per probe
     search: EvolutionConfig = EvolutionConfig()
     search_budget: float | None = None  # max compact bytes, as a fraction of the full tables'

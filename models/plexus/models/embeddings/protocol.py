@@ -86,7 +86,9 @@ class ParameterGroup:
     """Parameters that a method wants optimised apart from the rest of the model.
 
     `optimizer` is "sgd", "adam" or "none" (held fixed in this stage); `lr` None means the job's
-    `train.lr`, `weight_decay` None the job's `train.weight_decay`; `batches` the batches whose
+    `train.lr`, `weight_decay` None the job's L2 of table parameters (`train.embedding_weight_decay`
+    where set, else `train.weight_decay`): a group belongs to the tables, so the tables' own
+    regularisation applies to it as it does to a plain method's rows. `batches` the batches whose
     loss steps it (training, or validation batches drawn in turn with the training ones).
     """
 
@@ -139,6 +141,7 @@ def build_optimizers(
     """
     optimizers: list[torch.optim.Optimizer] = []
     grouped: set[int] = set()
+    group_decay = weight_decay if table_weight_decay is None else table_weight_decay
     for tables in embedding_tables(model):
         for group in tables.parameter_groups():
             grouped.update(id(p) for p in group.params)
@@ -146,7 +149,7 @@ def build_optimizers(
                 continue
             options = {
                 "lr": lr if group.lr is None else group.lr,
-                "weight_decay": weight_decay if group.weight_decay is None else group.weight_decay,
+                "weight_decay": group_decay if group.weight_decay is None else group.weight_decay,
             }
             kind = torch.optim.SGD if group.optimizer == "sgd" else torch.optim.Adam
             optimizers.append(kind(list(group.params), **options))
