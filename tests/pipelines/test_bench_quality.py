@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from plexus.pipelines.bench.quality import DATASETS, bench_quality, tuned_config
+from plexus.pipelines.bench.quality import DATASETS, TUNED_DIR, bench_quality, tuned_config
 from plexus.pipelines.config import load_job_config
 from plexus.pipelines.data.synth import synth_movielens
 
@@ -17,6 +17,22 @@ def test_bundled_tuned_configs_load_and_name_their_backbone() -> None:
     job = load_job_config(path)
     assert job.model.backbone.value == "lr" and job.train.lr > 0.001
     assert tuned_config("movielens", "no-such-backbone") is None
+
+
+def test_every_tuned_config_is_its_files_backbone_and_reads_the_data_root(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A `best.yaml` copied in as written would carry the tuning machine's absolute paths."""
+    monkeypatch.setenv("PLEXUS_DATA", str(tmp_path))
+    paths = sorted(TUNED_DIR.glob("*.yaml"))
+    assert len(paths) >= 8  # movielens lr, criteo x 4, avazu lr, deepfm, dcnv2
+    for path in paths:
+        dataset, backbone = path.stem.rsplit("-", 1)
+        assert tuned_config(dataset, backbone) == path
+        job = load_job_config(path)
+        assert job.model.backbone.value == backbone, path.name
+        for data_path in (job.data.path, job.data.valid_path, job.data.test_path):
+            assert data_path is None or str(data_path).startswith(str(tmp_path)), path.name
 
 
 def test_baselines_run_on_both_movielens_splits(tmp_path: Path, monkeypatch) -> None:
