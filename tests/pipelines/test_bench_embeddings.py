@@ -9,6 +9,7 @@ import pytest
 from plexus.models.embeddings import build_embedding_tables, full_table_parameters
 from plexus.pipelines.bench.embeddings import (
     ROW_KEYS,
+    _base_job,
     _data_section,
     bench_embeddings,
     budget_label,
@@ -18,6 +19,7 @@ from plexus.pipelines.bench.embeddings import (
     summarise,
     targets,
 )
+from plexus.pipelines.config import config_path, load_job_config, tuned_config
 from plexus.pipelines.data.synth import synth_criteo
 from plexus.pipelines.ingest import DataConfig, DataFormat
 from plexus.platform.errors import ConfigError
@@ -148,6 +150,24 @@ def test_a_data_folder_uses_its_given_splits_and_a_single_file_is_split(tmp_path
     (tmp_path / "dev.csv").unlink()
     with pytest.raises(ConfigError, match="dev"):
         _data_section(DataFormat.AVAZU, tmp_path, template)
+
+
+def test_methods_are_compared_under_the_datasets_tuned_recipe_unless_a_config_is_given(
+    tmp_path: Path,
+) -> None:
+    for name in ("train.txt", "dev.txt", "test.txt"):
+        (tmp_path / name).write_text("")
+    tuned = load_job_config(tuned_config("criteo", "deepfm"))
+
+    def job(config: str | None, *overrides: str):
+        return _base_job("criteo", tmp_path, tmp_path / "out", config, overrides, None, None)
+
+    assert (job(None).train.lr, job(None).model.hidden) == (tuned.train.lr, tuned.model.hidden)
+    bundled = load_job_config(config_path("criteo"))
+    assert job("criteo").train.lr == bundled.train.lr != tuned.train.lr
+    as_fm = load_job_config(tuned_config("criteo", "fm"))
+    assert job(None, "model.backbone=fm").train.lr == as_fm.train.lr  # the backbone's own
+    assert job(None, "train.lr=0.5").train.lr == 0.5  # overrides still win
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from plexus.pipelines.bench.quality import DATASETS, TUNED_DIR, bench_quality, tuned_config
-from plexus.pipelines.config import load_job_config
+from plexus.pipelines.bench.quality import DATASETS, bench_quality
+from plexus.pipelines.config import TUNED_DIR, load_job_config, tuned_config
 from plexus.pipelines.data.synth import synth_movielens
 
 

@@ -114,6 +114,16 @@ def config_path(name: str | Path) -> Path:
     return path
 
 
+TUNED_DIR = Path(__file__).parent / "configs" / "tuned"
+
+
+def tuned_config(config: str, backbone: str) -> Path | None:
+    """The bundled tuned config of `backbone` on `config`'s dataset (`configs/tuned/<config>-
+    <backbone>.yaml`, a `best.yaml` of `plexus tune`), if there is one."""
+    path = TUNED_DIR / f"{config}-{backbone}.yaml"
+    return path if path.is_file() else None
+
+
 def bundled_config(name: str) -> Path:
     """The path of an example config shipped with Plexus (`criteo`, `avazu`, `movielens`, ...)."""
     path = Path(__file__).parent / "configs" / f"{name}.yaml"

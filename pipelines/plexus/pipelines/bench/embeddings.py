@@ -47,7 +47,13 @@ from plexus.pipelines import plots, tracking
 from plexus.pipelines.bench.lookup import add_lookup_latency, lookup_section
 from plexus.pipelines.bench.report import markdown_table, publish
 from plexus.pipelines.bench.throughput import embedding_throughput, load_batches
-from plexus.pipelines.config import JobConfig, TrackingConfig, config_path, load_job_config
+from plexus.pipelines.config import (
+    JobConfig,
+    TrackingConfig,
+    config_path,
+    load_job_config,
+    tuned_config,
+)
 from plexus.pipelines.ingest import DataConfig, DataFormat, SplitConfig
 from plexus.pipelines.jobs import log_ingest, run_ingest
 from plexus.pipelines.train.job import train
@@ -97,7 +103,8 @@ def bench_embeddings(
 
     `fmt` is criteo | avazu | movielens; `data` a folder of given splits (train/dev/test files,
     or the MovieLens folder) or one file, split 80/10/10 with split seed 0. The job starts from
-    `config` (a bundled config name or a YAML path; default: the bundled config of `fmt`) plus
+    `config` (a bundled config name or a YAML path; default: the tuned config of `fmt`'s dataset
+    and backbone when one is bundled, else its bundled config) plus
     `overrides` (`section.key=value`). MLflow logs to `tracking_uri`, else the config's
     `tracking.uri`, else `out/mlflow.db`. Finished rows are reused unless `force` (a re-run
     resumes a crashed benchmark). Returns rows with the keys `ROW_KEYS` (+ dataset, chunks, ...).
@@ -448,7 +455,7 @@ def _base_job(
             "--format parquet: give --config with the data.schema of the file "
             "(e.g. --config movielens_1m)"
         )
-    source = config or kind.value
+    source = config or _default_config(kind.value, overrides)
     job = load_job_config(config_path(source), overrides)
     if kind is DataFormat.PARQUET and job.data.schema is None:
         raise ConfigError(f"--config {source}: has no data.schema for the Parquet input")
@@ -463,6 +470,19 @@ def _base_job(
         tracking=TrackingConfig(uri=uri, experiment="bench-embeddings"),
         output=str(out / "runs"),
     )
+
+
+def _default_config(name: str, overrides: Sequence[str]) -> str | Path:
+    """The dataset's tuned config of the benchmark's backbone when one is bundled (every method
+    is then compared under the recipe tuned for the full tables), else its bundled config."""
+    backbone = load_job_config(config_path(name), overrides).model.backbone.value
+    tuned = tuned_config(name, backbone)
+    if tuned is None:
+        return name
+    print(
+        f"[bench embeddings] hyper-parameters: {tuned.name} (--config {name}: the untuned recipe)"
+    )
+    return tuned
 
 
 def _data_section(kind: DataFormat, data: Path, template: DataConfig) -> DataConfig:

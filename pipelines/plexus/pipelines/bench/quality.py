@@ -18,12 +18,11 @@ from pathlib import Path
 
 from plexus.pipelines.bench import baselines
 from plexus.pipelines.bench.report import markdown_table, write_results
-from plexus.pipelines.config import bundled_config, load_job_config
+from plexus.pipelines.config import bundled_config, load_job_config, tuned_config
 from plexus.pipelines.jobs import run_ingest
 from plexus.pipelines.train.job import train
 from plexus.platform.errors import ConfigError
 
-TUNED_DIR = bundled_config("movielens").parent / "tuned"
 BASELINES = ("sklearn_lr", "item_popularity", "user_mean")
 
 
@@ -46,12 +45,6 @@ DATASETS = {
     "criteo": Dataset("criteo", seeds=3, title="Criteo sample (7,200 train rows)"),
     "avazu": Dataset("avazu", seeds=3, title="Avazu sample (8,087 train rows)"),
 }
-
-
-def tuned_config(config: str, backbone: str) -> Path | None:
-    """The bundled tuned config of `backbone` on `config`'s dataset, if there is one."""
-    path = TUNED_DIR / f"{config}-{backbone}.yaml"
-    return path if path.is_file() else None
 
 
 def bench_quality(
