@@ -105,6 +105,10 @@ def _split_the_new_path(overrides: list[str] | tuple[str, ...]) -> list[str]:
     return ["data.valid_path=null", "data.test_path=null"]
 
 
+CONFIGS_DIR = Path(__file__).parent / "configs"
+TUNED_DIR = CONFIGS_DIR / "tuned"
+
+
 def config_path(name: str | Path) -> Path:
     """A YAML path as given, or the bundled config of that name (`criteo`, `movielens_1m`)."""
     path = Path(name)
@@ -112,9 +116,6 @@ def config_path(name: str | Path) -> Path:
     if not path.exists() and "/" not in text and not text.endswith((".yaml", ".yml")):
         path = bundled_config(text)
     return path
-
-
-TUNED_DIR = Path(__file__).parent / "configs" / "tuned"
 
 
 def tuned_config(config: str, backbone: str) -> Path | None:
@@ -126,7 +127,7 @@ def tuned_config(config: str, backbone: str) -> Path | None:
 
 def bundled_config(name: str) -> Path:
     """The path of an example config shipped with Plexus (`criteo`, `avazu`, `movielens`, ...)."""
-    path = Path(__file__).parent / "configs" / f"{name}.yaml"
+    path = CONFIGS_DIR / f"{name}.yaml"
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"no bundled config {name!r}; available: {', '.join(available)}")

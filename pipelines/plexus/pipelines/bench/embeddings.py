@@ -455,8 +455,13 @@ def _base_job(
             "--format parquet: give --config with the data.schema of the file "
             "(e.g. --config movielens_1m)"
         )
-    source = config or _default_config(kind.value, overrides)
+    source: str | Path = config or kind.value
     job = load_job_config(config_path(source), overrides)
+    tuned = None if config else tuned_config(kind.value, job.model.backbone.value)
+    if tuned is not None:  # every method compared under the recipe tuned for the full tables
+        note = f"(--config {source}: the untuned recipe)"
+        print(f"[bench embeddings] hyper-parameters: {tuned.name} {note}")
+        source, job = tuned, load_job_config(tuned, overrides)
     if kind is DataFormat.PARQUET and job.data.schema is None:
         raise ConfigError(f"--config {source}: has no data.schema for the Parquet input")
     label = name or (kind.value if data.is_dir() else data.stem)
@@ -470,19 +475,6 @@ def _base_job(
         tracking=TrackingConfig(uri=uri, experiment="bench-embeddings"),
         output=str(out / "runs"),
     )
-
-
-def _default_config(name: str, overrides: Sequence[str]) -> str | Path:
-    """The dataset's tuned config of the benchmark's backbone when one is bundled (every method
-    is then compared under the recipe tuned for the full tables), else its bundled config."""
-    backbone = load_job_config(config_path(name), overrides).model.backbone.value
-    tuned = tuned_config(name, backbone)
-    if tuned is None:
-        return name
-    print(
-        f"[bench embeddings] hyper-parameters: {tuned.name} (--config {name}: the untuned recipe)"
-    )
-    return tuned
 
 
 def _data_section(kind: DataFormat, data: Path, template: DataConfig) -> DataConfig:
