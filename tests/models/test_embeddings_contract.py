@@ -133,6 +133,27 @@ def test_backward_reaches_every_table(config: EmbeddingConfig) -> None:
 
 
 @pytest.mark.parametrize("config", CASES)
+def test_gradients_are_bit_identical_between_runs_on_two_threads(config: EmbeddingConfig) -> None:
+    """The same seed must train the same model: every gradient, summed from many lookups of few
+    rows across two threads, is equal bit for bit between two backward passes (the training
+    forward, so a supernet's width draws are in it, from one seed each time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        kjt = random_kjt(batch=50_000, seed=5, empty_bags=False)
+        grads = []
+        for _ in range(2):
+            tables = _build(config).train()
+            torch.manual_seed(1)
+            tables(kjt).values().sin().sum().backward()
+            grads.append([p.grad.clone() for p in tables.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    for first, second in zip(*grads, strict=True):
+        assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("config", CASES)
 def test_num_parameters_matches_the_budget(config: EmbeddingConfig) -> None:
     tables = _build(config)
     features = sparse_features()

@@ -294,6 +294,18 @@ def pool_padded(rows: torch.Tensor, lengths: torch.Tensor, pooling: str) -> torc
     return pooled
 
 
+def gather_rows(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`weight[index]` for an int64 `index` of any shape -> (*index.shape, *weight.shape[1:]),
+    with a backward that sums each row's gradients in a fixed order.
+
+    Advanced indexing differentiates through `index_put_(accumulate=True)`, which on CPU adds
+    with atomics across threads: the sums, and so the training run, differed between two runs
+    of the same seed (OptEmbed's thresholds, DNIS's alpha). `index_select` backs off to
+    `index_add_`, which is deterministic."""
+    flat = torch.index_select(weight, 0, index.reshape(-1))
+    return flat.view(*index.shape, *weight.shape[1:])
+
+
 def init_weight(weight: torch.Tensor) -> torch.Tensor:
     """The shared embedding initialiser, N(0, EMBEDDING_INIT_STD^2) in place."""
     with torch.no_grad():

@@ -69,6 +69,7 @@ from plexus.models.embeddings.base import (
     EmbeddingConfig,
     EmbeddingMethod,
     coerce_base,
+    gather_rows,
     pool_padded,
 )
 from plexus.models.embeddings.hashed import HashedEmbeddingTables
@@ -87,7 +88,6 @@ from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Encoding, Feature
 from torch import nn
-from torch.nn import functional
 from torchrec import KeyedJaggedTensor, KeyedTensor
 
 NO_BOUND = 2**62  # padding of the block boundaries: never reached
@@ -239,11 +239,12 @@ class DNISTables(HashedEmbeddingTables):
     ) -> torch.Tensor:
         """Rows (...) of table k looked up, masked if pruned, scaled by alpha: (..., dim)."""
         weight = self._weight(table)
-        vectors = weight[rows] if rows.dim() == 1 else functional.embedding(rows, weight)
+        vectors = gather_rows(weight, rows)
         if self.pruned:
             vectors = vectors * self._mask(k)[rows].to(vectors.dtype)
         block = self.block_of(self._probe_feature[probe], ids)
-        return vectors * self.alpha[probe, block]
+        flat = self.alpha.view(-1, self.alpha.shape[-1])  # (probes * blocks, dim)
+        return vectors * gather_rows(flat, probe * self.num_blocks + block)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         batch = features.stride()

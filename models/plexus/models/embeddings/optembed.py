@@ -52,6 +52,7 @@ from plexus.models.embeddings.base import (
     EmbeddingMethod,
     EmbeddingTables,
     coerce_base,
+    gather_rows,
     init_weight,
     pool_padded,
 )
@@ -185,7 +186,7 @@ class _MaskedTables(HashedEmbeddingTables):
         if self.oov is None:
             return vectors * keep.unsqueeze(-1)
         k = keep.unsqueeze(-1)
-        return vectors * k + (1 - k) * self.oov[probe]
+        return vectors * k + (1 - k) * gather_rows(self.oov, probe.expand_as(keep))
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         probes = self.remap(features)
@@ -260,12 +261,12 @@ class OptEmbedTables(_MaskedTables):
         self, table_index: int, table: str, rows: torch.Tensor, probe: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         weight = self._weight(table)
-        vectors = weight[rows] if rows.dim() == 1 else nn.functional.embedding(rows, weight)
+        vectors = gather_rows(weight, rows)
         feature = self._probe_feature[probe]
         if bool(self.frozen):
             norm = self.frozen_norm[self._table_start[table_index] + rows]
             return vectors, (norm > self.frozen_threshold[feature]).to(vectors.dtype)
-        x = vectors.abs().sum(-1) - self.threshold[feature]
+        x = vectors.abs().sum(-1) - gather_rows(self.threshold, feature.expand_as(rows))
         keep = BinaryStep.apply(x) if torch.is_grad_enabled() else (x > 0).to(x.dtype)
         return vectors, keep
 
