@@ -150,3 +150,18 @@ def test_auto_search_is_exact_up_to_its_user_count() -> None:
     assert auto.exact_for(1_000) and not auto.exact_for(1_001)
     assert UserStateConfig(neighbor_search="exact", exact_users=0).exact_for(10**7)
     assert not UserStateConfig(neighbor_search="hnsw").exact_for(10)
+
+
+def test_the_bundle_history_is_each_users_training_list_and_last_window(exported) -> None:
+    folder, data, module, *_ = exported
+    bundle = Bundle.load(folder)
+    length = module.model.config.history_len
+    windows = data.histories(length)
+    longer = 0
+    for user in range(1, data.num_users + 1):
+        items, window = bundle.history.both(user)
+        trained = data.train_of(user)
+        longer += trained.size > length
+        np.testing.assert_array_equal(items, np.sort(trained))
+        np.testing.assert_array_equal(window, np.sort(windows[user][windows[user] > 0]))
+    assert longer > 0  # some users' lists are longer than the query model's window

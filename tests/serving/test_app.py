@@ -39,7 +39,7 @@ def test_retrieve_by_user_matches_bundle_and_registry_version(client, v1) -> Non
     internal = np.searchsorted(v1.item_ids[1:], body["items"]) + 1
     assert body["clusters"] == v1.item_clusters[internal].tolist()
     # The user's training items are excluded by default.
-    assert not set(body["items"]) & set(v1.item_ids[v1._seen(1)].tolist())
+    assert not set(body["items"]) & set(v1.item_ids[v1.history.items(1)].tolist())
 
 
 def test_single_vector_mode_and_exclusions(client, v1) -> None:

@@ -102,7 +102,7 @@ def test_rejects_a_folder_that_is_not_a_bundle(tmp_path: Path, planted) -> None:
 
 @pytest.mark.reliability("bundle", "bundle file truncated or altered: refused at load")
 @pytest.mark.parametrize(
-    "name", ["query.onnx", "items.faiss", "seen_items.npy", "feature_spec.json"]
+    "name", ["query.onnx", "items.faiss", "history_bytes.npy", "feature_spec.json"]
 )
 def test_a_truncated_or_altered_file_is_refused_at_load(tmp_path: Path, planted, name) -> None:
     folder, _ = planted

@@ -141,25 +141,27 @@ def test_bundle_has_no_dense_user_table_and_answers_known_and_new_users(bundle_d
     assert len(known.item_ids) == len(new.item_ids) == 10
 
 
+@pytest.mark.parametrize("version", [2, 3])
 def test_older_bundle_formats_are_refused_with_the_version_and_what_to_do(
-    bundle_dirs, tmp_path
+    bundle_dirs, tmp_path, version: int
 ) -> None:
     folder = tmp_path / "old"
     shutil.copytree(bundle_dirs["v1"], folder)
     manifest = json.loads((folder / "bundle.json").read_text())
-    manifest["format_version"] = 2
+    manifest["format_version"] = version
     (folder / "bundle.json").write_text(json.dumps(manifest))
-    with pytest.raises(RegistryError, match=r"v2 is not supported .*v3.*re-export"):
+    with pytest.raises(RegistryError, match=rf"v{version} is not supported .*v4.*re-export"):
         Bundle.load(folder)
-    assert FORMAT_VERSION == 3
+    assert FORMAT_VERSION == 4
 
 
-def test_a_bundle_missing_its_user_state_is_refused(bundle_dirs, tmp_path) -> None:
+@pytest.mark.parametrize("section", ["user_state", "history"])
+def test_a_bundle_missing_a_manifest_section_is_refused(bundle_dirs, tmp_path, section) -> None:
     folder = tmp_path / "partial"
     shutil.copytree(bundle_dirs["v1"], folder)
     manifest = json.loads((folder / "bundle.json").read_text())
-    del manifest["user_state"]
+    del manifest[section]
     (folder / "bundle.json").write_text(json.dumps(manifest))
     reseal(folder, "query.onnx")
-    with pytest.raises(RegistryError, match="user_state"):
+    with pytest.raises(RegistryError, match=f"{section}.*re-export"):
         Bundle.load(folder)

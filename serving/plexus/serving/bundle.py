@@ -6,10 +6,11 @@ by `FORMAT_VERSION` and described in the manifest `bundle.json`; see `write_bund
 files. Ids: *external* ids are the int64 ids of the data; *internal* ids are 1..N (items) and
 1..U (users), 0 = padding / unknown, the convention of `plexus.platform.feature_spec`.
 
-Per known user the bundle holds its id (8 bytes), its history's CSR offset (4 bytes) and items
-(4 bytes each), its top-M mixture (2 * M bytes; `plexus.serving.user_state`) and whatever the
-embedding method's user table takes inside `query.onnx`; no dense user table, no user x cluster
-array. Loaded, the id lookup adds 4 bytes a user (an int32 argsort, no sorted copy).
+Per known user the bundle holds its id (8 bytes), its training items Elias-Fano coded with a
+4-byte offset (about 2 + log2(N / n) bits an item; `plexus.serving.history`), its top-M
+mixture (2 * M bytes; `plexus.serving.user_state`) and whatever the embedding method's user
+table takes inside `query.onnx`; no dense user table, no user x cluster array. Loaded, the id
+lookup adds 4 bytes a user (an int32 argsort, no sorted copy).
 
 Example:
     >>> bundle = Bundle.load("out/bundle")                              # doctest: +SKIP
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 from plexus.platform.errors import DataError, RegistryError, require
 from plexus.serving import index as item_index
+from plexus.serving.history import HISTORY_ARRAYS, HistoryStore
 from plexus.serving.knn_embed import (
     AllocationConfig,
     ComponentPlan,
@@ -42,7 +44,7 @@ from plexus.serving.user_state import USER_STATE_ARRAYS, UserState
 __all__ = ["Bundle", "Candidates", "write_bundle", "search_mixture", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "plexus.retrieval-bundle"
-FORMAT_VERSION = 3  # 2: a sha256 per file (`files`); 3: compact user state, no dense user table
+FORMAT_VERSION = 4  # 2: a sha256 per file; 3: compact user state; 4: Elias-Fano histories
 MANIFEST = "bundle.json"
 REGISTRY_FILE = "registry.json"
 ONNX_FILE = "query.onnx"
@@ -52,8 +54,7 @@ ARRAYS = (
     "item_clusters",  # (N+1,) int64 interest cluster of each item; [0] = -1
     "item_popularity",  # (N+1,) float32 training interactions per item (cold-start fallback)
     "user_ids",  # (U+1,) int64 external user id of each internal id; [0] = -1
-    "seen_indptr",  # (U+2,) uint32 (int64 from 2**32 items) CSR offsets of users' train items
-    "seen_items",  # (nnz,) int32 (int64 from 2**31 items) internal item ids, oldest first
+    *HISTORY_ARRAYS,  # known users' training items (`HistoryStore`)
     *USER_STATE_ARRAYS,  # known users' top-M mixtures and the new-user reference index
 )
 ONNX_INPUTS = {"user": "(B,) int64", "history": "(B, L) int64", "history_mask": "(B, L) float32"}
@@ -88,8 +89,8 @@ def write_bundle(
     `ARRAYS` entry and `extra_files` (name -> text, e.g. feature_spec.json, config.json).
 
     `manifest` must hold at least: name, bundle_id, dim, history_len, num_clusters,
-    retrieval.nprobe, retrieval.allocation (an `AllocationConfig` as a dict) and user_state
-    (`UserState.manifest()`).
+    retrieval.nprobe, retrieval.allocation (an `AllocationConfig` as a dict), user_state
+    (`UserState.manifest()`) and history (`HistoryStore.manifest()`).
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,6 +107,7 @@ def write_bundle(
         "num_clusters",
         "retrieval",
         "user_state",
+        "history",
     ):
         if key not in manifest:
             raise RegistryError(f"write_bundle: manifest key {key!r} is missing")
@@ -239,8 +241,12 @@ class Bundle:
         self.item_ids: np.ndarray = arr["item_ids"]
         self.item_clusters: np.ndarray = arr["item_clusters"]
         self.item_popularity: np.ndarray = arr["item_popularity"].astype(np.float32)
-        self._seen_indptr: np.ndarray = arr["seen_indptr"]
-        self._seen_items: np.ndarray = arr["seen_items"]
+        self.history = HistoryStore.from_arrays(arr, manifest.get("history"))
+        if self.history.window_len != self.history_len:
+            raise RegistryError(
+                f"bundle manifest: history.window {self.history.window_len} != history_len "
+                f"{self.history_len}; re-export the bundle"
+            )
         self.num_items = len(self.item_ids) - 1
         self.num_users = len(arr["user_ids"]) - 1
         self.item_lookup = IdLookup(self.item_ids)
@@ -269,10 +275,11 @@ class Bundle:
             raise RegistryError(f"{folder} is not a retrieval bundle: {MANIFEST} is missing")
         manifest = json.loads(file.read_text())
         if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-            older = manifest.get("format") == FORMAT and manifest.get("format_version", 0) < 3
+            older = manifest.get("format") == FORMAT and manifest.get("format_version", 0) < 4
             why = (
                 " (v2 and older carry a dense user table inside query.onnx and smooth mixtures "
-                "there; v3 stores compact per-user mixtures)"
+                "there, v3 stores histories as int32; v4 stores compact mixtures and "
+                "Elias-Fano coded histories)"
                 if older
                 else ""
             )
@@ -298,9 +305,6 @@ class Bundle:
     def has_user(self, user_id: int) -> bool:
         """Whether the user was seen in training (has an embedding and a stored history)."""
         return bool(self.user_lookup(np.array([user_id]))[0])
-
-    def _seen(self, user: int) -> np.ndarray:
-        return self._seen_items[self._seen_indptr[user] : self._seen_indptr[user + 1]]
 
     # ---- query path ------------------------------------------------------------------------
     def recommend(
@@ -355,8 +359,8 @@ class Bundle:
         for row, (user, hist, excl) in enumerate(zip(users, histories, excludes, strict=True)):
             given = self.item_lookup(np.asarray(hist, np.int64))
             given = given[given > 0]
-            seen = self._seen(int(user)) if user > 0 else given[:0]
-            seqs.append(given if given.size else seen)
+            seen, window = self.history.both(int(user)) if user > 0 else (given[:0], given[:0])
+            seqs.append(given if given.size else window)
             stored[row] = user > 0 and given.size == 0
             drop = [self.item_lookup(np.asarray(excl, np.int64))]
             if exclude_seen:

@@ -216,7 +216,7 @@ def bench_serve(
     user_ids = bundle.user_ids[picked].tolist()
     # New users: another sample's stored histories, sent without an id.
     others = rng.choice(bundle.num_users, min(2000, bundle.num_users), replace=False) + 1
-    new_histories = [bundle.item_ids[bundle._seen(int(u))].tolist() for u in others]
+    new_histories = [bundle.item_ids[bundle.history.items(int(u))].tolist() for u in others]
     modes = {
         "single": lambda i: {"user_id": user_ids[i], "k": k, "diversify": False},
         "knn_embed": lambda i: {"user_id": user_ids[i], "k": k, "diversify": True},

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from plexus.serving import index as item_index
 from plexus.serving.bundle import write_bundle
+from plexus.serving.history import HistoryStore
 from plexus.serving.knn_embed import AllocationConfig
 from plexus.serving.user_state import (
     CompactMixtures,
@@ -233,13 +234,18 @@ def build_synthetic_bundle(
         c,
         config=user_state or UserStateConfig(seed=seed),
     )
+    history = HistoryStore.build(
+        np.concatenate([[0], np.arange(users + 1) * history_len]),
+        seen.ravel(),
+        num_items=items,
+        window=history_len,
+    )
     arrays = {
         "item_ids": np.concatenate([[-1], np.arange(1, items + 1) * 10]).astype(np.int64),
         "item_clusters": clusters_full,
         "item_popularity": np.bincount(seen.ravel(), minlength=items + 1).astype(np.float32),
         "user_ids": np.concatenate([[-1], np.arange(1, users + 1) * 10 + 1]).astype(np.int64),
-        "seen_indptr": np.concatenate([[0], np.arange(users + 1) * history_len]).astype(np.uint32),
-        "seen_items": seen.ravel().astype(np.int32),
+        **history.arrays(),
         **users_state.arrays(),
     }
     ids = np.arange(1, items + 1, dtype=np.int64)
@@ -290,6 +296,7 @@ def build_synthetic_bundle(
             "scoring": "cosine",
             "retrieval": {"nprobe": nprobe, "allocation": dataclasses.asdict(AllocationConfig())},
             "user_state": users_state.manifest(),
+            "history": history.manifest(),
             "index": {"kind": "ivf_flat_clusters", "nlist": c, "recall_vs_exact": {str(k): recall}},
             "metrics": {},
             "synthetic": {"noise": noise, "seed": seed, "users": users},

@@ -34,6 +34,7 @@ from plexus.pipelines.retrieval.data import Interactions
 from plexus.platform.feature_spec import Encoding, Feature, FeatureKind, FeatureSpec
 from plexus.serving import index as item_index
 from plexus.serving.bundle import ONNX_INPUTS, ONNX_OUTPUTS, write_bundle
+from plexus.serving.history import HistoryStore
 from plexus.serving.knn_embed import AllocationConfig
 from plexus.serving.user_state import UserState
 
@@ -209,6 +210,12 @@ def write_retrieval_bundle(
             "nprobe": probe,
             "embedding_bytes": table_bytes,
         }
+        history = HistoryStore.build(
+            data.train_indptr,
+            data.train_items,
+            num_items=int(vectors.shape[0]),
+            window=int(history_len),
+        )
         manifest = {
             "name": name,
             "bundle_id": digest,
@@ -219,6 +226,7 @@ def write_retrieval_bundle(
             "scoring": "cosine",
             "retrieval": {"nprobe": int(probe), "allocation": _asdict(allocation)},
             "user_state": users.manifest(),
+            "history": history.manifest(),
             "index": {
                 "kind": "ivf_flat_clusters",
                 "nlist": int(num_clusters),
@@ -234,8 +242,7 @@ def write_retrieval_bundle(
                 data.item_popularity(), (0, vectors.shape[0] - data.num_items)
             ),
             "user_ids": data.user_ids,
-            "seen_indptr": _narrow(data.train_indptr, 2**32, np.uint32),
-            "seen_items": _narrow(data.train_items, 2**31, np.int32),
+            **history.arrays(),
             **users.arrays(),
         }
         write_bundle(
@@ -251,11 +258,6 @@ def write_retrieval_bundle(
             },
         )
     return out, info
-
-
-def _narrow(values: np.ndarray, below: int, dtype: type[np.integer[Any]]) -> np.ndarray:
-    """`values` as `dtype` when all are < `below` (4 bytes a user or item instead of 8)."""
-    return values.astype(dtype) if values.size == 0 or int(values.max()) < below else values
 
 
 def _asdict(allocation: AllocationConfig) -> dict[str, Any]:
