@@ -165,3 +165,36 @@ def test_the_bundle_history_is_each_users_training_list_and_last_window(exported
         np.testing.assert_array_equal(items, np.sort(trained))
         np.testing.assert_array_equal(window, np.sort(windows[user][windows[user] > 0]))
     assert longer > 0  # some users' lists are longer than the query model's window
+
+
+def test_a_store_cut_at_the_allocations_components_gives_the_same_candidates(exported) -> None:
+    """The export keeps at most `allocation.max_components` clusters a user: the allocation
+    reads no more, so the known users' candidates equal those of the store with every cluster."""
+    from plexus.pipelines.retrieval.config import RetrievalExportConfig
+    from plexus.serving.knn_embed import AllocationConfig
+
+    _, data, module, state, index = exported
+    export = RetrievalExportConfig(allocation=AllocationConfig(max_components=3), user_state=EXACT)
+    assert export.stored_user_state.top_clusters == 3 < EXACT.top_clusters
+    users = np.arange(1, data.num_users + 1)
+    hist = torch.from_numpy(data.histories(module.model.config.history_len)[users])
+    excluded = csr_rows(data.train_indptr, data.train_items, users)
+    with torch.no_grad():
+        query, own, components = module(torch.from_numpy(users), hist, (hist > 0).float())
+    found = []
+    for config in (EXACT, export.stored_user_state):
+        store = build_user_state(module, state, data, config)
+        mixture = store.mixture(users, query.numpy(), own.numpy(), np.ones(users.size, bool))
+        found.append(
+            search_mixture(
+                index,
+                state.item_clusters.numpy(),
+                mixture,
+                components.numpy(),
+                K,
+                excluded,
+                export.allocation,
+            )
+        )
+    np.testing.assert_array_equal(found[0][0], found[1][0])
+    np.testing.assert_allclose(found[0][1], found[1][1], atol=1e-6)

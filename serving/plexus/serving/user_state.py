@@ -93,7 +93,8 @@ def _decode(stored: np.ndarray) -> np.ndarray:
 class UserStateConfig:
     """How the bundle stores user mixtures (`export.user_state` in the retrieval config).
 
-    `top_clusters` M: clusters kept per user (all when >= C); `weight_dtype`: log8, float16 or
+    `top_clusters` M: clusters kept per user (all when >= C; the export keeps at most
+    `export.allocation.max_components`, all the allocation reads); `weight_dtype`: log8, float16 or
     float32; `reference_users` R: size of the sample of known users that new users are smoothed
     with (all users when U <= R); `seed` draws the sample. The defaults cost 2 * 24 = 48 bytes a
     user (uint8 ids below 257 clusters) and keep the diversity of the dense mixtures on

@@ -197,7 +197,8 @@ def build_synthetic_bundle(
     `clusters` defaults to ~sqrt(items)/4 (256 at 1M): the IVF lists are the interest
     clusters. Item i (internal 1..N) has external id 10 * i; user u has 10 * u + 1.
     `user_state`: the store (default `UserStateConfig`: top 24 clusters, log8, a reference
-    sample of 20,000 users).
+    sample of 20,000 users), keeping at most the default allocation's `max_components` (16)
+    clusters a user, as the export does.
     info: {"nprobe", "index_recall" (recall@100 vs exact at that nprobe), "recall_by_nprobe",
     "build_seconds", "user_state_bytes"}.
     """
@@ -226,13 +227,18 @@ def build_synthetic_bundle(
     item_table = np.zeros((items + 1, dim), np.float32)
     item_table[1:] = vectors
     clusters_full = np.concatenate([[-1], item_cluster]).astype(np.int64)
+    allocation = AllocationConfig()
+    chosen = user_state or UserStateConfig(seed=seed)  # the store keeps what allocation reads
+    stored = dataclasses.replace(
+        chosen, top_clusters=min(chosen.top_clusters, allocation.max_components)
+    )
     users_state = synthetic_user_state(
         user_table,
         item_table,
         seen,
         clusters_full,
         c,
-        config=user_state or UserStateConfig(seed=seed),
+        config=stored,
     )
     history = HistoryStore.build(
         np.concatenate([[0], np.arange(users + 1) * history_len]),
@@ -294,7 +300,7 @@ def build_synthetic_bundle(
             "history_len": history_len,
             "num_clusters": c,
             "scoring": "cosine",
-            "retrieval": {"nprobe": nprobe, "allocation": dataclasses.asdict(AllocationConfig())},
+            "retrieval": {"nprobe": nprobe, "allocation": dataclasses.asdict(allocation)},
             "user_state": users_state.manifest(),
             "history": history.manifest(),
             "index": {"kind": "ivf_flat_clusters", "nlist": c, "recall_vs_exact": {str(k): recall}},

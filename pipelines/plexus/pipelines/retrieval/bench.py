@@ -82,7 +82,7 @@ def bench_retrieval(
         tower = evaluate_tower(model, interactions, ks=config.eval.ks)
         tracking.log_metrics("tower", tower)
         module, state = fit_knn_embed_query(model, interactions, knn_config)
-        users = build_user_state(module, state, interactions, config.export.user_state)
+        users = build_user_state(module, state, interactions, config.export.stored_user_state)
         rows = compare_retrieval(
             module, state, interactions, ks=config.eval.ks, allocation=allocation, users=users
         )

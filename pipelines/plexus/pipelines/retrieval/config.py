@@ -58,6 +58,14 @@ class RetrievalExportConfig:
         if self.nprobe is not None and self.nprobe < 1:
             raise ConfigError(f"export.nprobe: must be >= 1 or null, got {self.nprobe}")
 
+    @property
+    def stored_user_state(self) -> UserStateConfig:
+        """`user_state` with `top_clusters` at most `allocation.max_components`: the allocation
+        reads no cluster of a mixture past its top `max_components`, so the store keeps none
+        (2 bytes a known user for each)."""
+        top = min(self.user_state.top_clusters, self.allocation.max_components)
+        return dataclasses.replace(self.user_state, top_clusters=top)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RetrievalJobConfig:

@@ -204,7 +204,7 @@ def _export_and_register(
 
     start = time.perf_counter()
     module, state = fit_knn_embed_query(model, data, config.knn_embed)
-    users = build_user_state(module, state, data, config.export.user_state)
+    users = build_user_state(module, state, data, config.export.stored_user_state)
     mlflow.log_metric("knn_embed_fit_seconds", time.perf_counter() - start)
     metrics: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []

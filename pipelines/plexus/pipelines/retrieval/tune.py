@@ -64,7 +64,7 @@ def tune_knn_embed(
     for smoothing in smoothings:
         knn_config = dataclasses.replace(config.knn_embed, smoothing=float(smoothing))
         module, state = fit_knn_embed_query(model, valid, knn_config)
-        users = build_user_state(module, state, valid, config.export.user_state)
+        users = build_user_state(module, state, valid, config.export.stored_user_state)
         scored = compare_allocations(
             module, state, valid, allocations, ks=config.eval.ks, users=users
         )
