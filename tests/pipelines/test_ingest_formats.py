@@ -195,3 +195,41 @@ def test_parquet_with_declared_schema(tmp_path: Path) -> None:
             output=tmp_path / "x",
             progress=False,
         )
+
+
+def test_rows_of_one_position_in_several_parquet_files_are_split_independently(
+    tmp_path: Path,
+) -> None:
+    """A folder of daily files: row k of each file draws its own split (the key holds the
+    file), while a single file keeps the split its row numbers always gave."""
+    rows = 400
+    # 50 users, each on 8 rows, so every one is in the training vocabulary
+    table = pa.table(
+        {"clicked": [i % 2 for i in range(rows)], "user": [i % 50 for i in range(rows)]}
+    )
+    folder = tmp_path / "days"
+    folder.mkdir()
+    for day in ("day1", "day2"):
+        pq.write_table(table, folder / f"{day}.parquet")
+    pq.write_table(table, tmp_path / "one.parquet")
+    schema = ParquetSchema(label="clicked", categorical=("user",))
+    split = SplitConfig(valid=0.0, test=0.5, seed=3)
+
+    def test_users(path: Path, out: str) -> list[int]:
+        result = ingest(
+            DataConfig(
+                format=DataFormat.PARQUET, path=str(path), schema=schema, split=split, min_count=1
+            ),
+            output=tmp_path / out,
+            progress=False,
+        )
+        vocab = result.spec["user"].vocabulary
+        test = _read(result, "test")["user"].to_list()
+        return [int(vocab[i - 1]) for i in test]
+
+    both = test_users(folder, "days")
+    alone = test_users(tmp_path / "one.parquet", "one")
+    first, second = both[: len(alone)], both[len(alone) :]
+    assert first == alone  # file 0 keeps its key: the same rows as the file on its own
+    assert 0.4 < len(second) / rows < 0.6
+    assert second != alone  # the second file's rows are drawn again

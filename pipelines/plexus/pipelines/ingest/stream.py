@@ -12,10 +12,11 @@ the blocks in flight and the vocabularies, whatever the input size, and nothing 
 disk. A split by time needs two more passes (the per-time row counts first, then the keys of
 the rows at the boundary times).
 
-Parquet inputs keep the bytes the whole-table ingest wrote: a row's random-split key is its
-row number within its file (so row k of every file of a folder shares a split, as before),
-ties of a time split are broken by (row number, file), and each shard is written in one call
-in pyarrow's default row groups, so the writer holds up to `data.rows_per_shard` encoded rows.
+Parquet inputs keep the bytes the whole-table ingest wrote for a single file: a row's
+random-split key is its row number (plus its file's index above bit 40 in a folder of several
+files: before 2026-12-04 row k of every file shared a split), ties of a time split are broken by
+(row number, file), and each shard is written in one call in pyarrow's default row groups, so
+the writer holds up to `data.rows_per_shard` encoded rows.
 
 Workers are threads of this process (`data.workers: 0`, the default: polars, pyarrow and
 hashlib release the GIL) or Ray tasks, at most `data.workers` in flight. Block boundaries,
@@ -246,11 +247,11 @@ def _roles(config: DataConfig) -> ParquetSchema:
                          multi_categorical=s.multi_categorical)  # fmt: skip
 
 
-def _key(plan: _Plan, lines: np.ndarray, file_index: int) -> np.ndarray:
-    """Each row's random-split key (uint64): text, its line plus its file's index above bit 40;
-    Parquet, its row number alone (what the whole-table ingest used)."""
-    lines = lines.astype(np.uint64)
-    return lines if plan.parquet else lines + np.uint64(file_index << _FILE_BITS)
+def _key(lines: np.ndarray, file_index: int) -> np.ndarray:
+    """Each row's random-split key (uint64): its line (text) or row number (Parquet) plus its
+    file's index above bit 40, so the rows of one position in different files of a folder are
+    drawn independently, and a single file keeps the key it always had."""
+    return lines.astype(np.uint64) + np.uint64(file_index << _FILE_BITS)
 
 
 def _tie_key(plan: _Plan, frame: pl.DataFrame, file_index: int) -> np.ndarray:
@@ -277,7 +278,7 @@ def _split_of(plan: _Plan, frame: pl.DataFrame, block: Block) -> np.ndarray | No
     if block.given is not None:
         return np.full(frame.height, block.given, dtype=np.int8)
     if not plan.by_time:
-        return seeded_split(_key(plan, frame[LINE].to_numpy(), block.file_index), plan.config)
+        return seeded_split(_key(frame[LINE].to_numpy(), block.file_index), plan.config)
     if plan.time_cut is None:
         return None
     times = frame[TIME].to_numpy()
@@ -313,7 +314,7 @@ def _parse_task(plan: _Plan, block: Block) -> _Stats:
     if rejects.height and block.given is not None:
         reject_splits[block.given] = rejects.height
     elif rejects.height and not plan.by_time:
-        keys = _key(plan, rejects["line"].to_numpy(), block.file_index)
+        keys = _key(rejects["line"].to_numpy(), block.file_index)
         reject_splits = np.bincount(seeded_split(keys, plan.config), minlength=3)
     stats = _count(plan, frame, split is not None)
     stats.lines, stats.rejects, stats.reject_splits = table.lines, rejects, reject_splits
