@@ -1,0 +1,38 @@
+"""The service's external -> internal id map: exact for every id (dense, spread over int64, at
+the int64 ends, absent), in the narrowest offsets the ids allow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from plexus.serving.bundle import IdLookup
+
+RNG = np.random.default_rng(0)
+CASES = {
+    "dense": (np.arange(1, 3001) * 10 + 1, np.uint16),
+    "shuffled": (RNG.permutation(5000), np.uint8),
+    "spread": (RNG.integers(-(2**63), 2**63 - 1, 3000, dtype=np.int64), np.uint64),
+    "ends": (np.array([-(2**63), 2**63 - 1, 0, -1, 1]), np.uint64),
+    "one": (np.array([5]), np.uint8),
+    "none": (np.zeros(0, np.int64), np.uint8),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_id_maps_to_its_row_and_others_to_zero(case: str) -> None:
+    ids, narrowest = CASES[case]
+    external = np.concatenate([[-1], ids]).astype(np.int64)
+    lookup = IdLookup(external)
+    np.testing.assert_array_equal(lookup(external[1:]), np.arange(1, external.size))
+    np.testing.assert_array_equal(lookup.external(), external)
+    assert lookup._gaps.dtype == narrowest
+    row = {int(v): i for i, v in enumerate(external) if i}
+    near = np.concatenate([external[1:] + 1, external[1:] - 1])  # wraps at the int64 ends
+    probes = np.concatenate([near, RNG.integers(-(2**63), 2**63 - 1, 2000, dtype=np.int64)])
+    want = np.array([row.get(int(v), 0) for v in probes], np.int64)
+    np.testing.assert_array_equal(lookup(probes), want)
+
+
+def test_dense_ids_take_six_bytes_a_row() -> None:
+    lookup = IdLookup(np.concatenate([[-1], np.arange(100_000) * 7]).astype(np.int64))
+    assert lookup.nbytes / 100_000 < 6.1  # 2 (offset) + 4 (argsort) + 8 / 256 (base)
