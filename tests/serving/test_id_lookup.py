@@ -25,7 +25,7 @@ def test_every_id_maps_to_its_row_and_others_to_zero(case: str) -> None:
     lookup = IdLookup(external)
     np.testing.assert_array_equal(lookup(external[1:]), np.arange(1, external.size))
     np.testing.assert_array_equal(lookup.external(), external)
-    assert lookup._gaps.dtype == narrowest
+    assert lookup._sorted._gaps.dtype == narrowest
     row = {int(v): i for i, v in enumerate(external) if i}
     near = np.concatenate([external[1:] + 1, external[1:] - 1])  # wraps at the int64 ends
     probes = np.concatenate([near, RNG.integers(-(2**63), 2**63 - 1, 2000, dtype=np.int64)])

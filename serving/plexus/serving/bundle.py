@@ -40,6 +40,7 @@ from plexus.serving.knn_embed import (
     merge_components,
     plan_components,
 )
+from plexus.serving.monotone import MonotoneArray
 from plexus.serving.user_state import USER_STATE_ARRAYS, UserState
 
 __all__ = ["Bundle", "Candidates", "write_bundle", "search_mixture", "FORMAT", "FORMAT_VERSION"]
@@ -197,64 +198,34 @@ def search_mixture(
 
 
 class IdLookup:
-    """External -> internal ids over `external` (n+1,) int64 ([0] = padding).
-
-    Holds the sorted ids in blocks of `BLOCK`: each block's first id as an int64 base, and every
-    id as its distance from its block's base in the narrowest unsigned type that holds them all
-    (2 bytes a row when the ids are dense within 256 of them, as autoincrement and vocabulary
-    ids are; 8 for ids spread over the whole int64 range), plus an int32 argsort (below 2**31
-    rows). A lookup is a binary search over the bases, then one over the block, vectorised over
-    the batch. 6 bytes a row for dense ids, against 12 for sorted int64 ids and an argsort."""
-
-    BLOCK = 256
+    """External -> internal ids over `external` (n+1,) int64 ([0] = padding): the sorted ids as
+    a `MonotoneArray` (2 bytes a row when the ids are dense within blocks of 256, as
+    autoincrement and vocabulary ids are; 8 for ids spread over the int64 range) and an int32
+    argsort (below 2**31 rows): 6 bytes a row for dense ids, against 12 for sorted int64 ids."""
 
     def __init__(self, external: np.ndarray) -> None:
         order = np.argsort(external[1:], kind="stable")
-        ids = np.ascontiguousarray(external[1:][order], dtype=np.int64)
-        self._size = ids.size
-        self._bases = ids[:: self.BLOCK].copy()
-        base_of = np.repeat(self._bases, self.BLOCK)[: ids.size]
-        gaps = ids.view(np.uint64) - base_of.view(np.uint64)  # >= 0: ids are sorted
-        widest = int(gaps.max()) if gaps.size else 0
-        dtype = next(
-            t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if widest <= np.iinfo(t).max
-        )
-        self._gaps = gaps.astype(dtype)
+        self._sorted = MonotoneArray(external[1:][order])
         self._order = order.astype(np.int32) if order.size < 2**31 else order
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         """(n,) external ids -> (n,) int64 internal ids, 0 where unknown."""
         ids = np.asarray(ids, dtype=np.int64)
-        if self._size == 0:
+        size = len(self._sorted)
+        if size == 0:
             return np.zeros(ids.shape, np.int64)
-        block = np.searchsorted(self._bases, ids, side="right") - 1
-        inside = block >= 0
-        block = np.maximum(block, 0)
-        start = block * self.BLOCK
-        count = np.minimum(self.BLOCK, self._size - start)
-        target = ids.view(np.uint64) - self._bases[block].view(np.uint64)
-        left = np.zeros(ids.shape, np.int64)
-        while count.any():  # lower bound of `target` in each block, all rows at once
-            step = count // 2
-            probe = np.minimum(start + left + step, self._size - 1)
-            right = (self._gaps[probe] < target) & (count > 0)
-            left = np.where(right, left + step + 1, left)
-            count = np.where(right, count - step - 1, step)
-        at = np.minimum(start + left, self._size - 1)
-        found = inside & (self._gaps[at] == target) & (start + left < self._size)
-        return np.where(found, self._order[at].astype(np.int64) + 1, 0)
+        at = np.minimum(self._sorted.lower_bound(ids), size - 1)
+        return np.where(self._sorted[at] == ids, self._order[at].astype(np.int64) + 1, 0)
 
     def external(self) -> np.ndarray:
         """The (n+1,) external ids by internal id ([0] = -1), rebuilt (O(n)) on each call."""
-        base_of = np.repeat(self._bases, self.BLOCK)[: self._size]
-        ids = (base_of.view(np.uint64) + self._gaps.astype(np.uint64)).view(np.int64)
-        out = np.full(self._size + 1, -1, np.int64)
-        out[self._order.astype(np.int64) + 1] = ids
+        out = np.full(len(self._sorted) + 1, -1, np.int64)
+        out[self._order.astype(np.int64) + 1] = self._sorted.to_numpy()
         return out
 
     @property
     def nbytes(self) -> int:
-        return int(self._bases.nbytes + self._gaps.nbytes + self._order.nbytes)
+        return int(self._sorted.nbytes + self._order.nbytes)
 
 
 class Bundle:

@@ -31,11 +31,13 @@ from typing import Any
 
 import numpy as np
 from plexus.platform.errors import RegistryError
+from plexus.serving.monotone import MonotoneArray
 
 __all__ = ["HistoryStore", "HISTORY_ARRAYS"]
 
 HISTORY_ARRAYS = (
-    "history_offsets",  # (U+2,) uint32 (uint64 past 4 GiB) byte offset of each user's record
+    "history_offsets",  # (U+2,) uint32 (uint64 past 4 GiB) byte offset of each user's record;
+    # loaded as a `MonotoneArray` (about 2 bytes a user)
     "history_bytes",  # (total,) uint8 the records, user 0 (padding) empty
 )
 
@@ -106,14 +108,15 @@ class HistoryStore:
     its last `window` items in time, in the same order. User 0 and unknown users are empty."""
 
     def __init__(self, offsets: np.ndarray, data: np.ndarray, *, num_items: int, window: int):
-        self.offsets = offsets
+        self.offsets = MonotoneArray(offsets)  # ~2 bytes a user held, 4 stored
+        self._stored_offsets = np.dtype(offsets.dtype)
         self.data = data
         self.universe = int(num_items) + 1
         self.window_len = int(window)
 
     @property
     def num_users(self) -> int:
-        return int(self.offsets.size) - 2
+        return len(self.offsets) - 2
 
     @classmethod
     def build(
@@ -156,7 +159,8 @@ class HistoryStore:
     def _decode(self, user: int) -> tuple[np.ndarray, np.ndarray | None]:
         if not 0 < user <= self.num_users:
             return np.zeros(0, np.int64), None
-        record = self.data[int(self.offsets[user]) : int(self.offsets[user + 1])]
+        start, stop = self.offsets[np.array([user, user + 1])]
+        record = self.data[int(start) : int(stop)]
         if record.size == 0:
             return np.zeros(0, np.int64), None
         n, pos = _read_varint(record)
@@ -190,7 +194,8 @@ class HistoryStore:
         return items, (items if flags is None else items[flags])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"history_offsets": self.offsets, "history_bytes": self.data}
+        offsets = self.offsets.to_numpy().astype(self._stored_offsets)
+        return {"history_offsets": offsets, "history_bytes": self.data}
 
     def manifest(self) -> dict[str, Any]:
         return {
