@@ -90,6 +90,9 @@ def test_repeats_and_a_searched_seed_are_exclusive() -> None:
         parse_space({"repeats": 2, "space": {"train.seed": {"grid": [0, 1]}}})
     with pytest.raises(ConfigError, match="repeats must be >= 1"):
         parse_space({"repeats": 0, "space": {"train.lr": {"choice": [0.1]}}})
+    assert parse_space({"folds": 5, "space": {"train.lr": {"choice": [0.1]}}}).folds == 5
+    with pytest.raises(ConfigError, match="folds must be >= 1"):
+        parse_space({"folds": 0, "space": {"train.lr": {"choice": [0.1]}}})
 
 
 def test_tune_finds_the_planted_learning_rate_on_the_mean_of_two_seeds(tmp_path: Path) -> None:
@@ -139,6 +142,41 @@ def test_tune_finds_the_planted_learning_rate_on_the_mean_of_two_seeds(tmp_path:
             assert run.data.metrics["test_auc"] == pytest.approx(seeds[seed]["test_auc"])
         else:
             assert steps in ([1], [1, 2])  # ASHA may stop the weak one after its first rung
+
+
+def test_tune_cross_validates_each_configuration_over_folds(tmp_path: Path) -> None:
+    """`folds: 2`: every learning rate trains on both folds (each its own ingest: disjoint
+    validation rows, the same test rows), is ranked by the mean, and `best.yaml` keeps the job's
+    own split."""
+    raw = synth_criteo(tmp_path / "criteo.tsv", rows=6000, seed=3)
+    config = _job(tmp_path, raw, epochs=2)
+    space = _space(tmp_path, "folds: 2\nspace:\n  train.lr: {grid: [0.00001, 0.05]}\n")
+    done = plexus(
+        "tune", str(config), "--space", str(space), "--trials", "1", cwd=tmp_path, timeout=1200
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    best_path = Path(done.stdout.strip().splitlines()[-1])
+    best = yaml.safe_load(best_path.read_text())
+    assert best["train"]["lr"] == 0.05
+    assert best["data"]["split"].get("folds", 0) == 0 and best["data"]["split"].get("fold", 0) == 0
+    summary = json.loads((best_path.parent / "summary.json").read_text())
+    assert (summary["trials"], summary["configurations"], summary["folds"]) == (4, 2, 2)
+    runs = summary["seeds"]
+    assert [r["fold"] for r in runs] == [0, 1]
+    assert runs[0]["valid_auc"] != runs[1]["valid_auc"]  # validated on different rows
+    assert summary["best_valid_auc"] == pytest.approx(
+        (runs[0]["valid_auc"] + runs[1]["valid_auc"]) / 2
+    )
+    assert "(mean of 2 folds)" in done.stdout
+    data = sorted((tmp_path / "runs" / "data").glob("tune-*"))
+    folds = [
+        json.loads((d / "manifest.json").read_text())
+        for d in data
+        if (d / "manifest.json").is_file()
+    ]
+    cross = [m for m in folds if m.get("config", {}).get("split", {}).get("folds") == 2]
+    assert len(cross) == 2
+    assert cross[0]["rows"]["test"] == cross[1]["rows"]["test"]
 
 
 @pytest.mark.slow

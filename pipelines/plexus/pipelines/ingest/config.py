@@ -39,12 +39,20 @@ class HoldOut(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SplitConfig:
-    """How rows are split when no given splits exist: seeded random, or by time (last = test)."""
+    """How rows are split when no given splits exist: seeded random, or by time (last = test).
+
+    `folds: K` (K >= 2) turns the rows that are not test into K seeded folds, of which `fold`
+    is the validation split and the others train (cross-validation: `plexus tune` with
+    `folds: K` trains every configuration on each). The test rows stay as they are (the given
+    test file, or the random `test` fraction); a given validation file joins the folds, and
+    `valid` is unused. K = 0 or 1: the usual split."""
 
     valid: float = 0.1
     test: float = 0.1
     seed: int = 0
     by: str = "random"
+    folds: int = 0
+    fold: int = 0
 
     def __post_init__(self) -> None:
         for key in ("valid", "test"):
@@ -58,6 +66,24 @@ class SplitConfig:
             )
         if self.by not in ("random", "time"):
             raise ConfigError(f"data.split.by: must be 'random' or 'time', got {self.by!r}")
+        if self.folds < 0 or (self.folds >= 2 and not 0 <= self.fold < self.folds):
+            raise ConfigError(
+                f"data.split.fold: must be in 0..folds-1 with folds >= 2, got fold={self.fold} "
+                f"of folds={self.folds}"
+            )
+        if self.folds < 2 and self.fold != 0:
+            raise ConfigError(
+                f"data.split.fold={self.fold}: needs data.split.folds >= 2 (cross-validation)"
+            )
+        if self.folds >= 2 and self.by == "time":
+            raise ConfigError(
+                "data.split.folds: cross-validation folds are seeded random; a split by time "
+                "has one validation period (set folds: 0 or by: random)"
+            )
+
+    @property
+    def cross_validation(self) -> bool:
+        return self.folds >= 2
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -228,6 +254,11 @@ class DataConfig:
         log = self.interactions
         if log is None:
             return
+        if self.split.cross_validation:
+            raise ConfigError(
+                "data.split.folds: interaction logs split by data.interactions.split; "
+                "cross-validation folds are for CTR rows"
+            )
         if self.valid_path is not None:
             raise ConfigError(
                 "data.valid_path / data.test_path: not used for interaction logs; the split "

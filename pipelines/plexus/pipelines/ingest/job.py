@@ -356,6 +356,9 @@ def _hashed_config(config: DataConfig) -> dict[str, Any]:
     data.pop("workers", None)  # nor how many workers made it
     if data.get("interactions") is None:
         data.pop("interactions", None)  # CTR configs keep the hash they had before logs
+    if data["split"].get("folds", 0) < 2:  # and the hash they had before cross-validation
+        data["split"].pop("folds", None)
+        data["split"].pop("fold", None)
     return data
 
 
@@ -449,6 +452,12 @@ def _split(tables: dict[str, RawTable], config: DataConfig) -> pl.DataFrame:
     the ones before them valid (ties broken by line number).
     """
     if "valid" in tables:
+        if config.split.cross_validation:
+            raise ConfigError(
+                f"data.split.folds: {config.format.value} inputs with given validation files "
+                "cannot be drawn into folds (Criteo, Avazu and Parquet inputs can); drop "
+                "data.valid_path / data.test_path or data.split.folds"
+            )
         return pl.concat(
             [t.frame.drop(TIME, strict=False).with_columns(pl.lit(SPLITS.index(k), pl.Int8).alias(SPLIT))
              for k, t in tables.items()]

@@ -263,22 +263,28 @@ def _tie_key(plan: _Plan, frame: pl.DataFrame, file_index: int) -> np.ndarray:
     return lines + np.uint64(file_index << _FILE_BITS)
 
 
-def seeded_split(keys: np.ndarray, config: DataConfig) -> np.ndarray:
+def seeded_split(keys: np.ndarray, config: DataConfig, given: int | None = None) -> np.ndarray:
     """0/1/2 (train/valid/test) per row from a seeded SplitMix64 of its key: stable when other
-    lines change, independent of blocks and workers."""
+    lines change, independent of blocks and workers. `given`: the split of the row's file (0,
+    1, 2) when the input names its splits; rows of a given train or validation file are then
+    drawn into folds only under cross-validation (`data.split.folds`)."""
     cfg = config.split
+    if given is not None and (given == 2 or not cfg.cross_validation):
+        return np.full(keys.shape, given, dtype=np.int8)
     mixed = splitmix64(keys.astype(np.uint64) ^ splitmix64(np.uint64(cfg.seed)))
     position = (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    return np.where(position < cfg.test, 2, np.where(position < cfg.test + cfg.valid, 1, 0)).astype(
-        np.int8
-    )
+    if not cfg.cross_validation:
+        valid = position < cfg.test + cfg.valid
+        return np.where(position < cfg.test, 2, np.where(valid, 1, 0)).astype(np.int8)
+    test = cfg.test if given is None else 0.0  # given files: the test file is the test split
+    fold = np.floor((position - test) / (1.0 - test) * cfg.folds)
+    return np.where(position < test, 2, np.where(fold == cfg.fold, 1, 0)).astype(np.int8)
 
 
 def _split_of(plan: _Plan, frame: pl.DataFrame, block: Block) -> np.ndarray | None:
-    if block.given is not None:
-        return np.full(frame.height, block.given, dtype=np.int8)
-    if not plan.by_time:
-        return seeded_split(_key(frame[LINE].to_numpy(), block.file_index), plan.config)
+    if block.given is not None or not plan.by_time:
+        keys = _key(frame[LINE].to_numpy(), block.file_index)
+        return seeded_split(keys, plan.config, block.given)
     if plan.time_cut is None:
         return None
     times = frame[TIME].to_numpy()
@@ -311,11 +317,10 @@ def _parse_task(plan: _Plan, block: Block) -> _Stats:
         frame = frame.with_columns(pl.Series(SPLIT, split))
     rejects = table.rejects
     reject_splits = np.zeros(3, dtype=np.int64)
-    if rejects.height and block.given is not None:
-        reject_splits[block.given] = rejects.height
-    elif rejects.height and not plan.by_time:
+    if rejects.height and (block.given is not None or not plan.by_time):
         keys = _key(rejects["line"].to_numpy(), block.file_index)
-        reject_splits = np.bincount(seeded_split(keys, plan.config), minlength=3)
+        splits = seeded_split(keys, plan.config, block.given)
+        reject_splits = np.bincount(splits, minlength=3)
     stats = _count(plan, frame, split is not None)
     stats.lines, stats.rejects, stats.reject_splits = table.lines, rejects, reject_splits
     stats.file_index = block.file_index

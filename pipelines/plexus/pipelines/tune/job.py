@@ -4,7 +4,7 @@ One parent MLflow run (`<name>-tune`) holds a nested run per trial (per-epoch va
 metrics, every config key as params); the parent gets the best trial's validation AUC and its
 test metrics. Trials are sampled at random from the space (seeded), stopped early by ASHA on
 the validation AUC each epoch reports, and ranked by their best validation AUC (the mean over
-seeds when the space repeats each configuration); the test split is touched once, by the
+seeds and cross-validation folds when the space has them); the test split is touched once, by the
 selected models themselves (each selected trial's best epoch, from its last Tune checkpoint),
 evaluated in the driver. `plexus run best.yaml` trains that configuration through
 the job into a servable model folder.
@@ -33,7 +33,7 @@ from plexus.pipelines.config import JobConfig
 from plexus.pipelines.files import read_json, write_json
 from plexus.pipelines.jobs import run_ingest
 from plexus.pipelines.runtime import default_runs_dir, ensure_ray
-from plexus.pipelines.tune.space import SEED_KEY, TuneSpace
+from plexus.pipelines.tune.space import FOLD_KEY, FOLDS_KEY, RUN_KEYS, SEED_KEY, TuneSpace
 from plexus.pipelines.tune.trial import RUN_RECORD, TrialContext, run_trial, trial_job
 from plexus.platform import config as config_io
 from plexus.platform.errors import ConfigError, PlexusError
@@ -48,32 +48,47 @@ class TuneResult:
     run_id: str  # the parent MLflow run
     best_config: Path  # best.yaml
     best: dict[str, Any]  # the best trial's sampled values
-    best_valid_auc: float  # the mean over seeds when the space repeats configurations
+    best_valid_auc: float  # the mean over seeds and folds when the space has them
     test_auc: float  # likewise
     test_logloss: float
     trials: list[dict[str, Any]]
 
 
 def rank_configurations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Trials grouped by their sampled values without `train.seed`, best mean validation AUC
-    first. A configuration with a failed trial ranks below every complete one: the mean of the
-    seeds that did run would favour the recipe that crashed on its unlucky seeds."""
+    """Trials grouped by their sampled values without the seed and fold, best mean validation
+    AUC first. A configuration with a failed trial ranks below every complete one: the mean of
+    the runs that did finish would favour the recipe that crashed on its unlucky seeds."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        config = {k: v for k, v in row["config"].items() if k != SEED_KEY}
+        config = {k: v for k, v in row["config"].items() if k not in RUN_KEYS}
         groups.setdefault(json.dumps(config, sort_keys=True, default=str), []).append(row)
     configurations = []
     for trials in groups.values():
         ok = all(t["status"] == "ok" for t in trials)
         configurations.append(
             {
-                "config": {k: v for k, v in trials[0]["config"].items() if k != SEED_KEY},
-                "trials": sorted(trials, key=lambda t: t["config"].get(SEED_KEY, 0)),
+                "config": {k: v for k, v in trials[0]["config"].items() if k not in RUN_KEYS},
+                "trials": sorted(trials, key=_run_order),
                 "status": "ok" if ok else "error",
                 METRIC: sum(t[METRIC] for t in trials) / len(trials) if ok else float("-inf"),
             }
         )
     return sorted(configurations, key=lambda c: -c[METRIC])
+
+
+def _run_order(trial: dict[str, Any]) -> tuple[int, int]:
+    return trial["config"].get(FOLD_KEY, 0), trial["config"].get(SEED_KEY, 0)
+
+
+def fold_jobs(job: JobConfig, space: TuneSpace) -> dict[int, JobConfig]:
+    """The job of each cross-validation fold (only the job itself without folds)."""
+    if space.folds < 2:
+        return {0: job}
+    base = config_io.to_dict(job)
+    return {
+        fold: trial_job(base, {FOLDS_KEY: space.folds, FOLD_KEY: fold})
+        for fold in range(space.folds)
+    }
 
 
 def tune_folder(job: JobConfig, space: TuneSpace) -> Path:
@@ -116,8 +131,13 @@ def tune(
     check_space(job, space)
     folder = tune_folder(job, space)
     folder.mkdir(parents=True, exist_ok=True)
-    data = run_ingest(job, progress=False)
-    _reject_staged_methods(job, data)
+    if space.folds > 1 and job.data.split.cross_validation:
+        raise ConfigError("data.split.folds: set folds in the search space, not in the job")
+    datas = {
+        fold: run_ingest(fold_job, progress=False)
+        for fold, fold_job in fold_jobs(job, space).items()
+    }
+    _reject_staged_methods(job, datas[0])
     tracking.configure(job.tracking.uri)
     import mlflow
 
@@ -135,7 +155,7 @@ def tune(
         ensure_ray()
         context = TrialContext(
             job=config_io.to_dict(job),
-            data_dir=str(data.output),
+            data_dirs={fold: str(data.output) for fold, data in datas.items()},
             tracking_uri=mlflow.get_tracking_uri(),
             experiment_id=parent.info.experiment_id,
             parent_run_id=parent.info.run_id,
@@ -149,8 +169,8 @@ def tune(
             raise PlexusError(f"every trial failed; see {folder / 'tuner'}: {errors}")
         best = configurations[0]
         best_job = trial_job(config_io.to_dict(job), best["config"])
-        best_path = _write_best(folder / "best.yaml", best_job, best, command)
-        seeds = f" (mean of {len(best['trials'])} seeds)" if space.repeats > 1 else ""
+        seeds = _runs_label(space)
+        best_path = _write_best(folder / "best.yaml", best_job, best, command, seeds)
         print(
             f"[plexus tune] best of {len(configurations)} configurations: valid AUC "
             f"{best[METRIC]:.4f}{seeds} {best['config']}"
@@ -158,7 +178,8 @@ def tune(
         tests = []
         for trial in best["trials"]:  # the selected recipe's models, each tested once
             seed_job = trial_job(config_io.to_dict(job), trial["config"])
-            tests.append(_test_selected(results, trial, seed_job, data))
+            fold = seed_job.data.split.fold
+            tests.append(_test_selected(results, trial, seed_job, datas[fold]))
             if trial.get("run_id"):
                 mlflow.tracking.MlflowClient().log_batch(
                     trial["run_id"],
@@ -177,31 +198,40 @@ def tune(
             "trials": len(rows),
             "configurations": len(configurations),
             "repeats": space.repeats,
+            "folds": space.folds,
         }
-        if space.repeats > 1:
+        if space.runs_per_configuration > 1:
             summary["seeds"] = [
-                {"seed": t["config"].get(SEED_KEY), METRIC: t[METRIC], **tested}
+                {
+                    "seed": t["config"].get(SEED_KEY, job.train.seed),
+                    "fold": t["config"].get(FOLD_KEY),
+                    METRIC: t[METRIC],
+                    **tested,
+                }
                 for t, tested in zip(best["trials"], tests, strict=True)
             ]
         write_json(folder / "summary.json", summary)
         write_json(folder / "trials.json", {"trials": rows})
-        keys = sorted({p.key for p in space.params} | ({SEED_KEY} if space.repeats > 1 else set()))
+        runs = ({SEED_KEY} if space.repeats > 1 else set()) | (
+            {FOLD_KEY} if space.folds > 1 else set()
+        )
+        keys = sorted({p.key for p in space.params} | runs)
         flat = [
             {**r, **{k: _cell(v) for k, v in r["config"].items()}}
             for r in sorted(rows, key=lambda r: -r[METRIC])
         ]
         table = markdown_table(flat, ["trial", "status", METRIC, "epochs", *keys])
-        if space.repeats > 1:
+        if space.runs_per_configuration > 1:
             means = [
                 {
                     "configuration": i + 1,
-                    "seeds": len(c["trials"]),
+                    "runs": len(c["trials"]),
                     f"mean {METRIC}": c[METRIC],
                     **{k: _cell(v) for k, v in c["config"].items()},
                 }
                 for i, c in enumerate(configurations)
             ]
-            columns = ["configuration", "seeds", f"mean {METRIC}", *sorted(best["config"])]
+            columns = ["configuration", "runs", f"mean {METRIC}", *sorted(best["config"])]
             table = markdown_table(means, columns) + "\n\n" + table
         (folder / "trials.md").write_text(table)
         mlflow.log_metrics({"best_valid_auc": best[METRIC], **test, "trials": float(len(rows))})
@@ -308,6 +338,17 @@ def _trial_rows(results: Any, context: TrialContext) -> list[dict[str, Any]]:
     return rows
 
 
+def _runs_label(space: TuneSpace) -> str:
+    """' (mean of 3 seeds)', ' (mean of 6 runs: 2 seeds x 3 folds)' or ''."""
+    if space.runs_per_configuration == 1:
+        return ""
+    if space.folds == 1:
+        return f" (mean of {space.repeats} seeds)"
+    if space.repeats == 1:
+        return f" (mean of {space.folds} folds)"
+    return f" (mean of {space.runs_per_configuration} runs: {space.repeats} seeds x {space.folds} folds)"
+
+
 def _cell(value: Any) -> str:
     """A sampled value for the trials table (4 significant digits: 1e-05 stays readable)."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -335,12 +376,11 @@ def _test_selected(
     return {"test_auc": test["auc"], "test_logloss": test["logloss"]}
 
 
-def _write_best(path: Path, job: JobConfig, best: dict[str, Any], command: str | None) -> Path:
-    seeds = len(best["trials"])
+def _write_best(
+    path: Path, job: JobConfig, best: dict[str, Any], command: str | None, runs: str
+) -> Path:
     header = [
-        f"# Tuned by plexus tune: best validation AUC {best[METRIC]:.4f}"
-        + (f" (mean of {seeds} seeds)" if seeds > 1 else "")
-        + " of the search"
+        f"# Tuned by plexus tune: best validation AUC {best[METRIC]:.4f}{runs} of the search"
         + (f" `{command}`" if command else ""),
         "# Searched values: " + json.dumps(best["config"], sort_keys=True),
     ]

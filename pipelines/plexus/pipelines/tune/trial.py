@@ -34,7 +34,7 @@ class TrialContext:
     """What every trial shares (plain data, shipped once through the object store)."""
 
     job: dict[str, Any]  # the base job config as plain data (`config_io.to_dict`)
-    data_dir: str  # the ingested shards and feature spec
+    data_dirs: dict[int, str]  # the ingested shards and feature spec, by cross-validation fold
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
@@ -137,7 +137,7 @@ def run_trial(sampled: dict[str, Any], context: TrialContext) -> None:
 
         for start in range(0, len(items), 100):
             client.log_batch(run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
-    data_dir = Path(context.data_dir)
+    data_dir = Path(context.data_dirs[job.data.split.fold])
     train_rows = sum(
         pq.ParquetFile(p).metadata.num_rows for p in (data_dir / "train").glob("part-*.parquet")
     )
