@@ -36,3 +36,18 @@ def test_every_id_maps_to_its_row_and_others_to_zero(case: str) -> None:
 def test_dense_ids_take_six_bytes_a_row() -> None:
     lookup = IdLookup(np.concatenate([[-1], np.arange(100_000) * 7]).astype(np.int64))
     assert lookup.nbytes / 100_000 < 6.1  # 2 (offset) + 4 (argsort) + 8 / 256 (base)
+
+
+@pytest.mark.parametrize("spread", [3, 70_000, 2**40])
+def test_monotone_array_indexes_and_searches_like_the_plain_array(spread: int) -> None:
+    from plexus.serving.monotone import MonotoneArray
+
+    values = np.sort(RNG.integers(-spread, spread, 1000)).astype(np.int64)  # duplicates too
+    values[:5] = values[0]  # a run across the start
+    compact = MonotoneArray(values)
+    np.testing.assert_array_equal(compact.to_numpy(), values)
+    np.testing.assert_array_equal(compact[np.array([0, 255, 256, 999])], values[[0, 255, 256, 999]])
+    targets = np.concatenate([values, values + 1, values - 1, [-(2**62), 2**62]])
+    np.testing.assert_array_equal(compact.lower_bound(targets), np.searchsorted(values, targets))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        MonotoneArray(values[::-1])
