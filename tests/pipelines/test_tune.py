@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -95,21 +96,28 @@ def test_repeats_and_a_searched_seed_are_exclusive() -> None:
         parse_space({"folds": 0, "space": {"train.lr": {"choice": [0.1]}}})
 
 
-def test_tune_finds_the_planted_learning_rate_on_the_mean_of_two_seeds(tmp_path: Path) -> None:
-    """LR needs a large step to learn the planted weights in 2 epochs: 1e-5 stays at chance.
-    Each learning rate runs with seeds 0 and 1; the selection and test figures are their means."""
-    raw = synth_criteo(tmp_path / "criteo.tsv", rows=6000, seed=3)
-    config = _job(tmp_path, raw, epochs=2)
-    space = _space(tmp_path, "repeats: 2\nspace:\n  train.lr: {grid: [0.00001, 0.05]}\n")
+def _tune_planted_lr(tmp: Path, runs: str) -> tuple[Any, Path, dict, dict]:
+    """`plexus tune` of LR over lr 1e-5 / 0.05 on planted data, each run `runs` times (a
+    `repeats:` or `folds:` line): the process, best.yaml's path and content, summary.json."""
+    raw = synth_criteo(tmp / "criteo.tsv", rows=6000, seed=3)
+    config = _job(tmp, raw, epochs=2)
+    space = _space(tmp, f"{runs}\nspace:\n  train.lr: {{grid: [0.00001, 0.05]}}\n")
     done = plexus(
-        "tune", str(config), "--space", str(space), "--trials", "1", cwd=tmp_path, timeout=1200
+        "tune", str(config), "--space", str(space), "--trials", "1", cwd=tmp, timeout=1200
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     best_path = Path(done.stdout.strip().splitlines()[-1])
     best = yaml.safe_load(best_path.read_text())
     assert best["train"]["lr"] == 0.05 and best["model"]["backbone"] == "lr"
-    assert best["train"]["seed"] == 0  # the job's own seed, not the last one tried
     summary = json.loads((best_path.parent / "summary.json").read_text())
+    return done, best_path, best, summary
+
+
+def test_tune_finds_the_planted_learning_rate_on_the_mean_of_two_seeds(tmp_path: Path) -> None:
+    """LR needs a large step to learn the planted weights in 2 epochs: 1e-5 stays at chance.
+    Each learning rate runs with seeds 0 and 1; the selection and test figures are their means."""
+    done, best_path, best, summary = _tune_planted_lr(tmp_path, "repeats: 2")
+    assert best["train"]["seed"] == 0  # the job's own seed, not the last one tried
     assert (summary["trials"], summary["configurations"], summary["repeats"]) == (4, 2, 2)
     seeds = summary["seeds"]
     assert [s["seed"] for s in seeds] == [0, 1] and seeds[0]["test_auc"] != seeds[1]["test_auc"]
@@ -148,18 +156,8 @@ def test_tune_cross_validates_each_configuration_over_folds(tmp_path: Path) -> N
     """`folds: 2`: every learning rate trains on both folds (each its own ingest: disjoint
     validation rows, the same test rows), is ranked by the mean, and `best.yaml` keeps the job's
     own split."""
-    raw = synth_criteo(tmp_path / "criteo.tsv", rows=6000, seed=3)
-    config = _job(tmp_path, raw, epochs=2)
-    space = _space(tmp_path, "folds: 2\nspace:\n  train.lr: {grid: [0.00001, 0.05]}\n")
-    done = plexus(
-        "tune", str(config), "--space", str(space), "--trials", "1", cwd=tmp_path, timeout=1200
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    best_path = Path(done.stdout.strip().splitlines()[-1])
-    best = yaml.safe_load(best_path.read_text())
-    assert best["train"]["lr"] == 0.05
+    done, _, best, summary = _tune_planted_lr(tmp_path, "folds: 2")
     assert best["data"]["split"].get("folds", 0) == 0 and best["data"]["split"].get("fold", 0) == 0
-    summary = json.loads((best_path.parent / "summary.json").read_text())
     assert (summary["trials"], summary["configurations"], summary["folds"]) == (4, 2, 2)
     runs = summary["seeds"]
     assert [r["fold"] for r in runs] == [0, 1]
