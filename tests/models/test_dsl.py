@@ -120,6 +120,35 @@ def test_non_zeros_stay_constant_and_masked_weights_and_adam_moments_stay_zero()
     assert int(tables.steps) == 12
 
 
+def test_sparsify_mlp_holds_the_network_at_the_tables_density_through_prune_and_grow() -> None:
+    model = _model(density=0.4, delta_t=3, sparsify_mlp=True)
+    tables = model.embeddings
+    pairs = tables._mlp_pairs()
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert pairs and len(pairs) == len(layers)  # every Linear weight of the network
+    counts = [int(mask.sum()) for _, mask in pairs]
+    for (weight, _), count in zip(pairs, counts, strict=True):
+        assert abs(count / weight.numel() - 0.4) <= 1 / weight.numel() + 1e-9
+    moved = []
+
+    def check(step: int, before, optimizers) -> None:
+        for k, (weight, mask) in enumerate(pairs):
+            assert int(mask.sum()) == counts[k]  # constant non-zeros, network too
+            state = next(o.state[weight] for o in optimizers if weight in o.state)
+            for value in (weight.detach(), state["exp_avg"], state["exp_avg_sq"]):
+                assert int((value[~mask] != 0).sum()) == 0
+        moved.append([mask.clone() for _, mask in pairs])
+
+    _train(model, _batches(6), total_steps=6, check=check)
+    assert any(not torch.equal(a, b) for a, b in zip(moved[1], moved[2], strict=True))  # step 3
+    state = model.state_dict()  # the network's masks are checkpointed with the tables
+    assert any(key.startswith("embeddings.mlp_mask_") for key in state)
+    fresh = _model(density=0.4, delta_t=3, sparsify_mlp=True)
+    fresh.load_state_dict(state)
+    for (_, a), (_, b) in zip(fresh.embeddings._mlp_pairs(), pairs, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_masks_move_towards_the_gradient_signal_over_cycles() -> None:
     """Growth follows the batches' gradients: across cycles the masks explore new positions."""
     model = _model(density=0.3, delta_t=2, zeta_schedule="constant")

@@ -12,7 +12,12 @@ import enum
 from collections.abc import Callable
 
 import torch
-from plexus.models.embeddings import EmbeddingConfig, EmbeddingTables, build_embedding_tables
+from plexus.models.embeddings import (
+    EmbeddingConfig,
+    EmbeddingTables,
+    build_embedding_tables,
+    protocol,
+)
 from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import FeatureSpec
@@ -172,4 +177,4 @@ def build_ctr_model(model: ModelConfig, embedding: EmbeddingConfig, spec: Featur
     cls = _REGISTRY.get(model.backbone)
     if cls is None:
         raise ConfigError(f"model.backbone={model.backbone.value!r} has no implementation")
-    return cls(model, embedding, spec)
+    return protocol.bind_model(cls(model, embedding, spec))

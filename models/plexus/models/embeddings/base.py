@@ -236,6 +236,11 @@ class EmbeddingTables(nn.Module, abc.ABC):
     def after_step(self, context: StepContext) -> None:
         """Called after every optimiser step (`protocol.StepContext`: optimiser state, steps)."""
 
+    def bind(self, model: nn.Module) -> None:
+        """Called once the whole model around these tables is built, before any state is
+        loaded into it: a method that manages other parameters of the model registers its
+        state for them here (Dynamic Sparse Learning's masks of the MLP)."""
+
     def stages(self) -> tuple[Stage, ...]:
         """The stages the job runs for this method, in order."""
         return SINGLE_STAGE

@@ -31,7 +31,11 @@ runs of 10^5-10^6 steps (hundreds of updates of the mask); jobs here take hundre
 The tables are stored and served row-compressed (`sparse_storage`: blocked CSR, or a bitmap per
 row, whichever is smaller): `num_bytes()` counts values, indices and pointers, and
 `byte_budget` picks the density that fits those bytes.
-Not offered yet: sparsifying the MLP (the paper's option for the whole model).
+`sparsify_mlp: true` sparsifies the network too (the paper trains the whole model sparse): every
+`nn.Linear` weight of the model outside the embedding tables (DeepFM's MLP, DCN-v2's cross
+and deep layers) gets a random mask at the tables' density (`bind`), re-applied after each
+step with its Adam moments and pruned and grown every `delta_t` steps like a table. Biases
+stay dense. The network is still stored dense: its zeros are counted, not compressed.
 
 Sparse gradients (the retrieval towers train with `SparseAdam` on sparse COO gradients): the step
 then stays row-sparse. After a step only the rows it touched (those in the gradient) are
@@ -51,12 +55,19 @@ import math
 from collections.abc import Sequence
 
 import torch
+from plexus.models.embeddings import protocol
 from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod, coerce_base
 from plexus.models.embeddings.protocol import StepContext
 from plexus.models.embeddings.registry import register_embedding
-from plexus.models.embeddings.sparse_storage import MOMENTS, MaskedTables, check_fraction
+from plexus.models.embeddings.sparse_storage import (
+    MOMENTS,
+    MaskedTables,
+    check_fraction,
+    mask_with_moments,
+)
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Feature
+from torch import nn
 
 DEFAULT_DENSITY = 0.5  # the official default
 DEFAULT_CYCLES = 20  # prune-and-grow updates over the planned steps when delta_t is not given
@@ -77,6 +88,7 @@ class DSLConfig:
     prune: str = "magnitude"  # smallest |w|; or "taylor": smallest (w * grad)^2
     grow: str = "gradient"  # largest |grad| of the current batch; or "random"
     total_steps: int | None = None  # planned steps when the training loop cannot tell
+    sparsify_mlp: bool = False  # also the network's Linear weights, at the tables' density
 
     def __post_init__(self) -> None:
         coerce_base(self, "DSL")
@@ -139,11 +151,44 @@ class DSLTables(MaskedTables):
             density = DEFAULT_DENSITY
         self._setup(config.base_config(), density, self.options.byte_budget)
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        self._mlp: list[nn.Parameter] = []  # the network's weights under masks (`bind`)
         with torch.no_grad():
             for mask, nnz in zip(self.masks(), self.target_nonzeros, strict=True):
                 mask.zero_()
                 mask.view(-1)[torch.randperm(mask.numel())[:nnz]] = True
         self.apply_masks()
+
+    @torch.no_grad()
+    def bind(self, model: nn.Module) -> None:
+        """With `sparsify_mlp`: a random mask at the tables' density for every Linear weight
+        of `model` outside its embedding tables (registered here, so checkpoints keep it)."""
+        others = [t for t in protocol.embedding_tables(model) if t is not self]
+        if not self.options.sparsify_mlp or any(getattr(t, "_mlp", None) for t in others):
+            return  # off, or another table module of the model (a tower) already holds them
+        tables = {id(m) for t in protocol.embedding_tables(model) for m in t.modules()}
+        layers = [m for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in tables]
+        if not layers:
+            raise ConfigError(
+                "embedding.options.sparsify_mlp: this model has no network (Linear layers) to "
+                "sparsify; use a backbone with one (deepfm, dcnv2) or drop the option"
+            )
+        sizes = [w.numel() for w in self.weights()]
+        density = sum(self.target_nonzeros) / sum(sizes)
+        for k, layer in enumerate(layers):
+            mask = torch.zeros(layer.weight.shape, dtype=torch.bool)
+            nnz = max(1, round(density * mask.numel()))
+            mask.view(-1)[torch.randperm(mask.numel())[:nnz]] = True
+            self.register_buffer(f"mlp_mask_{k}", mask)
+            layer.weight.masked_fill_(~mask, 0.0)
+        self._mlp = [layer.weight for layer in layers]
+
+    def _mlp_pairs(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        return [(w, getattr(self, f"mlp_mask_{k}")) for k, w in enumerate(self._mlp)]
+
+    def apply_masks(self, context: StepContext | None = None) -> None:
+        super().apply_masks(context)
+        for weight, mask in self._mlp_pairs():
+            mask_with_moments(weight, mask, context)
 
     def total_steps(self, context: StepContext) -> int:
         total = self.options.total_steps or context.total_steps
@@ -165,6 +210,8 @@ class DSLTables(MaskedTables):
             super().after_step(context)
             return
         self._mask_touched_rows(context)
+        for weight, mask in self._mlp_pairs():  # dense gradients: the whole network stepped
+            mask_with_moments(weight, mask, context)
         if self._update_masks(context):
             self.apply_masks(context)  # the pruned positions: anywhere in the tables
 
@@ -197,7 +244,8 @@ class DSLTables(MaskedTables):
         if step % self.delta_t(context):
             return False
         share = zeta(self.options, step, self.total_steps(context))
-        for weight, mask in zip(self.weights(), self.masks(), strict=True):
+        pairs = [*zip(self.weights(), self.masks(), strict=True), *self._mlp_pairs()]
+        for weight, mask in pairs:
             grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
             prune_and_grow(weight, grad, mask, share, self.options, seed=step)
         return True

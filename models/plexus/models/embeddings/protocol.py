@@ -16,7 +16,8 @@ so that no loop or job ever branches on a method's name:
   the pipeline provides (validation AUC of a candidate, evaluated in parallel);
 * `begin_stage(stage, previous)`: carry the method's state (a found architecture) from the
   previous stage's tables into the fresh tables a `TRAIN` stage starts from;
-* `figures()`: plots of the method's state (matplotlib figures) the job logs after a stage.
+* `figures()`: plots of the method's state (matplotlib figures) the job logs after a stage;
+* `bind(model)`: the model the tables sit in, once built (`bind_model`; DSL's MLP masks).
 
 The loop and the job collect these over every `EmbeddingTables` of a model (a DeepFM has two)
 with the functions below.
@@ -111,6 +112,13 @@ def embedding_tables(model: nn.Module) -> Iterator[EmbeddingTables]:
     for module in model.modules():
         if isinstance(module, EmbeddingTables):
             yield module
+
+
+def bind_model(model: nn.Module) -> nn.Module:
+    """Call every table's `bind(model)`; the model builders do, before returning a model."""
+    for tables in embedding_tables(model):
+        tables.bind(model)
+    return model
 
 
 def extra_loss(model: nn.Module) -> torch.Tensor | None:

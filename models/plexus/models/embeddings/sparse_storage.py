@@ -218,6 +218,18 @@ class SparseTable(nn.Module):
         return local + 32768 if self.index.dtype == torch.int16 else local
 
 
+@torch.no_grad()
+def mask_with_moments(
+    weight: torch.Tensor, mask: torch.Tensor, context: StepContext | None
+) -> None:
+    """Zero `weight` where `mask` is False and, given the step's context, its optimiser moments."""
+    weight.masked_fill_(~mask, 0.0)
+    state = {} if context is None else context.optimizer_state(weight)
+    for key in MOMENTS:
+        if isinstance(state.get(key), torch.Tensor) and state[key].shape == mask.shape:
+            state[key].masked_fill_(~mask, 0.0)
+
+
 class MaskedTables(HashedEmbeddingTables):
     """A base's tables (probe plan) trained under a fixed-size 0/1 mask per table.
 
@@ -265,11 +277,7 @@ class MaskedTables(HashedEmbeddingTables):
     def apply_masks(self, context: StepContext | None = None) -> None:
         """Zero the masked weights and, given the optimisers, their moments."""
         for weight, mask in zip(self.weights(), self.masks(), strict=True):
-            weight.masked_fill_(~mask, 0.0)
-            state = {} if context is None else context.optimizer_state(weight)
-            for key in MOMENTS:
-                if isinstance(state.get(key), torch.Tensor) and state[key].shape == mask.shape:
-                    state[key].masked_fill_(~mask, 0.0)
+            mask_with_moments(weight, mask, context)
 
     def after_step(self, context: StepContext) -> None:
         if not self._sparse():

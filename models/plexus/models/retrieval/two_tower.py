@@ -34,7 +34,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from plexus.models.embeddings import EmbeddingConfig, EmbeddingTables, build_embedding_tables
+from plexus.models.embeddings import (
+    EmbeddingConfig,
+    EmbeddingTables,
+    build_embedding_tables,
+    protocol,
+)
 from plexus.models.retrieval.config import TwoTowerConfig
 from plexus.models.retrieval.side import SideFeatures, compact_ids
 from plexus.platform.errors import ConfigError, DataError
@@ -107,6 +112,7 @@ class TwoTower(nn.Module):
                         nn.init.normal_(param, std=config.init_std)
             if isinstance(self.history_proj, nn.Linear):
                 self.history_proj.weight.copy_(torch.eye(config.dim))
+        protocol.bind_model(self)
 
     def _tables(self, features: Sequence[Feature]) -> EmbeddingTables:
         tables = build_embedding_tables(self.embedding, features)
