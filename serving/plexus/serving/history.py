@@ -71,6 +71,11 @@ def _read_varint(record: np.ndarray) -> tuple[int, int]:
         shift += 7
 
 
+def _offset_dtype(total: int) -> type[np.unsignedinteger[Any]]:
+    """uint32 byte offsets, uint64 once the records pass 4 GiB."""
+    return np.uint64 if total >= 2**32 else np.uint32
+
+
 def _record_size(n: int, universe: int, window: int) -> int:
     """Bytes of the record of an n-item history (0 for none)."""
     if n == 0:
@@ -109,7 +114,6 @@ class HistoryStore:
 
     def __init__(self, offsets: np.ndarray, data: np.ndarray, *, num_items: int, window: int):
         self.offsets = MonotoneArray(offsets)  # ~2 bytes a user held, 4 stored
-        self._stored_offsets = np.dtype(offsets.dtype)
         self.data = data
         self.universe = int(num_items) + 1
         self.window_len = int(window)
@@ -145,9 +149,9 @@ class HistoryStore:
         record = np.array([_record_size(int(n), universe, window) for n in lengths])
         sizes = record[np.searchsorted(lengths, counts)]
         offsets = np.concatenate([[0, 0], np.cumsum(sizes[1:])])
-        offsets = offsets.astype(np.uint64 if offsets[-1] >= 2**32 else np.uint32)
+        offsets = offsets.astype(_offset_dtype(int(offsets[-1])))
         data = np.zeros(int(offsets[-1]), np.uint8)
-        for n in np.unique(counts[counts > 0]):
+        for n in lengths[lengths > 0]:
             group = np.flatnonzero(counts == n)
             for lo in range(0, group.size, chunk):
                 who = group[lo : lo + chunk]
@@ -194,7 +198,8 @@ class HistoryStore:
         return items, (items if flags is None else items[flags])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        offsets = self.offsets.to_numpy().astype(self._stored_offsets)
+        offsets = self.offsets.to_numpy()
+        offsets = offsets.astype(_offset_dtype(int(offsets[-1])))
         return {"history_offsets": offsets, "history_bytes": self.data}
 
     def manifest(self) -> dict[str, Any]:

@@ -129,6 +129,12 @@ class UserStateConfig:
                 f"export.user_state.exact_users: must be >= 0, got {self.exact_users}"
             )
 
+    def capped(self, max_components: int) -> UserStateConfig:
+        """This config keeping at most `max_components` clusters a user: the allocation
+        (`AllocationConfig.max_components`) reads no cluster past them, so a store keeps none
+        (2 bytes a known user for each)."""
+        return dataclasses.replace(self, top_clusters=min(self.top_clusters, max_components))
+
     def exact_for(self, num_users: int) -> bool:
         """Whether the batch step compares all `num_users` users exactly."""
         if self.neighbor_search is NeighborSearch.AUTO:

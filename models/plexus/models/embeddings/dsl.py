@@ -162,10 +162,10 @@ class DSLTables(MaskedTables):
     def bind(self, model: nn.Module) -> None:
         """With `sparsify_mlp`: a random mask at the tables' density for every Linear weight
         of `model` outside its embedding tables (registered here, so checkpoints keep it)."""
-        others = [t for t in protocol.embedding_tables(model) if t is not self]
-        if not self.options.sparsify_mlp or any(getattr(t, "_mlp", None) for t in others):
+        every = list(protocol.embedding_tables(model))
+        if not self.options.sparsify_mlp or any(getattr(t, "_mlp", None) for t in every):
             return  # off, or another table module of the model (a tower) already holds them
-        tables = {id(m) for t in protocol.embedding_tables(model) for m in t.modules()}
+        tables = {id(m) for t in every for m in t.modules()}
         layers = [m for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in tables]
         if not layers:
             raise ConfigError(

@@ -228,10 +228,8 @@ def build_synthetic_bundle(
     item_table[1:] = vectors
     clusters_full = np.concatenate([[-1], item_cluster]).astype(np.int64)
     allocation = AllocationConfig()
-    chosen = user_state or UserStateConfig(seed=seed)  # the store keeps what allocation reads
-    stored = dataclasses.replace(
-        chosen, top_clusters=min(chosen.top_clusters, allocation.max_components)
-    )
+    # the store keeps what the allocation reads, as the export does
+    stored = (user_state or UserStateConfig(seed=seed)).capped(allocation.max_components)
     users_state = synthetic_user_state(
         user_table,
         item_table,

@@ -60,11 +60,8 @@ class RetrievalExportConfig:
 
     @property
     def stored_user_state(self) -> UserStateConfig:
-        """`user_state` with `top_clusters` at most `allocation.max_components`: the allocation
-        reads no cluster of a mixture past its top `max_components`, so the store keeps none
-        (2 bytes a known user for each)."""
-        top = min(self.user_state.top_clusters, self.allocation.max_components)
-        return dataclasses.replace(self.user_state, top_clusters=top)
+        """`user_state` keeping at most `allocation.max_components` clusters a user."""
+        return self.user_state.capped(self.allocation.max_components)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
