@@ -39,9 +39,25 @@ def test_user_vectors_mix_id_and_history_and_drop_missing_parts() -> None:
     assert model.all_item_vectors().shape == (11, 4)
 
 
+def test_user_dropout_acts_in_training_only() -> None:
+    model = _model(user_dropout=0.5)
+    user = torch.arange(1, 6).repeat(40)
+    hist = torch.zeros(user.shape[0], 3, dtype=torch.int64)
+    model.eval()
+    served = model.user_vectors(user, hist, hist.float())
+    torch.testing.assert_close(served.norm(dim=1), torch.ones(user.shape[0]))
+    model.train()
+    dropped = model.user_vectors(user, hist, hist.float())
+    zeroed = dropped == 0
+    assert 0.3 < zeroed.float().mean() < 0.7  # about half of the entries, each draw its own
+    torch.testing.assert_close(dropped[~zeroed], 2.0 * served[~zeroed])  # kept ones scaled 1/(1-p)
+
+
 def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match="model.user_weight"):
         TwoTowerConfig(user_weight=2.0)
+    with pytest.raises(ConfigError, match="model.user_dropout"):
+        TwoTowerConfig(user_dropout=1.0)
     with pytest.raises(ConfigError, match="use_user_id or use_history"):
         TwoTowerConfig(use_user_id=False, use_history=False)
     with pytest.raises(ConfigError, match="knn_embed.smoothing"):
@@ -153,6 +169,38 @@ def test_the_history_mean_skips_masked_items_anywhere_in_the_row() -> None:
     vecs = model.user_vectors(torch.tensor([0]), hist, torch.tensor([[1.0, 0.0, 1.0]]))
     mean = TwoTower.lookup(model.item_tables, torch.tensor([1, 3])).mean(0)
     torch.testing.assert_close(vecs[0], F.normalize(mean, dim=0))
+
+
+def test_an_own_history_table_feeds_the_user_tower_and_learns_through_it() -> None:
+    model = _model(history_table=True)
+    hist = torch.tensor([[1, 3, 0]])
+    vecs = model.user_vectors(torch.tensor([0]), hist, (hist > 0).float())
+    own = TwoTower.lookup(model.history_tables, torch.tensor([1, 3])).mean(0)
+    torch.testing.assert_close(vecs[0], F.normalize(own, dim=0))  # not the item tower's rows
+    vecs.sum().backward()
+    history_rows = model.history_tables.ebc.embedding_bags["t_history_item_id"].weight.grad
+    assert set(history_rows.abs().sum(1).nonzero().flatten().tolist()) == {1, 3}
+    assert model.compact().history_tables is not None
+    with pytest.raises(ConfigError, match="model.history_table"):
+        TwoTowerConfig(history_table=True, history_grad=False)
+
+
+def test_history_attention_weighs_items_by_the_user_and_is_the_mean_for_new_users() -> None:
+    model = _model(history_attention=True)
+    hist = torch.tensor([[1, 3, 4], [1, 3, 4]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    items = TwoTower.lookup(model.item_tables, hist)
+    e_user = model.user_raw(torch.tensor([2, 0]))
+    pooled = model.history_attention(e_user, hist, mask)
+    scores = (model.history_key(items[0, :2]) * e_user[0]).sum(-1)
+    expected = (torch.softmax(scores, 0).unsqueeze(-1) * items[0, :2]).sum(0)
+    torch.testing.assert_close(pooled[0], expected)  # the masked third item takes no weight
+    torch.testing.assert_close(pooled[1], items[1, :2].mean(0))  # no user vector: the mean
+    vecs = model.user_vectors(torch.tensor([2, 0]), hist, mask)
+    vecs[0].sum().backward()
+    assert model.history_key[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="model.history_attention"):
+        TwoTowerConfig(history_attention=True, use_user_id=False)
 
 
 _EMBEDDINGS = {

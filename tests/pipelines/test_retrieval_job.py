@@ -97,6 +97,20 @@ def test_job_registers_a_new_bundle_version_each_time(tmp_path: Path, mlflow_uri
     _check_registered(mlflow_uri, "2", user=3)
 
 
+def test_a_simplex_user_tower_exports_and_serves(tmp_path: Path, mlflow_uri: str) -> None:
+    """The history's own table and user attention go through the same export: the ONNX query
+    model matches torch and the registered bundle answers."""
+    config = _config(tmp_path, mlflow_uri, use_ray=False)
+    model = dataclasses.replace(
+        config.model, history_table=True, history_attention=True, project_history=True,
+        user_dropout=0.1,
+    )  # fmt: skip
+    summary = run_retrieval_job(dataclasses.replace(config, model=model))
+    assert summary["export"]["onnx_max_abs_diff"] <= 1e-5
+    assert summary["tower"]["recall@10"] > 0
+    _check_registered(mlflow_uri, "1", user=3)
+
+
 def test_bench_writes_results_json_md_and_png(tmp_path: Path, mlflow_uri: str, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     data = _write_lightgcn(tmp_path / "data")

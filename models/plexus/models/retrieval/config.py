@@ -34,6 +34,13 @@ class TwoTowerConfig:
     features (Gowalla) trains the id-only towers either way. `item_id_dropout`: the fraction of
     items whose id embedding a training step leaves out, so that the features alone also rank
     (the vector that a catalog item never seen in training gets; DropoutNet, Volkovs 2017).
+    `history_table`: the history's items are looked up in a table of their own, trained through
+    the user tower (SimpleX's separate user-history feature, SVD++'s implicit factors), instead
+    of the item tower's rows; by id only. `user_dropout`: dropout on the unit user vector while
+    training (SimpleX's `net_dropout`, 0.1 in its Gowalla config). `history_attention`: the
+    history is pooled with weights softmax_i(tanh(W_k h_i + b_k) . e_user) instead of the mean
+    (SimpleX's `user_attention` aggregator, its Gowalla choice); a user without an id vector
+    (a new user) gets equal weights, the mean.
     """
 
     dim: int = 64
@@ -43,7 +50,10 @@ class TwoTowerConfig:
     use_history: bool = True
     project_history: bool = False  # a learned (D, D) map on the history mean, as in SimpleX
     history_grad: bool = True  # False: history items get no gradient (MF-cost training)
+    history_table: bool = False  # history items have rows of their own (SimpleX, SVD++'s y_j)
+    history_attention: bool = False  # weigh history items by attention to the user id vector
     init_std: float = 0.1
+    user_dropout: float = 0.0  # dropout on the unit user vector in training (SimpleX's net_dropout)
     side_features: bool = True
     item_id_dropout: float = 0.25
 
@@ -52,6 +62,8 @@ class TwoTowerConfig:
             raise ConfigError(
                 f"model.item_id_dropout: must be in [0, 1), got {self.item_id_dropout}"
             )
+        if not 0.0 <= self.user_dropout < 1.0:
+            raise ConfigError(f"model.user_dropout: must be in [0, 1), got {self.user_dropout}")
         if self.dim < 1:
             raise ConfigError(f"model.dim: must be >= 1, got {self.dim}")
         if self.history_len < 1:
@@ -60,6 +72,16 @@ class TwoTowerConfig:
             raise ConfigError(f"model.user_weight: must be in [0, 1], got {self.user_weight}")
         if not (self.use_user_id or self.use_history):
             raise ConfigError("model: set use_user_id or use_history (or both) to true")
+        if self.history_attention and not (self.use_user_id and self.use_history):
+            raise ConfigError(
+                "model.history_attention: attends from the user id vector over the history; "
+                "set model.use_user_id=true and model.use_history=true"
+            )
+        if self.history_table and not (self.history_grad and self.use_history):
+            raise ConfigError(
+                "model.history_table: the history's own rows learn only through the history; "
+                "set model.history_grad=true and model.use_history=true, or history_table=false"
+            )
         if self.init_std <= 0:
             raise ConfigError(f"model.init_std: must be > 0, got {self.init_std}")
 

@@ -6,7 +6,9 @@ ids), 0 = unknown user / padding item. Each tower takes its sparse features thro
 `EmbeddingTables` built by `build_embedding_tables(embedding, features)`, so `embedding.method`
 (full, hashing, multiplexed, unified, or a learned method) chooses the retrieval tables as it
 does the CTR ones. The user tower mixes the user-id vector with a projected mean of the history
-items' vectors (SimpleX-style aggregation), so a new user with only a history can be served.
+items' vectors (SimpleX-style aggregation), so a new user with only a history can be served;
+with `history_table` the history items have rows of their own (a third `EmbeddingTables`,
+`history_tables`, of the same method), as SimpleX's user-history feature has.
 Lookups go through `EmbeddingTables.forward_padded` (plain gathers, hashing in the graph), which
 is also what exports to ONNX; `sparse_lookups` gives them sparse gradients in training.
 
@@ -48,6 +50,7 @@ from torch import nn
 
 USER_ID = "user_id"
 ITEM_ID = "item_id"
+HISTORY_ITEM_ID = "history_item_id"
 
 
 def id_feature(name: str, count: int) -> Feature:
@@ -91,6 +94,13 @@ class TwoTower(nn.Module):
         item_side = side.item_features if side is not None else ()
         self.user_tables = self._tables([id_feature(USER_ID, num_users), *user_side])
         self.item_tables = self._tables([id_feature(ITEM_ID, self.num_items), *item_side])
+        # SimpleX's user_history feature (SVD++'s implicit factors): the history's items
+        # looked up by id in a table of their own instead of the item tower's rows.
+        self.history_tables = (
+            self._tables([id_feature(HISTORY_ITEM_ID, self.num_items)])
+            if config.history_table
+            else None
+        )
         self.has_user_side = bool(user_side)
         self.has_item_side = bool(item_side)
         if side is not None and user_side:
@@ -99,6 +109,11 @@ class TwoTower(nn.Module):
             self.register_buffer("item_side_ids", compact_ids(side.item_ids))
             self.register_buffer("item_side_lengths", compact_ids(side.item_lengths))
             self.register_buffer("item_known", side.item_known.to(torch.bool).clone())
+        self.history_key = (  # SimpleX's W_k of user attention
+            nn.Sequential(nn.Linear(config.dim, config.dim), nn.Tanh())
+            if config.history_attention
+            else None
+        )
         self.history_proj: nn.Module = (
             nn.Linear(config.dim, config.dim, bias=False)
             if config.project_history
@@ -106,7 +121,9 @@ class TwoTower(nn.Module):
         )
         with torch.no_grad():
             # The tables' own N(0, 0.01^2) suits CTR logits; cosine towers train from init_std.
-            for tables in (self.user_tables, self.item_tables):
+            for tables in (self.user_tables, self.item_tables, self.history_tables):
+                if tables is None:
+                    continue
                 for param in tables.parameters():
                     if param.dim() == 2 and param.is_floating_point():
                         nn.init.normal_(param, std=config.init_std)
@@ -185,12 +202,33 @@ class TwoTower(nn.Module):
         b = (1.0 - cfg.user_weight if cfg.use_user_id else 1.0) * has_hist
         e_user = self.user_raw(user)
         with torch.set_grad_enabled(cfg.history_grad and torch.is_grad_enabled()):
-            total = self.history_sum(history, mask)
-        mean = self.history_proj(total / count.clamp(min=1.0).unsqueeze(-1))
-        mixed = (a.unsqueeze(-1) * e_user + b.unsqueeze(-1) * mean) / (a + b).clamp(
+            if self.history_key is None:
+                pooled = self.history_sum(history, mask) / count.clamp(min=1.0).unsqueeze(-1)
+            else:
+                pooled = self.history_attention(e_user, history, mask)
+        aggregated = self.history_proj(pooled)
+        mixed = (a.unsqueeze(-1) * e_user + b.unsqueeze(-1) * aggregated) / (a + b).clamp(
             min=1e-6
         ).unsqueeze(-1)
-        return F.normalize(mixed, dim=-1)
+        return F.dropout(F.normalize(mixed, dim=-1), cfg.user_dropout, self.training)
+
+    def history_attention(
+        self, e_user: torch.Tensor, history: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, D) user id vectors, (B, L) item ids, (B, L) 0/1 mask -> (B, D) the kept items'
+        raw vectors weighted by softmax_i(tanh(W_k h_i + b_k) . e_user), SimpleX's user
+        attention; a row without kept items gives zeros."""
+        if self.history_key is None:
+            raise ConfigError("history_attention: the model was built with it off")
+        if self.history_tables is not None:
+            items = self.lookup(self.history_tables, history)
+        elif self.has_item_side:
+            items = self.item_raw(history)
+        else:
+            items = self.lookup(self.item_tables, history)
+        scores = (self.history_key(items) * e_user.unsqueeze(1)).sum(dim=-1)  # (B, L)
+        weights = torch.softmax(scores.masked_fill(mask <= 0, -1e9), dim=1) * mask
+        return (weights.unsqueeze(-1) * items).sum(dim=1)
 
     def history_sum(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L) item ids, (B, L) 0/1 mask -> (B, D) sum of the kept items' raw vectors.
@@ -203,7 +241,7 @@ class TwoTower(nn.Module):
         the catalog's popular items: on MovieLens ~1.4k distinct items against 25k history
         slots a batch), the export path looks every slot up (no data-dependent shapes).
         """
-        if self.has_item_side:
+        if self.has_item_side and self.history_tables is None:
             if self.training:
                 distinct, inverse = torch.unique(history, return_inverse=True)
                 raw = self.item_raw(distinct)[inverse]
@@ -217,7 +255,8 @@ class TwoTower(nn.Module):
         front = torch.sort(key, dim=1, descending=True).indices
         ids = torch.gather(history * keep.to(history.dtype), 1, front).unsqueeze(1)  # (B, 1, L)
         lengths = keep.sum(dim=1, keepdim=True).to(torch.int64)  # (B, 1)
-        summed = self.item_tables.forward_padded(ids, lengths)
+        tables = self.item_tables if self.history_tables is None else self.history_tables
+        summed = tables.forward_padded(ids, lengths)
         if self.embedding.pooling == "mean":  # the tables averaged the bag: undo it
             summed = summed * lengths.clamp(min=1).to(summed.dtype)
         return summed
@@ -231,6 +270,8 @@ class TwoTower(nn.Module):
         served = copy.deepcopy(self).eval()
         served.user_tables = served.user_tables.compact()
         served.item_tables = served.item_tables.compact()
+        if served.history_tables is not None:
+            served.history_tables = served.history_tables.compact()
         return served
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
