@@ -201,6 +201,8 @@ def test_history_attention_weighs_items_by_the_user_and_is_the_mean_for_new_user
     assert model.history_key[0].weight.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="model.history_attention"):
         TwoTowerConfig(history_attention=True, use_user_id=False)
+    with pytest.raises(ConfigError, match="model.history_attention"):
+        TwoTowerConfig(history_attention=True, history_grad=False)
 
 
 _EMBEDDINGS = {

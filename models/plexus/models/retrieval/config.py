@@ -72,10 +72,12 @@ class TwoTowerConfig:
             raise ConfigError(f"model.user_weight: must be in [0, 1], got {self.user_weight}")
         if not (self.use_user_id or self.use_history):
             raise ConfigError("model: set use_user_id or use_history (or both) to true")
-        if self.history_attention and not (self.use_user_id and self.use_history):
+        if self.history_attention and not (
+            self.use_user_id and self.use_history and self.history_grad
+        ):
             raise ConfigError(
-                "model.history_attention: attends from the user id vector over the history; "
-                "set model.use_user_id=true and model.use_history=true"
+                "model.history_attention: attends from the user id vector over the history and "
+                "learns through it; set model.use_user_id, use_history and history_grad to true"
             )
         if self.history_table and not (self.history_grad and self.use_history):
             raise ConfigError(
