@@ -220,15 +220,23 @@ class TwoTower(nn.Module):
         attention; a row without kept items gives zeros."""
         if self.history_key is None:
             raise ConfigError("history_attention: the model was built with it off")
-        if self.history_tables is not None:
-            items = self.lookup(self.history_tables, history)
-        elif self.has_item_side:
-            items = self.item_raw(history)
-        else:
-            items = self.lookup(self.item_tables, history)
+        items = self.history_items(history)
         scores = (self.history_key(items) * e_user.unsqueeze(1)).sum(dim=-1)  # (B, L)
         weights = torch.softmax(scores.masked_fill(mask <= 0, -1e9), dim=1) * mask
         return (weights.unsqueeze(-1) * items).sum(dim=1)
+
+    def history_items(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, L) item ids -> (B, L, D) the raw vectors the user tower reads for them: rows of
+        the history's own table (`history_table`), else the item tower's raw vectors (id plus
+        side features; in training the batch's distinct items are looked up once each)."""
+        if self.history_tables is not None:
+            return self.lookup(self.history_tables, history)
+        if not self.has_item_side:
+            return self.lookup(self.item_tables, history)
+        if self.training:
+            distinct, inverse = torch.unique(history, return_inverse=True)
+            return self.item_raw(distinct)[inverse]
+        return self.item_raw(history)
 
     def history_sum(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L) item ids, (B, L) 0/1 mask -> (B, D) sum of the kept items' raw vectors.
@@ -242,12 +250,7 @@ class TwoTower(nn.Module):
         slots a batch), the export path looks every slot up (no data-dependent shapes).
         """
         if self.has_item_side and self.history_tables is None:
-            if self.training:
-                distinct, inverse = torch.unique(history, return_inverse=True)
-                raw = self.item_raw(distinct)[inverse]
-            else:
-                raw = self.item_raw(history)
-            return (raw * mask.unsqueeze(-1)).sum(dim=1)
+            return (self.history_items(history) * mask.unsqueeze(-1)).sum(dim=1)
         keep = mask > 0
         positions = torch.arange(history.shape[1], device=history.device)
         # Distinct keys, kept positions first in their order: a plain sort (TopK in ONNX).
