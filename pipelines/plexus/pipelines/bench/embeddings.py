@@ -43,6 +43,7 @@ from typing import Any
 
 from plexus.models.backbones import build_ctr_model
 from plexus.models.embeddings import EmbeddingConfig, EmbeddingMethod
+from plexus.models.threads import use_cpu_threads
 from plexus.pipelines import plots, tracking
 from plexus.pipelines.bench.lookup import add_lookup_latency, lookup_section
 from plexus.pipelines.bench.report import markdown_table, publish
@@ -606,9 +607,7 @@ def _add_back_to_back_throughput(
 ) -> None:
     """Give every row the `b2b_examples_per_s` of its model (`configs`, keyed by `_key`),
     measured interleaved with the others on the same batches."""
-    import torch
-
-    torch.set_num_threads(
+    use_cpu_threads(
         base.train.threads_per_worker or max(1, (os.cpu_count() or 1) // base.train.workers)
     )
     data = load_batches(

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from plexus.models.batch import pad_sparse
 from plexus.models.embeddings import EmbeddingTables
+from plexus.models.threads import use_cpu_threads
 from plexus.pipelines.bench.report import markdown_table
 from plexus.pipelines.bench.throughput import load_batches
 from plexus.platform.feature_spec import FeatureSpec
@@ -79,7 +80,7 @@ def add_lookup_latency(
 
     if not models:
         return
-    torch.set_num_threads(threads)
+    use_cpu_threads(threads)
     batches = padded_batches(test_shards, spec)
     for i, folder in models.items():
         model, _ = load_model(folder)

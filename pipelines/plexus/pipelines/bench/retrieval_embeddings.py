@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 from plexus.models.embeddings import EmbeddingConfig, EmbeddingMethod, protocol
+from plexus.models.threads import use_cpu_threads
 from plexus.pipelines import tracking
 from plexus.pipelines.bench.embeddings import (
     BUDGETS,
@@ -110,9 +111,7 @@ def bench_retrieval_embeddings(
     planned = plan_rows(methods, budgets, seeds, chunks, base.model.dim)
     plan, skipped = _runnable(planned, base.model.dim, probes)
     uri = tracking.configure(base.tracking.uri)
-    import torch
-
-    torch.set_num_threads(base.train.threads)
+    use_cpu_threads(base.train.threads)
     rows: list[dict[str, Any]] = []
     experiment = base.tracking.experiment
     params = {

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from plexus.models.backbones import Backbone, ModelConfig, build_ctr_model
 from plexus.models.embeddings import EmbeddingConfig
+from plexus.models.threads import use_cpu_threads
 from plexus.pipelines.bench.report import markdown_table, write_results
 from plexus.pipelines.bench.throughput import interleaved_examples_per_s, load_batches, train_step
 from plexus.pipelines.config import JobConfig, TrackingConfig, TrainConfig
@@ -134,7 +135,7 @@ def _bare_loop(job: JobConfig, shards: list[Path], spec: FeatureSpec) -> float:
 
     Uses the same torch thread count as the pipeline's Ray Train worker.
     """
-    torch.set_num_threads(
+    use_cpu_threads(
         job.train.threads_per_worker or max(1, (os.cpu_count() or 1) // job.train.workers)
     )
     torch.manual_seed(job.train.seed)

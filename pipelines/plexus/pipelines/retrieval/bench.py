@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+from plexus.models.threads import use_cpu_threads
 from plexus.pipelines.bench.report import markdown_table as generic_table
 from plexus.pipelines.retrieval.compare import compare_retrieval, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import bundled_retrieval_config, load_retrieval_config
@@ -52,7 +52,7 @@ def bench_retrieval(
     import mlflow
     from plexus.serving.index import set_threads
 
-    torch.set_num_threads(config.train.threads)
+    use_cpu_threads(config.train.threads)
     set_threads(config.train.threads)
     from plexus.pipelines.retrieval.job import load_data, run_dir
 

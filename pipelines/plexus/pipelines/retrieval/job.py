@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from plexus.models.retrieval import TwoTower
+from plexus.models.threads import use_cpu_threads
 from plexus.pipelines.retrieval.compare import compare_retrieval, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import RetrievalJobConfig
 from plexus.pipelines.retrieval.data import Interactions, ingest_interactions
@@ -294,7 +295,7 @@ def run_retrieval_job(config: RetrievalJobConfig) -> dict[str, Any]:
     import mlflow
     from plexus.serving.index import set_threads
 
-    torch.set_num_threads(config.train.threads)
+    use_cpu_threads(config.train.threads)
     set_threads(config.train.threads)
     out = run_dir(config)
     params = config_io.flatten(config)

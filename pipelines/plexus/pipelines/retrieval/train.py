@@ -24,6 +24,7 @@ import torch
 from plexus.models.embeddings import EmbeddingConfig, protocol
 from plexus.models.retrieval import LossKind, TwoTower, TwoTowerConfig, retrieval_loss
 from plexus.models.retrieval.sparse import retrieval_optimizers, sparse_lookups
+from plexus.models.threads import use_cpu_threads
 from plexus.pipelines.retrieval.data import Interactions
 from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError
@@ -104,7 +105,7 @@ def train_two_tower(
     exactly as if it had never stopped.
     """
     torch.manual_seed(train_cfg.seed)
-    torch.set_num_threads(min(train_cfg.threads, 2))
+    use_cpu_threads(min(train_cfg.threads, 2))
     rng = np.random.default_rng(train_cfg.seed)
     model = build_two_tower(data, model_cfg, embedding)
     histories = torch.from_numpy(data.histories(model_cfg.history_len))

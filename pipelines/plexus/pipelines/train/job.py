@@ -25,6 +25,7 @@ import torch
 import yaml
 from plexus.models.backbones import build_ctr_model
 from plexus.models.embeddings import protocol
+from plexus.models.threads import use_cpu_threads
 from plexus.pipelines import plots, tracking
 from plexus.pipelines.config import JobConfig
 from plexus.pipelines.files import storage_error, write_json
@@ -242,7 +243,7 @@ def _load_final_state(result: Any) -> tuple[list[dict[str, float]], dict[str, to
 def _final_metrics(
     job: JobConfig, data: IngestResult, model: torch.nn.Module, history: list[dict[str, float]]
 ) -> dict[str, float]:
-    torch.set_num_threads(os.cpu_count() or 1)
+    use_cpu_threads(os.cpu_count() or 1)
     batch = job.train.eval_batch_size
     valid = evaluate(model, iter_batches(data.shards("valid"), data.spec, batch))
     test = evaluate(model, iter_batches(data.shards("test"), data.spec, batch))

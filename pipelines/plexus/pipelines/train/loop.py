@@ -28,6 +28,7 @@ import torch
 from plexus.models.backbones import build_ctr_model
 from plexus.models.batch import batch_from_arrow
 from plexus.models.embeddings import protocol
+from plexus.models.threads import use_cpu_threads
 from plexus.pipelines.train import sharding
 from plexus.pipelines.train.evaluate import evaluate
 from plexus.platform.errors import ConfigError
@@ -62,7 +63,7 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) 
     session = session or RayTrainSession()
     rank, world = session.rank, session.world
     threads = train_cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // world)
-    torch.set_num_threads(threads)
+    use_cpu_threads(threads)
     torch.manual_seed(train_cfg.seed)
 
     spec = FeatureSpec.load(loop_config["spec_path"])

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from plexus.models.backbones import build_ctr_model
 from plexus.models.embeddings import protocol
+from plexus.models.threads import use_cpu_threads
 from plexus.pipelines.config import JobConfig
 from plexus.pipelines.ingest import IngestResult
 from plexus.pipelines.train.evaluate import evaluate, iter_batches
@@ -29,7 +30,7 @@ class _FitnessWorker:
     def __init__(
         self, job: JobConfig, spec_path: str, state: dict, shards: list[str], batch_size: int
     ) -> None:
-        torch.set_num_threads(1)
+        use_cpu_threads(1)
         spec = FeatureSpec.load(spec_path)
         self.model = build_ctr_model(job.model, job.embedding, spec)
         self.model.load_state_dict(state)

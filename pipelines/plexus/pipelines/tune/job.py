@@ -361,6 +361,7 @@ def _test_selected(
     every checkpoint as `best_model`), evaluated once, in this process."""
     import torch
     from plexus.models.backbones import build_ctr_model
+    from plexus.models.threads import use_cpu_threads
     from plexus.pipelines.train.evaluate import evaluate, iter_batches
     from plexus.pipelines.train.loop import STATE_FILE
 
@@ -371,7 +372,7 @@ def _test_selected(
         saved = torch.load(Path(folder) / STATE_FILE, weights_only=False)
     model = build_ctr_model(job.model, job.embedding, data.spec)
     model.load_state_dict(saved["best_model"])
-    torch.set_num_threads(os.cpu_count() or 1)
+    use_cpu_threads(os.cpu_count() or 1)
     test = evaluate(model, iter_batches(data.shards("test"), data.spec, job.train.eval_batch_size))
     return {"test_auc": test["auc"], "test_logloss": test["logloss"]}
 
