@@ -1,7 +1,8 @@
 """The I/O half of the streamed ingest: input files cut into blocks at line ends (gzip and zstd
 decompressed, raw bytes fingerprinted) or Parquet files read in batches of
-`PARQUET_BATCH_ROWS` rows, an ordered map of a task over workers (threads or Ray tasks) and the
-shard writer that appends rows in fixed row groups."""
+`PARQUET_BATCH_ROWS` rows, the spill that keeps pass 1's parsed blocks for the later passes, an
+ordered map of a task over workers (threads or Ray tasks) and the shard writer that appends rows
+in fixed row groups."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -187,6 +189,49 @@ def _sha256(file: Path) -> str:
         while chunk := fh.read(BLOCK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class BlockSpill:
+    """Pass 1's parsed blocks on disk, so that the later passes read them back instead of
+    parsing the input again: one uncompressed Arrow IPC file per block (written and memory
+    mapped back at memory speed) plus one for its dictionaries, deleted once read for the last
+    time. About 220 bytes a Criteo row: the input's size, never its whole in memory."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir()
+        self.folder = folder
+        self.blocks: list[tuple[Block, dict[str, int]]] = []  # with each column's value count
+
+    def write(self, block: Block, frame: pl.DataFrame, values: dict[str, pl.Series]) -> None:
+        """Keep `block`'s parsed `frame` and the distinct `values` its coded columns index."""
+        frame.write_ipc(self._path(block, ""), compression="uncompressed")
+        if values:  # one column of all the values, cut by the counts on reading
+            joined = pl.concat([v.rename("v") for v in values.values()]).to_frame()
+            joined.write_ipc(self._path(block, ".values"), compression="uncompressed")
+        counts = {c: len(v) for c, v in values.items()}
+        self.blocks.append((dataclasses.replace(block, data=b""), counts))
+
+    def read(
+        self, *, last: bool = False
+    ) -> Iterator[tuple[Block, pl.DataFrame, dict[str, pl.Series]]]:
+        """Every block in order, with its frame and values; `last`: delete each once read."""
+        for block, counts in self.blocks:
+            frame = pl.read_ipc(self._path(block, ""))
+            values: dict[str, pl.Series] = {}
+            if counts:
+                joined = pl.read_ipc(self._path(block, ".values")).to_series()
+                starts = itertools.accumulate(counts.values(), initial=0)
+                values = {
+                    c: joined.slice(at, n).rename(c)
+                    for (c, n), at in zip(counts.items(), starts, strict=False)
+                }
+            if last:
+                self._path(block, "").unlink()
+                self._path(block, ".values").unlink(missing_ok=True)
+            yield block, frame, values
+
+    def _path(self, block: Block, suffix: str) -> Path:
+        return self.folder / f"{block.index:07d}{suffix}.arrow"
 
 
 def ordered_map(

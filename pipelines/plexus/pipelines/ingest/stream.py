@@ -4,13 +4,15 @@ zstd, bounded memory.
 Pass 1 reads each input file in blocks of about `BLOCK_BYTES` ending at a line end (`.gz` and
 `.zst` files are decompressed on the fly; the raw bytes are fingerprinted as they are read) or,
 for Parquet, in batches of `PARQUET_BATCH_ROWS` rows of the declared columns, parses each block
-on a worker, sets its rejects aside and counts the training values of every vocabulary column.
+on a worker, sets its rejects aside, dictionary-codes every string vocabulary column (UInt32
+codes into the block's own distinct values) and counts the training values from the codes.
 Per-block counts are merged in block order, so the vocabulary is exactly the whole-input one.
-Pass 2 reads and parses the blocks again and encodes them with the spec; the driver appends
-the rows to each split's shards in block order, in row groups of `ROW_GROUP` rows. Memory holds
-the blocks in flight and the vocabularies, whatever the input size, and nothing is spilled to
-disk. A split by time needs two more passes (the per-time row counts first, then the keys of
-the rows at the boundary times).
+The coded blocks are spilled to disk (`BlockSpill`, about the input's size), so pass 2 parses
+nothing: it reads each block back, maps the block's few distinct values to their ids and
+gathers them by code, and the driver appends the rows to each split's shards in block order,
+in row groups of `ROW_GROUP` rows. Memory holds the blocks in flight and the vocabularies,
+whatever the input size. A split by time needs two more passes over the spill (the per-time
+row counts first, then the keys of the rows at the boundary times).
 
 Parquet inputs keep the bytes the whole-table ingest wrote for a single file: a row's
 random-split key is its row number (plus its file's index above bit 40 in a folder of several
@@ -36,6 +38,7 @@ import numpy as np
 import polars as pl
 from plexus.pipelines.ingest.blocks import (
     Block,
+    BlockSpill,
     ShardWriter,
     ordered_map,
     read_blocks,
@@ -50,6 +53,7 @@ from plexus.pipelines.ingest.encode import (
     numeric_features,
     rank_vocabulary,
     vocab_columns,
+    vocabulary_ids,
 )
 from plexus.pipelines.ingest.readers import (
     TIME,
@@ -98,6 +102,17 @@ class _Stats:
     times: pl.DataFrame | None  # rows per time value (time splits)
     file_index: int = 0  # the input file (a file given as two splits counts twice)
     lengths: dict[str, int | None] = dataclasses.field(default_factory=dict)  # longest lists
+    coded: _Coded | None = None  # pass 1's parsed block, for the spill
+
+
+@dataclasses.dataclass(frozen=True)
+class _Coded:
+    """A parsed block as the later passes read it: each column in `values` holds UInt32 codes
+    into its distinct values (null for a missing value), the other columns as parsed."""
+
+    block: Block  # without its data
+    frame: pl.DataFrame
+    values: dict[str, pl.Series]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +175,12 @@ def stream_inputs(
     }
     reject_counts: collections.Counter[str] = collections.Counter()
     blocks = read(fingerprint, prints)
+    spill = BlockSpill(tmp / ".blocks")
     with (tmp / "rejects.jsonl").open("w") as rejects_out:
         for stats in ordered_map(_parse_task, ((plan, b) for b in blocks), config.workers):
+            assert stats.coded is not None
+            spill.write(stats.coded.block, stats.coded.frame, stats.coded.values)
+            stats.coded = None
             merged.add(stats)
             _note_rejects(stats, per_file, reject_counts, rejects_out)
     log(
@@ -171,13 +190,13 @@ def stream_inputs(
         return None, prints
     _check_rejects(per_file, config.max_reject_ratio)
 
-    def again() -> Iterator[Block]:
-        return read(lambda *_: "", [])
+    def again(*, last: bool = False) -> Iterator[_Coded]:
+        return (_Coded(*read) for read in spill.read(last=last))
 
     if plan.by_time:
         plan = dataclasses.replace(plan, time_cut=_time_cut(plan, merged, again()))
         merged = _Merged(plan.vocab)
-        for stats in ordered_map(_count_task, ((plan, b) for b in again()), config.workers):
+        for stats in ordered_map(_count_task, ((plan, c) for c in again()), config.workers):
             merged.add(stats)
     rows = dict(zip(SPLITS, (int(n) for n in merged.rows), strict=True))
     log("split: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
@@ -206,13 +225,15 @@ def stream_inputs(
         if rows[s] or s in files
     }
     written = np.zeros(3, dtype=np.int64)
-    for encoded in ordered_map(_encode_task, ((plan, spec, b) for b in again()), config.workers):
+    tasks = ((plan, spec, c) for c in again(last=True))
+    for encoded in ordered_map(_encode_task, tasks, config.workers):
         for code, s in enumerate(SPLITS):
             part = encoded.filter(pl.col(SPLIT) == code)
             written[code] += part.height
             if part.height:
                 writers[s].add(part.drop(SPLIT))
     shards = {s: w.close() for s, w in writers.items()}
+    spill.folder.rmdir()
     _check_unchanged(ordered, prints, written, merged.rows)
     log(f"encoded; spec fingerprint {fingerprint_}")
     quality = _quality(per_file, merged, rows, plan)
@@ -282,6 +303,8 @@ def seeded_split(keys: np.ndarray, config: DataConfig, given: int | None = None)
 
 
 def _split_of(plan: _Plan, frame: pl.DataFrame, block: Block) -> np.ndarray | None:
+    if SPLIT in frame.columns:
+        return frame[SPLIT].to_numpy()
     if block.given is not None or not plan.by_time:
         keys = _key(frame[LINE].to_numpy(), block.file_index)
         return seeded_split(keys, plan.config, block.given)
@@ -310,62 +333,89 @@ def _parse(plan: _Plan, block: Block) -> tuple[pl.DataFrame, Any]:
 
 
 def _parse_task(plan: _Plan, block: Block) -> _Stats:
-    """Pass 1 on one block: parse, split where known, count the training values."""
+    """Pass 1 on one block: parse, split where known, code the vocabulary columns and count
+    their training values; the coded block goes to the spill."""
     frame, table = _parse(plan, block)
     split = _split_of(plan, frame, block)
     if split is not None:
         frame = frame.with_columns(pl.Series(SPLIT, split))
+    coded = _code(plan, block, frame)
     rejects = table.rejects
     reject_splits = np.zeros(3, dtype=np.int64)
     if rejects.height and (block.given is not None or not plan.by_time):
         keys = _key(rejects["line"].to_numpy(), block.file_index)
         splits = seeded_split(keys, plan.config, block.given)
         reject_splits = np.bincount(splits, minlength=3)
-    stats = _count(plan, frame, split is not None)
+    stats = _count(plan, coded, split is not None)
     stats.lines, stats.rejects, stats.reject_splits = table.lines, rejects, reject_splits
-    stats.file_index = block.file_index
+    stats.file_index, stats.coded = block.file_index, coded
     if plan.by_time and split is None:
         stats.times = frame.group_by(TIME).len().rename({"len": "n"})
     return stats
 
 
-def _count_task(plan: _Plan, block: Block) -> _Stats:
+def _code(plan: _Plan, block: Block, frame: pl.DataFrame) -> _Coded:
+    """Dictionary-code the block's single-valued string vocabulary columns (codes into the
+    column's distinct values in the block, in order of appearance), after which counting is a
+    bincount and encoding a gather of the few distinct values' ids."""
+    values: dict[str, pl.Series] = {}
+    codes = []
+    for col in plan.vocab:
+        if frame.schema[col] != pl.String:
+            continue  # lists (multi-valued) keep their strings
+        distinct = frame[col].unique(maintain_order=True).drop_nulls()
+        values[col] = distinct
+        codes.append(frame[col].cast(pl.Enum(distinct)).to_physical())
+    return _Coded(dataclasses.replace(block, data=b""), frame.with_columns(codes), values)
+
+
+def _count_task(plan: _Plan, coded: _Coded) -> _Stats:
     """Pass 1c (time splits): split a block by the time thresholds and count it."""
-    frame, _ = _parse(plan, block)
-    split = _split_of(plan, frame, block)
+    split = _split_of(plan, coded.frame, coded.block)
     assert split is not None
-    return _count(plan, frame.with_columns(pl.Series(SPLIT, split)), True)
+    frame = coded.frame.with_columns(pl.Series(SPLIT, split))
+    return _count(plan, dataclasses.replace(coded, frame=frame), True)
 
 
-def _keys_task(plan: _Plan, block: Block, times: tuple[int, ...]) -> dict[int, np.ndarray]:
+def _keys_task(plan: _Plan, coded: _Coded, times: tuple[int, ...]) -> dict[int, np.ndarray]:
     """Pass 1b (time splits): the keys of the rows at each boundary time."""
-    frame, _ = _parse(plan, block)
-    return {t: _tie_key(plan, frame.filter(pl.col(TIME) == t), block.file_index) for t in times}
+    at = coded.frame.filter(pl.col(TIME).is_in(times))
+    return {t: _tie_key(plan, at.filter(pl.col(TIME) == t), coded.block.file_index) for t in times}
 
 
-def _encode_task(plan: _Plan, spec: FeatureSpec, block: Block) -> pl.DataFrame:
-    """Pass 2 on one block: the encoded rows with their split code."""
-    frame, _ = _parse(plan, block)
-    frame = frame.with_columns(pl.Series(SPLIT, _split_of(plan, frame, block)))
-    return encode(frame, spec, keep=(SPLIT,))
+def _encode_task(plan: _Plan, spec: FeatureSpec, coded: _Coded) -> pl.DataFrame:
+    """Pass 2 on one block: the encoded rows with their split code. A coded column's ids are
+    its distinct values' ids gathered by code."""
+    frame = coded.frame
+    ids = [
+        pl.lit(vocabulary_ids(values, spec[col])).gather(pl.col(col)).fill_null(0).alias(col)
+        for col, values in coded.values.items()
+    ]
+    frame = frame.with_columns(ids).with_columns(
+        pl.Series(SPLIT, _split_of(plan, frame, coded.block))
+    )
+    return encode(frame, spec, keep=(SPLIT,), encoded=frozenset(coded.values))
 
 
-def _count(plan: _Plan, frame: pl.DataFrame, known: bool) -> _Stats:
+def _count(plan: _Plan, coded: _Coded, known: bool) -> _Stats:
     """Training-row statistics of one block (empty when its split is not known yet)."""
     rows = np.zeros(3, dtype=np.int64)
     counts: dict[str, pl.DataFrame] = {}
     numeric: dict[str, Any] = {}
     lengths: dict[str, int | None] = {}
     multi = plan.roles.multi_categorical
+    frame = coded.frame
     if known:
-        rows = np.bincount(frame[SPLIT].to_numpy(), minlength=3).astype(np.int64)
+        split = frame[SPLIT].to_numpy()
+        rows = np.bincount(split, minlength=3).astype(np.int64)
         train = frame.lazy().filter(pl.col(SPLIT) == 0)
+        strings = [c for c in plan.vocab if c not in coded.values]
         queries = [
             (
                 train.select(pl.col(c).alias("v")).explode("v") if c in multi
                 else train.select(pl.col(c).alias("v"))
             ).group_by("v").agg(pl.len().alias("n"))
-            for c in plan.vocab
+            for c in strings
         ]  # fmt: skip
         cols = plan.roles.numeric
         x = [pl.col(c).cast(pl.Float64) for c in cols]
@@ -384,8 +434,15 @@ def _count(plan: _Plan, frame: pl.DataFrame, known: bool) -> _Stats:
         found = pl.collect_all(queries)
         if multi:
             lengths = found.pop().row(0, named=True)
-        counts = dict(zip(plan.vocab, found[: len(plan.vocab)], strict=True))
-        row = found[-1].row(0) if cols else ()
+        counts = dict(zip(strings, found[: len(strings)], strict=True))
+        train_codes = frame.select(list(coded.values)).filter(pl.Series(split == 0))
+        for c, values in coded.values.items():
+            n = np.bincount(train_codes[c].drop_nulls().to_numpy(), minlength=len(values))
+            counts[c] = pl.DataFrame(
+                {"v": values.rename("v"), "n": pl.Series(n).cast(pl.get_index_type())}
+            ).filter(pl.col("n") > 0)
+        counts = {c: counts[c] for c in plan.vocab}
+        row = found[len(strings)].row(0) if cols else ()
         if plan.config.numeric == "bucketize":
             numeric = dict(zip(cols, row, strict=True))
         else:
@@ -477,7 +534,7 @@ def _merge_numeric(old: Any, new: Any) -> Any:
 
 
 def _time_cut(
-    plan: _Plan, merged: _Merged, blocks: Iterable[Block]
+    plan: _Plan, merged: _Merged, blocks: Iterable[_Coded]
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """(time, key) thresholds: rows at or past the first are test, past the second valid.
 
