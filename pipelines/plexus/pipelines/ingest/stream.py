@@ -344,17 +344,20 @@ def _parse_task(plan: _Plan, block: Block) -> _Stats:
 
 
 def _code(plan: _Plan, block: Block, frame: pl.DataFrame) -> _Coded:
-    """Dictionary-code the block's single-valued string vocabulary columns (codes into the
-    column's distinct values in the block, in order of appearance), after which counting is a
-    bincount and encoding a gather of the few distinct values' ids."""
+    """Dictionary-code the block's single-valued string vocabulary columns, after which counting
+    is a bincount and encoding a gather of the few distinct values' ids: one hash pass per column
+    (a Categorical with categories of its own: dense codes, the block's distinct values by code;
+    a quarter cheaper than `unique` and a cast to an Enum of them)."""
     values: dict[str, pl.Series] = {}
     codes = []
     for col in plan.vocab:
         if frame.schema[col] != pl.String:
             continue  # lists (multi-valued) keep their strings
-        distinct = frame[col].unique(maintain_order=True).drop_nulls()
-        values[col] = distinct
-        codes.append(frame[col].cast(pl.Enum(distinct)).to_physical())
+        categories = pl.Categories.random()
+        coded = frame[col].cast(pl.Categorical(categories))
+        # Read while `coded` lives: the mapping goes with the last column using it.
+        values[col] = categories.to_series().rename(col)
+        codes.append(coded.to_physical())
     return _Coded(dataclasses.replace(block, data=b""), frame.with_columns(codes), values)
 
 
