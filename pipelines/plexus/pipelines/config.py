@@ -34,6 +34,10 @@ class TrainConfig:
     weight_decay: float = 0.0  # Adam L2 of every parameter
     embedding_weight_decay: float | None = None  # the tables' own L2; None: weight_decay
     patience: int = 2  # epochs without a better validation AUC before stopping
+    # After an epoch without a better validation AUC: every learning rate times this factor
+    # (at least MIN_LR) and the model back to its best weights, as FuxiCTR's
+    # reduce_lr_on_plateau (factor 0.1) does for the BARS benchmarks. 0: off.
+    reduce_lr_on_plateau: float = 0.0
     seed: int = 0
     workers: int = 1  # Ray Train workers: tables sharded (TorchRec), dense part data parallel
     threads_per_worker: int = 0  # torch intra-op threads; 0 = cores / workers
@@ -51,6 +55,11 @@ class TrainConfig:
         for key in ("weight_decay", "embedding_weight_decay"):
             if (getattr(self, key) or 0.0) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if not 0.0 <= self.reduce_lr_on_plateau < 1.0:
+            raise ConfigError(
+                "train.reduce_lr_on_plateau must be in [0, 1) (a factor, e.g. 0.1; 0 is off), "
+                f"got {self.reduce_lr_on_plateau}"
+            )
         for key in ("patience", "threads_per_worker", "max_failures", "search_workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")

@@ -170,12 +170,23 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) 
             "epoch_seconds": seconds,
             **_worker_memory(table_bytes, world),
         }
+        metrics["lr"] = _learning_rate(optimizers)
         improved = valid["auc"] > state.best_auc
         if improved:
             state.best_auc, state.best_epoch, state.bad_epochs = valid["auc"], epoch, 0
             best_model, best_pieces = _snapshot(module, model if sharded else None)
         else:
             state.bad_epochs += 1
+            factor = train_cfg.reduce_lr_on_plateau
+            if factor and state.bad_epochs <= train_cfg.patience and epoch < epochs:
+                lr = _reduce_lr(optimizers, factor)
+                _restore(module, model if sharded else None, best_model, best_pieces)
+                if rank == 0:
+                    print(
+                        f"{label}no better valid AUC: learning rate x{factor:g} -> {lr:.2e}, "
+                        f"back to the best weights (epoch {state.best_epoch})",
+                        flush=True,
+                    )
         state.epoch = epoch
         state.history.append(metrics)
         if rank == 0:
@@ -263,6 +274,34 @@ def _snapshot(
     if sharded is None:
         return {k: v.detach().clone() for k, v in module.state_dict().items()}, {}
     return sharding.dense_state(module), sharding.local_pieces(sharded, optimizer=False)
+
+
+MIN_LR = 1e-6  # the floor of reduce_lr_on_plateau, as FuxiCTR's
+
+
+def _learning_rate(optimizers: list[torch.optim.Optimizer]) -> float:
+    """The main optimiser's learning rate (the last one: Adam over the network)."""
+    return float(optimizers[-1].param_groups[0]["lr"]) if optimizers else 0.0
+
+
+def _reduce_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> float:
+    """Every optimiser's learning rates times `factor`, at least `MIN_LR`; the main one's."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = max(group["lr"] * factor, MIN_LR)
+    return _learning_rate(optimizers)
+
+
+def _restore(
+    module: torch.nn.Module,
+    sharded: Any | None,
+    best: dict[str, torch.Tensor],
+    pieces: sharding.Pieces,
+) -> None:
+    """The model back to its `_snapshot` (the optimisers keep their state, as in FuxiCTR)."""
+    module.load_state_dict(best, strict=sharded is None)
+    if sharded is not None:
+        sharding.restore_pieces(sharded, pieces, optimizer=False)
 
 
 def _agreed(metrics: dict[str, float], world: int) -> dict[str, float]:

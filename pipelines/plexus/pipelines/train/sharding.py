@@ -215,9 +215,10 @@ def local_pieces(sharded: Any, *, optimizer: bool = True) -> Pieces:
     return {key: _pieces_of(value) for key, value in _sharded_tensors(sharded, optimizer)}
 
 
-def restore_pieces(sharded: Any, pieces: Pieces) -> None:
-    """Copy saved `local_pieces` back into this worker's shards (same plan)."""
-    for key, value in _sharded_tensors(sharded, optimizer=True):
+def restore_pieces(sharded: Any, pieces: Pieces, *, optimizer: bool = True) -> None:
+    """Copy saved `local_pieces` back into this worker's shards (same plan); `optimizer`: the
+    optimiser's sharded state too (pieces saved with it)."""
+    for key, value in _sharded_tensors(sharded, optimizer=optimizer):
         _copy_into(value, pieces, key)
 
 
