@@ -151,6 +151,8 @@ def test_a_plateau_cuts_the_learning_rate_and_returns_to_the_best_weights(tmp_pa
         assert after["lr"] == pytest.approx(before["lr"] * (0.1 if plateau else 1.0))
         cuts += plateau
     assert history[0]["lr"] == pytest.approx(0.05) and cuts >= 1  # lr 0.05 overshoots early
-    assert done.stdout.count("back to the best weights") + done.stderr.count(
-        "back to the best weights"
-    ) == cuts
+    assert (
+        done.stdout.count("back to the best weights")
+        + done.stderr.count("back to the best weights")
+        == cuts
+    )
