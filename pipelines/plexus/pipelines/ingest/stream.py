@@ -192,7 +192,7 @@ def stream_inputs(
     _check_rejects(per_file, config.max_reject_ratio)
 
     def again(*, last: bool = False) -> Iterator[_Coded]:
-        return (_Coded(*read) for read in spill.read(last=last))
+        return (_Coded(*spilled) for spilled in spill.read(last=last))
 
     if plan.by_time:
         plan = dataclasses.replace(plan, time_cut=_time_cut(plan, merged, again()))
