@@ -53,6 +53,7 @@ def _digest(folder: Path) -> dict[str, str]:
     "fault", "ingest onto a full or read-only disk: one-line error, old shards kept"
 )
 @TROUBLES
+@pytest.mark.disk_size("1m")  # the first ingest's shards and its spill (~220 bytes a row) fit
 def test_ingest_on_a_full_or_read_only_disk_fails_clearly_and_keeps_the_old_shards(
     tmp_path: Path, small_disk: Path, trouble: str, message: str
 ) -> None:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
 import torch
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def use_cpu_threads(threads: int) -> None:
@@ -15,6 +22,30 @@ def use_cpu_threads(threads: int) -> None:
     12.5 ms. A value below 1.2e-38 is zero for every model here, so the flush costs nothing in
     quality. The flag is per thread: set it on the thread that trains, before torch creates its
     worker threads (they inherit it), i.e. first thing in a job or a Ray task.
+
+    Both settings are process state: a function that may run in its caller's process (a
+    notebook, a test, the CLI's driver) and calls this is decorated with `restores_cpu_state`.
     """
     torch.set_flush_denormal(True)
     torch.set_num_threads(max(1, int(threads)))
+
+
+def restores_cpu_state(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorator: the caller's denormal mode and torch thread count are back when `fn` returns
+    (or raises), whatever `use_cpu_threads` set inside it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        flushing, threads = flushes_denormals(), torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_flush_denormal(flushing)
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
+def flushes_denormals() -> bool:
+    """Whether this thread flushes denormal floats to zero (torch has no getter: probe it)."""
+    return float(torch.tensor([1e-39]) * 2.0) == 0.0

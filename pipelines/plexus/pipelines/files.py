@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,16 @@ STORAGE_ERRNOS = {
     errno.EROFS: "the file system is read-only: point output= at a writable folder",
     errno.EACCES: "permission denied: point output= at a folder you can write",
 }
+
+
+def with_errno(exc: OSError, path: Path | str) -> OSError:
+    """`exc` with its errno and `path`: polars' (Rust's) I/O errors carry the errno only in their
+    text ("No space left on device (os error 28)"), so `storage_error` would not know them."""
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if exc.errno is not None or found is None:
+        return exc
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def storage_error(exc: BaseException | None) -> OSError | None:

@@ -43,7 +43,7 @@ from typing import Any
 
 from plexus.models.backbones import build_ctr_model
 from plexus.models.embeddings import EmbeddingConfig, EmbeddingMethod
-from plexus.models.threads import use_cpu_threads
+from plexus.models.threads import restores_cpu_state, use_cpu_threads
 from plexus.pipelines import plots, tracking
 from plexus.pipelines.bench.lookup import add_lookup_latency, lookup_section
 from plexus.pipelines.bench.report import markdown_table, publish
@@ -598,6 +598,7 @@ def bench_embedding_throughput(
     return rows
 
 
+@restores_cpu_state
 def _add_back_to_back_throughput(
     rows: list[dict[str, Any]],
     base: JobConfig,

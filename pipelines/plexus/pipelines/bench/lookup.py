@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from plexus.models.batch import pad_sparse
 from plexus.models.embeddings import EmbeddingTables
-from plexus.models.threads import use_cpu_threads
+from plexus.models.threads import restores_cpu_state, use_cpu_threads
 from plexus.pipelines.bench.report import markdown_table
 from plexus.pipelines.bench.throughput import load_batches
 from plexus.platform.feature_spec import FeatureSpec
@@ -66,6 +66,7 @@ def lookup_latency(
     }
 
 
+@restores_cpu_state
 def add_lookup_latency(
     rows: list[dict[str, Any]],
     models: Mapping[int, Path],

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 from plexus.models.embeddings import EmbeddingConfig, EmbeddingMethod, protocol
-from plexus.models.threads import use_cpu_threads
+from plexus.models.threads import restores_cpu_state, use_cpu_threads
 from plexus.pipelines import tracking
 from plexus.pipelines.bench.embeddings import (
     BUDGETS,
@@ -77,6 +77,7 @@ POPULAR = "popular"
 EXPERIMENT = "bench-retrieval-embeddings"
 
 
+@restores_cpu_state
 def bench_retrieval_embeddings(
     data: Path,
     out: Path,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from plexus.models.backbones import Backbone, ModelConfig, build_ctr_model
 from plexus.models.embeddings import EmbeddingConfig
-from plexus.models.threads import use_cpu_threads
+from plexus.models.threads import restores_cpu_state, use_cpu_threads
 from plexus.pipelines.bench.report import markdown_table, write_results
 from plexus.pipelines.bench.throughput import interleaved_examples_per_s, load_batches, train_step
 from plexus.pipelines.config import JobConfig, TrackingConfig, TrainConfig
@@ -130,6 +130,7 @@ def _job(
     )
 
 
+@restores_cpu_state
 def _bare_loop(job: JobConfig, shards: list[Path], spec: FeatureSpec) -> float:
     """Examples/s of one epoch over pre-built batches, after a short warm-up.
 

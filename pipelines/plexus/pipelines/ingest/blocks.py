@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+from plexus.pipelines.files import with_errno
 from plexus.pipelines.ingest.delimited import BOM
 from plexus.pipelines.ingest.encode import to_arrow
 from plexus.platform.errors import DataError, PlexusError
@@ -204,10 +205,14 @@ class BlockSpill:
 
     def write(self, block: Block, frame: pl.DataFrame, values: dict[str, pl.Series]) -> None:
         """Keep `block`'s parsed `frame` and the distinct `values` its coded columns index."""
-        frame.write_ipc(self._path(block, ""), compression="uncompressed")
-        if values:  # one column of all the values, cut by the counts on reading
-            joined = pl.concat([v.rename("v") for v in values.values()]).to_frame()
-            joined.write_ipc(self._path(block, ".values"), compression="uncompressed")
+        path = self._path(block, "")
+        try:
+            frame.write_ipc(path, compression="uncompressed")
+            if values:  # one column of all the values, cut by the counts on reading
+                joined = pl.concat([v.rename("v") for v in values.values()]).to_frame()
+                joined.write_ipc(self._path(block, ".values"), compression="uncompressed")
+        except OSError as exc:  # a full disk: name the errno and the file
+            raise with_errno(exc, path) from exc
         counts = {c: len(v) for c, v in values.items()}
         self.blocks.append((dataclasses.replace(block, data=b""), counts))
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from plexus.models.threads import use_cpu_threads
+from plexus.models.threads import restores_cpu_state, use_cpu_threads
 from plexus.pipelines.bench.report import markdown_table as generic_table
 from plexus.pipelines.retrieval.compare import compare_retrieval, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import bundled_retrieval_config, load_retrieval_config
@@ -17,6 +17,7 @@ from plexus.pipelines.retrieval.user_state import build_user_state
 from plexus.platform import config as config_io
 
 
+@restores_cpu_state
 def bench_retrieval(
     fmt: str,
     data: str | Path,

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from plexus.models.retrieval import TwoTower
-from plexus.models.threads import use_cpu_threads
+from plexus.models.threads import restores_cpu_state, use_cpu_threads
 from plexus.pipelines.retrieval.compare import compare_retrieval, fit_knn_embed_query
 from plexus.pipelines.retrieval.config import RetrievalJobConfig
 from plexus.pipelines.retrieval.data import Interactions, ingest_interactions
@@ -287,6 +287,7 @@ def register_bundle(bundle: Path, name: str, *, alias: str | None = None) -> str
     return str(version)
 
 
+@restores_cpu_state
 def run_retrieval_job(config: RetrievalJobConfig) -> dict[str, Any]:
     """The whole retrieval job in one parent MLflow run; returns run id, version, metrics."""
     from plexus.pipelines import tracking

@@ -24,7 +24,7 @@ import torch
 from plexus.models.embeddings import EmbeddingConfig, protocol
 from plexus.models.retrieval import LossKind, TwoTower, TwoTowerConfig, retrieval_loss
 from plexus.models.retrieval.sparse import retrieval_optimizers, sparse_lookups
-from plexus.models.threads import use_cpu_threads
+from plexus.models.threads import restores_cpu_state, use_cpu_threads
 from plexus.pipelines.retrieval.data import Interactions
 from plexus.platform.config import coerce_choice
 from plexus.platform.errors import ConfigError
@@ -85,6 +85,7 @@ def build_two_tower(
     )
 
 
+@restores_cpu_state
 def train_two_tower(
     data: Interactions,
     model_cfg: TwoTowerConfig,

@@ -25,7 +25,7 @@ import torch
 import yaml
 from plexus.models.backbones import build_ctr_model
 from plexus.models.embeddings import protocol
-from plexus.models.threads import use_cpu_threads
+from plexus.models.threads import restores_cpu_state, use_cpu_threads
 from plexus.pipelines import plots, tracking
 from plexus.pipelines.config import JobConfig
 from plexus.pipelines.files import storage_error, write_json
@@ -240,6 +240,7 @@ def _load_final_state(result: Any) -> tuple[list[dict[str, float]], dict[str, to
     return saved["loop"]["history"], best
 
 
+@restores_cpu_state
 def _final_metrics(
     job: JobConfig, data: IngestResult, model: torch.nn.Module, history: list[dict[str, float]]
 ) -> dict[str, float]:

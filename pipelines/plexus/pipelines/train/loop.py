@@ -28,7 +28,7 @@ import torch
 from plexus.models.backbones import build_ctr_model
 from plexus.models.batch import batch_from_arrow
 from plexus.models.embeddings import protocol
-from plexus.models.threads import use_cpu_threads
+from plexus.models.threads import restores_cpu_state, use_cpu_threads
 from plexus.pipelines.train import sharding
 from plexus.pipelines.train.evaluate import evaluate
 from plexus.platform.errors import ConfigError
@@ -49,6 +49,7 @@ class LoopState:
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
+@restores_cpu_state
 def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) -> None:
     """Ray Train entry point; `loop_config` carries plain data (configs as objects, paths as str).
 

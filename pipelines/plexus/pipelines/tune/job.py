@@ -361,7 +361,7 @@ def _test_selected(
     every checkpoint as `best_model`), evaluated once, in this process."""
     import torch
     from plexus.models.backbones import build_ctr_model
-    from plexus.models.threads import use_cpu_threads
+    from plexus.models.threads import restores_cpu_state, use_cpu_threads
     from plexus.pipelines.train.evaluate import evaluate, iter_batches
     from plexus.pipelines.train.loop import STATE_FILE
 
@@ -372,8 +372,14 @@ def _test_selected(
         saved = torch.load(Path(folder) / STATE_FILE, weights_only=False)
     model = build_ctr_model(job.model, job.embedding, data.spec)
     model.load_state_dict(saved["best_model"])
-    use_cpu_threads(os.cpu_count() or 1)
-    test = evaluate(model, iter_batches(data.shards("test"), data.spec, job.train.eval_batch_size))
+
+    @restores_cpu_state
+    def evaluate_test() -> dict[str, float]:
+        use_cpu_threads(os.cpu_count() or 1)
+        batches = iter_batches(data.shards("test"), data.spec, job.train.eval_batch_size)
+        return evaluate(model, batches)
+
+    test = evaluate_test()
     return {"test_auc": test["auc"], "test_logloss": test["logloss"]}
 
 
