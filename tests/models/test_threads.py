@@ -13,7 +13,7 @@ tiny = torch.tensor([1e-39])  # a denormal float32
 torch.set_num_threads(2)
 seen = []
 
-@restores_cpu_state
+@restores_cpu_state()
 def train():
     use_cpu_threads(1)
     seen.extend([float(tiny * 2.0), flushes_denormals(), torch.get_num_threads()])

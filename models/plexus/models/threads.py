@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+import contextlib
+from collections.abc import Iterator
 
 import torch
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 def use_cpu_threads(threads: int) -> None:
@@ -24,26 +20,23 @@ def use_cpu_threads(threads: int) -> None:
     worker threads (they inherit it), i.e. first thing in a job or a Ray task.
 
     Both settings are process state: a function that may run in its caller's process (a
-    notebook, a test, the CLI's driver) and calls this is decorated with `restores_cpu_state`.
+    notebook, a test, the CLI's driver) and calls this runs inside `restores_cpu_state`.
     """
     torch.set_flush_denormal(True)
     torch.set_num_threads(max(1, int(threads)))
 
 
-def restores_cpu_state(fn: Callable[P, R]) -> Callable[P, R]:
-    """Decorator: the caller's denormal mode and torch thread count are back when `fn` returns
-    (or raises), whatever `use_cpu_threads` set inside it."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        flushing, threads = flushes_denormals(), torch.get_num_threads()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_flush_denormal(flushing)
-            torch.set_num_threads(threads)
-
-    return wrapper
+@contextlib.contextmanager
+def restores_cpu_state() -> Iterator[None]:
+    """The caller's denormal mode and torch thread count are back when the block or decorated
+    function ends (or raises), whatever `use_cpu_threads` set inside it:
+    `@restores_cpu_state()` or `with restores_cpu_state(): ...` (each call saves its own)."""
+    flushing, threads = flushes_denormals(), torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(flushing)
+        torch.set_num_threads(threads)
 
 
 def flushes_denormals() -> bool:

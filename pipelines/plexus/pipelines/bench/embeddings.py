@@ -598,7 +598,7 @@ def bench_embedding_throughput(
     return rows
 
 
-@restores_cpu_state
+@restores_cpu_state()
 def _add_back_to_back_throughput(
     rows: list[dict[str, Any]],
     base: JobConfig,

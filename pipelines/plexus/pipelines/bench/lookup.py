@@ -66,7 +66,7 @@ def lookup_latency(
     }
 
 
-@restores_cpu_state
+@restores_cpu_state()
 def add_lookup_latency(
     rows: list[dict[str, Any]],
     models: Mapping[int, Path],

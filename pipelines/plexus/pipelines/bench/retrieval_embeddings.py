@@ -77,7 +77,7 @@ POPULAR = "popular"
 EXPERIMENT = "bench-retrieval-embeddings"
 
 
-@restores_cpu_state
+@restores_cpu_state()
 def bench_retrieval_embeddings(
     data: Path,
     out: Path,

@@ -130,7 +130,7 @@ def _job(
     )
 
 
-@restores_cpu_state
+@restores_cpu_state()
 def _bare_loop(job: JobConfig, shards: list[Path], spec: FeatureSpec) -> float:
     """Examples/s of one epoch over pre-built batches, after a short warm-up.
 

@@ -317,9 +317,9 @@ def vocabulary_ids(values: pl.Series, feature: Feature) -> pl.Series:
         return pl.Series(values.name, np.zeros(len(values), dtype=np.int64))
     hashes = values.hash(seed=_HASH_SEED).to_numpy()
     at = np.searchsorted(index.hashes, hashes).clip(max=len(index.hashes) - 1)
-    ids = np.where(index.hashes[at] == hashes, index.ids[at], 0)
-    same = index.strings.gather(np.maximum(ids - 1, 0)) == values
-    return pl.Series(values.name, np.where(same.fill_null(False).to_numpy(), ids, 0))
+    candidates = index.ids[at]  # a value's own id when it is in the vocabulary (hashes distinct)
+    same = index.strings.gather(candidates - 1) == values
+    return pl.Series(values.name, np.where(same.fill_null(False).to_numpy(), candidates, 0))
 
 
 _HASH_SEED = 0x5EED

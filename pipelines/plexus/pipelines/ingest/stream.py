@@ -292,8 +292,6 @@ def seeded_split(keys: np.ndarray, config: DataConfig, given: int | None = None)
 
 
 def _split_of(plan: _Plan, frame: pl.DataFrame, block: Block) -> np.ndarray | None:
-    if SPLIT in frame.columns:
-        return frame[SPLIT].to_numpy()
     if block.given is not None or not plan.by_time:
         keys = _key(frame[LINE].to_numpy(), block.file_index)
         return seeded_split(keys, plan.config, block.given)
@@ -378,14 +376,13 @@ def _keys_task(plan: _Plan, coded: _Coded, times: tuple[int, ...]) -> dict[int, 
 def _encode_task(plan: _Plan, spec: FeatureSpec, coded: _Coded) -> pl.DataFrame:
     """Pass 2 on one block: the encoded rows with their split code. A coded column's ids are
     its distinct values' ids gathered by code."""
-    frame = coded.frame
     ids = [
         pl.lit(vocabulary_ids(values, spec[col])).gather(pl.col(col)).fill_null(0).alias(col)
         for col, values in coded.values.items()
     ]
-    frame = frame.with_columns(ids).with_columns(
-        pl.Series(SPLIT, _split_of(plan, frame, coded.block))
-    )
+    frame = coded.frame.with_columns(ids)
+    if SPLIT not in frame.columns:  # a time split: known only after pass 1
+        frame = frame.with_columns(pl.Series(SPLIT, _split_of(plan, frame, coded.block)))
     return encode(frame, spec, keep=(SPLIT,), encoded=frozenset(coded.values))
 
 

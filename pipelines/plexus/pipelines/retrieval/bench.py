@@ -17,7 +17,7 @@ from plexus.pipelines.retrieval.user_state import build_user_state
 from plexus.platform import config as config_io
 
 
-@restores_cpu_state
+@restores_cpu_state()
 def bench_retrieval(
     fmt: str,
     data: str | Path,

@@ -287,7 +287,7 @@ def register_bundle(bundle: Path, name: str, *, alias: str | None = None) -> str
     return str(version)
 
 
-@restores_cpu_state
+@restores_cpu_state()
 def run_retrieval_job(config: RetrievalJobConfig) -> dict[str, Any]:
     """The whole retrieval job in one parent MLflow run; returns run id, version, metrics."""
     from plexus.pipelines import tracking

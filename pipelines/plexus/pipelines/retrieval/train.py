@@ -85,7 +85,7 @@ def build_two_tower(
     )
 
 
-@restores_cpu_state
+@restores_cpu_state()
 def train_two_tower(
     data: Interactions,
     model_cfg: TwoTowerConfig,

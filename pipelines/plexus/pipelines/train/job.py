@@ -240,7 +240,7 @@ def _load_final_state(result: Any) -> tuple[list[dict[str, float]], dict[str, to
     return saved["loop"]["history"], best
 
 
-@restores_cpu_state
+@restores_cpu_state()
 def _final_metrics(
     job: JobConfig, data: IngestResult, model: torch.nn.Module, history: list[dict[str, float]]
 ) -> dict[str, float]:

@@ -49,7 +49,7 @@ class LoopState:
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
-@restores_cpu_state
+@restores_cpu_state()
 def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) -> None:
     """Ray Train entry point; `loop_config` carries plain data (configs as objects, paths as str).
 

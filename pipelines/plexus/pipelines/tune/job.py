@@ -372,14 +372,10 @@ def _test_selected(
         saved = torch.load(Path(folder) / STATE_FILE, weights_only=False)
     model = build_ctr_model(job.model, job.embedding, data.spec)
     model.load_state_dict(saved["best_model"])
-
-    @restores_cpu_state
-    def evaluate_test() -> dict[str, float]:
+    with restores_cpu_state():
         use_cpu_threads(os.cpu_count() or 1)
         batches = iter_batches(data.shards("test"), data.spec, job.train.eval_batch_size)
-        return evaluate(model, batches)
-
-    test = evaluate_test()
+        test = evaluate(model, batches)
     return {"test_auc": test["auc"], "test_logloss": test["logloss"]}
 
 
