@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from plexus.models.embeddings import build_embedding_tables, full_table_parameters
+from plexus.models.embeddings import EmbeddingConfig, build_embedding_tables, full_table_parameters
 from plexus.pipelines.bench.embeddings import (
     ROW_KEYS,
     _base_job,
@@ -22,6 +22,7 @@ from plexus.pipelines.bench.embeddings import (
 from plexus.pipelines.config import config_path, load_job_config, tuned_config
 from plexus.pipelines.data.synth import synth_criteo
 from plexus.pipelines.ingest import DataConfig, DataFormat
+from plexus.platform.config import from_dict
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Encoding, Feature, FeatureKind
 
@@ -90,6 +91,26 @@ def test_plan_runs_full_once_per_seed_and_the_others_at_every_budget() -> None:
         plan_rows(["optembed:dnis"], [1.0], seeds=1, chunks=2, dim=16)
     with pytest.raises(ConfigError, match="budgets"):
         plan_rows(["hashing"], [2.0], seeds=1, chunks=2, dim=16)
+
+
+def test_plan_keeps_the_configs_options_of_its_learned_method() -> None:
+    configured = from_dict(
+        EmbeddingConfig,
+        {
+            "method": "dsl",
+            "dim": 16,
+            "options": {"density": 0.3, "delta_t": 2000, "zeta_end": 0.01},
+        },
+    )
+    plan = plan_rows(["dsl:full", "optembed:full"], [1.0, 1 / 4], 1, 2, 16, configured)
+    dsl = {b: e.options for m, b, e, _ in plan if m == "dsl:full"}
+    assert {b: (o.delta_t, o.zeta_end) for b, o in dsl.items()} == {
+        1.0: (2000, 0.01),
+        0.25: (2000, 0.01),
+    }  # the config's schedule on every row; the row's budget sizes it, not the config's density
+    assert (dsl[1.0].density, dsl[0.25].density, dsl[0.25].byte_budget) == (None, None, 0.25)
+    optembed = [e.options for m, _, e, _ in plan if m == "optembed:full"]
+    assert optembed and all(not hasattr(o, "delta_t") for o in optembed)  # another method's
 
 
 def test_budgets_parse_from_fractions_and_label_back() -> None:

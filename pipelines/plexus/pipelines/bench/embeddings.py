@@ -116,7 +116,7 @@ def bench_embeddings(
     (0 skips it and uses the jobs' figures).
     """
     base = _base_job(fmt, Path(data), Path(out).resolve(), config, overrides, tracking_uri, name)
-    plan = plan_rows(methods, budgets, seeds, chunks, base.embedding.dim)
+    plan = plan_rows(methods, budgets, seeds, chunks, base.embedding.dim, base.embedding)
     uri = tracking.configure(base.tracking.uri)
 
     rows: list[dict[str, Any]] = []
@@ -231,6 +231,20 @@ def embedding_for(
     fitting = [c for c in range(chunks, 0, -1) if dim % c == 0 and budget * c <= 1.0 + 1e-12]
     c = fitting[0]
     return EmbeddingConfig(method=kind, dim=dim // c, budget=min(1.0, budget * c), chunks=c)
+
+
+_SIZED = ("base", "density", "byte_budget", "search_budget")  # options a budget row sets
+
+
+def _with_configured(
+    embedding: EmbeddingConfig, configured: EmbeddingConfig | None
+) -> EmbeddingConfig:
+    """`embedding` with the other options of the job config's embedding of the same method."""
+    if configured is None or configured.method != embedding.method or embedding.options is None:
+        return embedding
+    kept = {k: v for k, v in to_dict(configured.options).items() if k not in _SIZED}
+    options = {**to_dict(embedding.options), **kept}
+    return from_dict(EmbeddingConfig, {**to_dict(embedding), "options": options})
 
 
 def _options_class(method: str, base: str) -> type:
@@ -506,11 +520,20 @@ def _data_section(kind: DataFormat, data: Path, template: DataConfig) -> DataCon
 
 
 def plan_rows(
-    methods: Sequence[str], budgets: Sequence[float], seeds: int, chunks: int, dim: int
+    methods: Sequence[str],
+    budgets: Sequence[float],
+    seeds: int,
+    chunks: int,
+    dim: int,
+    configured: EmbeddingConfig | None = None,
 ) -> list[tuple[str, float, EmbeddingConfig, int]]:
     """(method label, budget, embedding, seed) in run order: per seed, full first, then by method
     and budget. A learned method's label is `method:base` (`optembed` alone: each of its bases);
-    a token `method@b` (e.g. `optembed:unified@1/16`) runs at budget b only, not at `budgets`."""
+    a token `method@b` (e.g. `optembed:unified@1/16`) runs at budget b only, not at `budgets`.
+
+    When the job config's embedding (`configured`) is a learned method, that method's rows keep
+    its `embedding.options` (e.g. DSL's `delta_t`) except the keys the benchmark sizes (`base`
+    and the budget's own: `_SIZED`)."""
     labels: dict[str, tuple[float, ...] | None] = {}
     for token in methods:
         name, _, only = token.partition("@")
@@ -541,9 +564,10 @@ def plan_rows(
             else sorted(set(own or budgets), reverse=True)
         )
         configs += [
-            (label, float(b), embedding_for(method, b, dim=dim, chunks=chunks, base=base or None))
+            (label, float(b), _with_configured(
+                embedding_for(method, b, dim=dim, chunks=chunks, base=base or None), configured))
             for b in at
-        ]
+        ]  # fmt: skip
     # Seed-major: an interrupted benchmark still has every (method, budget) for its first seeds.
     return [
         (label, budget, embedding, seed)
@@ -569,7 +593,7 @@ def bench_embedding_throughput(
     `out/throughput.json` and `out/throughput.md` (examples/s and the ratio to `full`)."""
     out = Path(out).resolve()
     base = _base_job(fmt, Path(data), out, config, overrides, None, None)
-    plan = plan_rows(methods, budgets, 1, chunks, base.embedding.dim)
+    plan = plan_rows(methods, budgets, 1, chunks, base.embedding.dim, base.embedding)
     rows = [
         {"method": m.partition(":")[0], "base": m.partition(":")[2], "budget": b,
          "chunks": e.chunks, "dim": e.dim}

@@ -109,7 +109,7 @@ def bench_retrieval_embeddings(
 
     out = Path(out).resolve()
     base = _base_job(fmt, Path(data), out, config, overrides, epochs, dim, tracking_uri)
-    planned = plan_rows(methods, budgets, seeds, chunks, base.model.dim)
+    planned = plan_rows(methods, budgets, seeds, chunks, base.model.dim, base.embedding)
     plan, skipped = _runnable(planned, base.model.dim, probes)
     uri = tracking.configure(base.tracking.uri)
     use_cpu_threads(base.train.threads)
