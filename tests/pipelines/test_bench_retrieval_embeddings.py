@@ -84,3 +84,16 @@ def test_every_method_gets_a_row_with_bytes_ordered_by_budget(planted: Path, tmp
 def test_a_ctr_format_is_refused_naming_the_choices(planted: Path, tmp_path) -> None:
     with pytest.raises(ConfigError, match="use lightgcn"):
         bench_retrieval_embeddings(planted, tmp_path, fmt="criteo")
+
+
+def test_the_configs_learned_options_reach_the_planned_rows(planted: Path, tmp_path) -> None:
+    """`--set embedding.options.delta_t=...` on a DSL config is what the DSL rows train with
+    (the job's own embedding is dropped from the base job, which each row replaces)."""
+    from plexus.pipelines.bench.embeddings import plan_rows
+    from plexus.pipelines.bench.retrieval_embeddings import _base_job
+
+    overrides = [*_TINY, "embedding.method=dsl", "embedding.options.delta_t=7"]
+    base, configured = _base_job("lightgcn", planted, tmp_path, None, overrides, 1, 16, None)
+    assert base.embedding is None and configured is not None
+    plan = plan_rows(["dsl:full"], [1 / 2], 1, 1, base.model.dim, configured)
+    assert [e.options.delta_t for _, _, e, _ in plan] == [7]

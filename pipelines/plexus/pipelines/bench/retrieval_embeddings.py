@@ -108,8 +108,8 @@ def bench_retrieval_embeddings(
     from plexus.pipelines.retrieval.job import load_data
 
     out = Path(out).resolve()
-    base = _base_job(fmt, Path(data), out, config, overrides, epochs, dim, tracking_uri)
-    planned = plan_rows(methods, budgets, seeds, chunks, base.model.dim, base.embedding)
+    base, configured = _base_job(fmt, Path(data), out, config, overrides, epochs, dim, tracking_uri)
+    planned = plan_rows(methods, budgets, seeds, chunks, base.model.dim, configured)
     plan, skipped = _runnable(planned, base.model.dim, probes)
     uri = tracking.configure(base.tracking.uri)
     use_cpu_threads(base.train.threads)
@@ -160,9 +160,10 @@ def _base_job(
     epochs: int | None,
     dim: int | None,
     tracking_uri: str | None,
-) -> Any:
-    """The retrieval job every row starts from: the config with `data`, the bench's output
-    folder and tracking, and the epochs / width asked for."""
+) -> tuple[Any, EmbeddingConfig | None]:
+    """The retrieval job every row starts from (the config with `data`, the bench's output
+    folder and tracking, and the epochs / width asked for; no embedding: each row sets its
+    own), and the config's `embedding:` (a learned method's rows keep its options)."""
     from plexus.pipelines.retrieval.config import bundled_retrieval_config, load_retrieval_config
 
     if fmt not in ("lightgcn", "movielens"):
@@ -179,12 +180,13 @@ def _base_job(
     job = load_retrieval_config(source, extra)
     # Not MLFLOW_TRACKING_URI alone: MLflow sets it once a run starts (see bench.embeddings).
     uri = tracking_uri or job.tracking.uri or f"sqlite:///{out / 'mlflow.db'}"
-    return dataclasses.replace(
+    base = dataclasses.replace(
         job,
         name=f"bench-retrieval-{job.name}",
         embedding=None,
         tracking=TrackingConfig(uri=uri, experiment=EXPERIMENT),
     )
+    return base, job.embedding
 
 
 def _runnable(
