@@ -6,7 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from plexus.pipelines.bench.retrieval_embeddings import ROW_KEYS, bench_retrieval_embeddings
+from plexus.pipelines.bench.embeddings import plan_rows
+from plexus.pipelines.bench.retrieval_embeddings import (
+    ROW_KEYS,
+    _base_job,
+    bench_retrieval_embeddings,
+)
 from plexus.pipelines.data.synth import planted_lists, write_lightgcn
 from plexus.platform.errors import ConfigError
 
@@ -89,9 +94,6 @@ def test_a_ctr_format_is_refused_naming_the_choices(planted: Path, tmp_path) -> 
 def test_the_configs_learned_options_reach_the_planned_rows(planted: Path, tmp_path) -> None:
     """`--set embedding.options.delta_t=...` on a DSL config is what the DSL rows train with
     (the job's own embedding is dropped from the base job, which each row replaces)."""
-    from plexus.pipelines.bench.embeddings import plan_rows
-    from plexus.pipelines.bench.retrieval_embeddings import _base_job
-
     overrides = [*_TINY, "embedding.method=dsl", "embedding.options.delta_t=7"]
     base, configured = _base_job("lightgcn", planted, tmp_path, None, overrides, 1, 16, None)
     assert base.embedding is None and configured is not None

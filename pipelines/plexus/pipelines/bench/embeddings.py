@@ -563,11 +563,9 @@ def plan_rows(
             if method == EmbeddingMethod.FULL.value
             else sorted(set(own or budgets), reverse=True)
         )
-        configs += [
-            (label, float(b), _with_configured(
-                embedding_for(method, b, dim=dim, chunks=chunks, base=base or None), configured))
-            for b in at
-        ]  # fmt: skip
+        for b in at:
+            embedding = embedding_for(method, b, dim=dim, chunks=chunks, base=base or None)
+            configs.append((label, float(b), _with_configured(embedding, configured)))
     # Seed-major: an interrupted benchmark still has every (method, budget) for its first seeds.
     return [
         (label, budget, embedding, seed)
