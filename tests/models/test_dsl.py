@@ -93,8 +93,9 @@ def test_taylor_pruning_and_random_growth_keep_the_count() -> None:
     assert int(mask.sum()) == 3 and not bool(mask[0])  # the lowest (w g)^2 went
 
 
-def test_non_zeros_stay_constant_and_masked_weights_and_adam_moments_stay_zero() -> None:
-    model = _model(density=0.4, delta_t=3)
+@pytest.mark.parametrize("grow", ["gradient", "accumulated"])
+def test_non_zeros_stay_constant_and_masked_weights_and_adam_moments_stay_zero(grow) -> None:
+    model = _model(density=0.4, delta_t=3, grow=grow)
     tables = model.embeddings
     assert isinstance(tables, DSLTables)
     target = list(tables.target_nonzeros)

@@ -5,6 +5,8 @@ graph reads the row-compressed tables and equals torch."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -149,6 +151,30 @@ def test_sparse_growth_equals_the_dense_rule_on_the_touched_rows() -> None:
     moved = prune_and_grow(weight, one, wide, 0.9, DSLConfig())
     assert moved > dim and int(wide.sum()) == int(mask.sum())
     assert bool(wide[2].all())
+
+
+@pytest.mark.parametrize(("grow", "expected_row"), [("gradient", 5), ("accumulated", 3)])
+def test_accumulated_growth_ranks_the_window_not_the_last_batch(grow, expected_row) -> None:
+    """Row 3 gets a large gradient at step 1 and row 5 a small one at step 2, the update step:
+    the current-batch rule grows in row 5 (the only row it sees), `grow: accumulated` in row 3
+    (the largest sum over the window of `delta_t` steps)."""
+    model = TwoTower(TwoTowerConfig(dim=DIM, history_len=4), num_users=30, num_items=40,
+                     embedding=_dsl(density=0.5, delta_t=2, total_steps=100, grow=grow))  # fmt: skip
+    tables = model.item_tables
+    (weight,), (mask,) = tables.weights(), tables.masks()
+    # Two positions move: fewer than either row has free (density 0.5 of 16 columns).
+    share = 1.5 / tables.target_nonzeros[0]
+    tables.options = dataclasses.replace(tables.options, zeta_start=share, zeta_schedule="constant")
+    assert int((~mask[3]).sum()) >= 2 and int((~mask[5]).sum()) >= 2
+    for row, value in ((3, 10.0), (5, 0.1)):
+        weight.grad = torch.sparse_coo_tensor(
+            torch.tensor([[row]]), torch.full((1, DIM), value), tuple(weight.shape)
+        )
+        before = mask.clone()
+        protocol.after_step(model, (), total_steps=100)
+    grown = mask & ~before
+    assert int(grown.sum()) == 2 and int(mask.sum()) == int(before.sum())
+    assert torch.nonzero(grown)[:, 0].unique().tolist() == [expected_row]
 
 
 def test_dsl_towers_beat_the_most_popular_items(planted) -> None:
