@@ -27,9 +27,9 @@ The method (Sec. 3 of the paper; official code: github.com/shuyao-wang/DSL, `*/u
   the momentum of an inactive position is one step's gradient scaled to its sign.
 * Beyond the paper, `grow: accumulated`: the largest |sum of the gradients since the last
   update| (every position's gradient summed over the `delta_t` steps, in a table-sized buffer
-  that each step adds its gradient to and each update clears). It is what the official
-  momentum growth reads (a running sum of past gradients) without keeping momentum at masked
-  positions, and it matters for sparse gradients: one batch touches a few percent of a
+  that each step adds its gradient to and each update clears). It is close to what the
+  official momentum growth reads (SGD's momentum, a decaying sum of past gradients) without
+  keeping momentum at masked positions, and it matters for sparse gradients: one batch touches a few percent of a
   retrieval table's rows (Gowalla: 1,024 of 29,858 users), so the current-batch rule grows
   most positions at random (below), while `delta_t` batches cover most rows. The sums are not
   checkpointed: a resumed run starts its window at the resume.
