@@ -29,9 +29,10 @@ The method (Sec. 3 of the paper; official code: github.com/shuyao-wang/DSL, `*/u
   update| (every position's gradient summed over the `delta_t` steps, in a table-sized buffer
   that each step adds its gradient to and each update clears). It is close to what the
   official momentum growth reads (SGD's momentum, a decaying sum of past gradients) without
-  keeping momentum at masked positions, and it matters for sparse gradients: one batch touches a few percent of a
-  retrieval table's rows (Gowalla: 1,024 of 29,858 users), so the current-batch rule grows
-  most positions at random (below), while `delta_t` batches cover most rows. The sums are not
+  keeping momentum at masked positions, and it matters for sparse gradients: one batch
+  touches a few percent of a retrieval table's rows (Gowalla: 1,024 of 29,858 users), so the
+  current-batch rule grows most positions at random (below), while `delta_t` batches cover
+  most rows. The sums are not
   checkpointed: a resumed run starts its window at the resume.
 
 `delta_t` defaults to a twentieth of the planned steps: the official 2,000-3,000 steps come from
@@ -280,9 +281,9 @@ class DSLTables(MaskedTables):
         window's sum (as a sparse gradient over its non-zero rows when the steps are sparse, so
         that positions no step touched are drawn at random, as `prune_and_grow` does)."""
         grad = weight.grad
-        if self.options.grow != "accumulated" or not self._grad_sums:
+        if self.options.grow != "accumulated":
             return grad if grad is not None else torch.zeros_like(weight)
-        total = self._grad_sums[k]
+        total = self._grad_sums[k]  # filled by this very step's `_accumulate`
         if grad is None or not grad.is_sparse:
             return total
         rows = torch.nonzero(total.abs().amax(dim=1)).squeeze(1)  # sorted, distinct
