@@ -129,7 +129,8 @@ def config_path(name: str | Path) -> Path:
 
 def tuned_config(config: str, backbone: str) -> Path | None:
     """The bundled tuned config of `backbone` on `config`'s dataset (`configs/tuned/<config>-
-    <backbone>.yaml`, a `best.yaml` of `plexus tune`), if there is one."""
+    <backbone>.yaml`: a `best.yaml` of `plexus tune`, or a recipe chosen on validation by hand),
+    if there is one."""
     path = TUNED_DIR / f"{config}-{backbone}.yaml"
     return path if path.is_file() else None
 
