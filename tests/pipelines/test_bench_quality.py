@@ -25,7 +25,8 @@ def test_every_tuned_config_is_its_files_backbone_and_reads_the_data_root(
     """A `best.yaml` copied in as written would carry the tuning machine's absolute paths."""
     monkeypatch.setenv("PLEXUS_DATA", str(tmp_path))
     paths = sorted(TUNED_DIR.glob("*.yaml"))
-    assert len(paths) >= 10  # movielens lr, movielens_1m lr, fm, criteo x 4, avazu lr, deepfm, dcnv2
+    # movielens lr; movielens_1m lr, fm; criteo x 4; avazu lr, deepfm, dcnv2
+    assert len(paths) >= 10
     for path in paths:
         dataset, backbone = path.stem.rsplit("-", 1)
         assert tuned_config(dataset, backbone) == path
