@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import yaml
 from cli_runner import PLEXUS, plexus
+from plexus.pipelines.config import CONFIGS_DIR, bundled_config, load_job_config
 from plexus.pipelines.data.synth import synth_criteo
-from plexus.pipelines.tune import parse_space
-from plexus.pipelines.tune.job import rank_configurations
+from plexus.pipelines.tune import load_space, parse_space
+from plexus.pipelines.tune.job import check_space, rank_configurations
 from plexus.platform.errors import ConfigError
 
 
@@ -59,6 +60,18 @@ def test_unknown_config_key_in_the_space_fails_before_any_work(tmp_path: Path) -
     assert done.returncode == 2
     assert "space.train.lrr" in done.stderr and "train.lrr" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "space_path", sorted((CONFIGS_DIR / "spaces").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_bundled_space_is_valid_for_its_datasets_config(space_path: Path) -> None:
+    """`spaces/<dataset>[-<variant>].yaml`: every key and value applies to that dataset's
+    bundled job, so the commands in the spaces' headers do not fail after Ray has started."""
+    space = load_space(space_path)
+    job = load_job_config(bundled_config(space_path.stem.split("-")[0]))
+    check_space(job, space)
+    assert space.trials >= 1 and space.params
 
 
 def test_rank_configurations_averages_seeds_and_sinks_failed_ones() -> None:
