@@ -34,7 +34,7 @@ demo-ctr: $(STAMP)
 	@echo "Look at the run:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  (then open http://127.0.0.1:5000)"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # PostgreSQL for the registry-server tests, from Debian's package, only when it is missing.
 postgres:
