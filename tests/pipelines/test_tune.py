@@ -71,7 +71,6 @@ def test_every_bundled_space_is_valid_for_its_datasets_config(space_path: Path) 
     space = load_space(space_path)
     job = load_job_config(bundled_config(space_path.stem.split("-")[0]))
     check_space(job, space)
-    assert space.trials >= 1 and space.params
 
 
 def test_rank_configurations_averages_seeds_and_sinks_failed_ones() -> None:
