@@ -33,6 +33,7 @@ def test_edited_input_retrains_and_old_model_is_refused_on_new_shards(tmp_path: 
 model: {backbone: lr}
 embedding: {method: full, dim: 4}
 train: {batch_size: 512, epochs: 1, threads_per_worker: 1}
+use_ray: false
 """,
     )
     raw = tmp_path / "day.tsv"

@@ -1,5 +1,6 @@
-"""OptEmbed through the real job: three stages on local Ray, nested MLflow runs, a compact
-model that loads back, and a crashed run that resumes at the first unfinished stage."""
+"""OptEmbed through the real job: three stages (trained in the job's process, `use_ray: false`;
+the search's fitness evaluations on two local Ray actors), nested MLflow runs, a compact model
+that loads back, and a crashed run that resumes at the first unfinished stage."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ embedding:
   dim: 8
   options: {{search_budget: 0.5, search: {{generations: 2, mutation: 3, crossover: 3, parents: 3}}}}
 train: {{batch_size: 512, epochs: 2, lr: 0.003, patience: 5, threads_per_worker: 1, search_workers: 2}}
+use_ray: false
 tracking: {{uri: "sqlite:///{tmp / "mlflow.db"}", experiment: oe}}
 output: {tmp / "runs"}
 """

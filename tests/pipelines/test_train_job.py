@@ -141,7 +141,7 @@ def test_a_plateau_cuts_the_learning_rate_and_returns_to_the_best_weights(tmp_pa
     raw = synth_criteo(tmp_path / "criteo.tsv", rows=4_000, seed=5)
     config = _config(tmp_path, raw, epochs=5)
     done = plexus("run", str(config), "train.lr=0.05", "train.reduce_lr_on_plateau=0.1",
-                  "train.patience=4", cwd=tmp_path)  # fmt: skip
+                  "train.patience=4", "use_ray=false", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     history = json.loads(Path(done.stdout.strip().splitlines()[-1]).read_text())["history"]
     best, cuts = float("-inf"), 0

@@ -85,10 +85,16 @@ class JobConfig:
     tracking: TrackingConfig = TrackingConfig()
     daily: DailyConfig = DailyConfig()  # `plexus daily`: id admission and eviction over days
     output: str | None = None  # runs folder; None -> ./runs (or PLEXUS_RUNS_DIR)
+    use_ray: bool = True  # False trains in this process, one worker (`train.local`)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError(f"name must be a non-empty string without '/', got {self.name!r}")
+        if not self.use_ray and self.train.workers > 1:
+            raise ConfigError(
+                f"use_ray: false trains in this process with one worker, got train.workers="
+                f"{self.train.workers}; set train.workers=1 or use_ray=true"
+            )
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the given sections (all if none): equal hashes mean the same work."""

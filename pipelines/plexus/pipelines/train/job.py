@@ -1,4 +1,5 @@
-"""The training job (driver side): Ray Train fit, test evaluation, MLflow logging, outputs.
+"""The training job (driver side): Ray Train fit (or in-process with `use_ray: false`), test
+evaluation, MLflow logging, outputs.
 
 Outputs go to `<runs>/<name>/train-<hash>/`, the hash covering the data, model, embedding and
 train sections and the fingerprint of the ingested data's feature spec (which covers the input
@@ -31,7 +32,7 @@ from plexus.pipelines.config import JobConfig
 from plexus.pipelines.files import storage_error, write_json
 from plexus.pipelines.ingest import IngestResult
 from plexus.pipelines.runtime import default_runs_dir, ensure_ray
-from plexus.pipelines.train import sharding
+from plexus.pipelines.train import local, sharding
 from plexus.pipelines.train.evaluate import evaluate, iter_batches
 from plexus.pipelines.train.loop import STATE_FILE, train_loop
 from plexus.pipelines.train.stages import run_stages
@@ -60,6 +61,8 @@ def run_output_dir(job: JobConfig, data: IngestResult, *, init: str | None = Non
     runs = Path(job.output).resolve() if job.output else default_runs_dir()
     sections = job.fingerprint("data", "model", "embedding", "train")
     key_text = f"{sections}:{data.spec.fingerprint}" + (f":{init}" if init else "")
+    if not job.use_ray:  # other batches (a whole-split shuffle): other work, own folder
+        key_text += ":in-process"
     key = hashlib.sha256(key_text.encode()).hexdigest()[:12]
     return runs / job.name / f"train-{key}"
 
@@ -140,34 +143,46 @@ def _fit(
     init_state: str | None = None,
     stage: str | None = None,
 ) -> Any:
-    """Ray Train over the training loop, checkpointing under `out/ray` and logging per-epoch
-    metrics into MLflow run `run_id`; `init_state` and `stage` as in `loop.train_loop`."""
-    ensure_ray()
+    """The training loop on Ray Train (checkpoints under `out/ray`), or in this process with
+    `use_ray: false` (`train.local`, checkpoints under `out/checkpoints`); per-epoch metrics go
+    into MLflow run `run_id`; `init_state` and `stage` as in `loop.train_loop`."""
     import mlflow
+
+    storage = out / ("ray" if job.use_ray else local.CHECKPOINTS_DIR)
+    loop_config = {
+        "job": job,
+        "spec_path": str(data.output / "feature_spec.json"),
+        "tracking_uri": mlflow.get_tracking_uri(),
+        "mlflow_run_id": run_id,
+        "resume_from": _latest_checkpoint(storage),
+        "init_state": init_state,
+        "stage": stage,
+        "steps_per_epoch": _steps_per_epoch(job, data),
+    }
+    try:
+        if not job.use_ray:
+            shards = {split: _shards(data, split) for split in ("train", "valid")}
+            return local.fit_in_process(loop_config, shards, out)
+        return _fit_on_ray(job, data, out, loop_config)
+    except Exception as exc:  # a checkpoint could not be written: name where
+        disk = storage_error(exc)
+        if disk is None or disk.filename:
+            raise
+        raise OSError(disk.errno, disk.strerror or str(disk), str(out)) from exc
+
+
+def _fit_on_ray(job: JobConfig, data: IngestResult, out: Path, loop_config: dict) -> Any:
+    ensure_ray()
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
     def dataset(split: str) -> ray.data.Dataset:
-        shards = data.shards(split)
-        if not shards:
-            raise PlexusError(
-                f"ingested data at {data.output} has no {split!r} shards; re-run ingest"
-            )
-        return ray.data.read_parquet([str(p) for p in shards])
+        return ray.data.read_parquet([str(p) for p in _shards(data, split)])
 
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={
-            "job": job,
-            "spec_path": str(data.output / "feature_spec.json"),
-            "tracking_uri": mlflow.get_tracking_uri(),
-            "mlflow_run_id": run_id,
-            "resume_from": _latest_checkpoint(out / "ray"),
-            "init_state": init_state,
-            "stage": stage,
-            "steps_per_epoch": _steps_per_epoch(job, data),
-        },
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.train.workers,
             use_gpu=False,
@@ -182,13 +197,14 @@ def _fit(
         datasets={"train": dataset("train"), "valid": dataset("valid")},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    try:
-        return trainer.fit()
-    except Exception as exc:  # a worker's checkpoint could not be written: name where
-        disk = storage_error(exc)
-        if disk is None or disk.filename:
-            raise
-        raise OSError(disk.errno, disk.strerror or str(disk), str(out)) from exc
+    return trainer.fit()
+
+
+def _shards(data: IngestResult, split: str) -> list[Path]:
+    shards = data.shards(split)
+    if not shards:
+        raise PlexusError(f"ingested data at {data.output} has no {split!r} shards; re-run ingest")
+    return shards
 
 
 def _cpus_per_worker(workers: int) -> float:

@@ -98,6 +98,8 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) 
         for optimizer, saved_state in zip(optimizers, saved["optimizers"], strict=True):
             optimizer.load_state_dict(saved_state)
         state = LoopState(**saved["loop"])
+        if "torch_rng" in saved:  # dropout's draws go on as if the run had never stopped
+            torch.set_rng_state(saved["torch_rng"])
         best_model = saved["best_model"]
         if sharded:
             shards = sharding.read_shards(Path(resume_dir), rank)
@@ -208,6 +210,7 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) 
                         "loop": dataclasses.asdict(state),
                         "best_model": best_model,
                         "sharded_ranks": world if sharded else 0,
+                        "torch_rng": torch.get_rng_state(),
                     },
                     Path(tmp) / STATE_FILE,
                 )

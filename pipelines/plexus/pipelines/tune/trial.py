@@ -15,14 +15,12 @@ resumes from its last checkpoint exactly as a crashed job does.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from plexus.pipelines.files import read_json, write_json
+from plexus.pipelines.train.local import ArrowDataset
 from plexus.pipelines.train.loop import LoopSession, train_loop
 from plexus.platform import config as config_io
 
@@ -39,31 +37,6 @@ class TrialContext:
     experiment_id: str
     parent_run_id: str
     cpus: int  # torch threads of a trial (its Ray CPU resources)
-
-
-class ArrowDataset:
-    """An in-memory split with the `iter_batches` of a Ray Data dataset shard (what the loop
-    calls). A shuffle seed shuffles the whole split (a superset of Ray's local shuffle buffer)."""
-
-    def __init__(self, shards: list[Path]) -> None:
-        self.table = pa.concat_tables([pq.read_table(p) for p in shards])
-
-    def iter_batches(
-        self,
-        *,
-        batch_size: int,
-        batch_format: str = "pyarrow",
-        local_shuffle_buffer_size: int | None = None,
-        local_shuffle_seed: int | None = None,
-        prefetch_batches: int = 0,
-    ) -> Iterator[pa.Table]:
-        del batch_format, prefetch_batches  # always Arrow, already in memory
-        table = self.table
-        if local_shuffle_buffer_size:
-            order = np.random.default_rng(local_shuffle_seed).permutation(table.num_rows)
-            table = table.take(pa.array(order))
-        for start in range(0, table.num_rows, batch_size):
-            yield table.slice(start, batch_size)
 
 
 class TuneSession(LoopSession):
