@@ -97,6 +97,7 @@ def test_a_crash_after_the_search_resumes_at_the_retrain_stage(optembed_run) -> 
     assert after["test_auc"] == pytest.approx(before["test_auc"], abs=0.01)
 
 
+@pytest.mark.slow  # 37 s; the job above already searches on two Ray actors
 def test_bench_search_times_one_worker_against_two_and_finds_the_same_widths(optembed_run) -> None:
     tmp, config, _, _ = optembed_run
     out = tmp / "bench-search"

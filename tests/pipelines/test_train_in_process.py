@@ -12,13 +12,13 @@ from cli_runner import plexus, tiny_ctr_job
 _SECTIONS = """
 model: {backbone: deepfm, hidden: [32], dropout: 0.2}
 embedding: {method: full, dim: 4}
-train: {batch_size: 256, epochs: 3, lr: 0.01, threads_per_worker: 1}
+train: {batch_size: 256, epochs: 3, lr: 0.03, threads_per_worker: 1}
 use_ray: false
 """
 
 
 def test_a_crashed_in_process_run_resumes_after_its_last_checkpoint(tmp_path: Path) -> None:
-    config = tiny_ctr_job(tmp_path, "local", rows=8_000, seed=2, sections=_SECTIONS)
+    config = tiny_ctr_job(tmp_path, "local", rows=4_000, seed=2, sections=_SECTIONS)
     done = plexus("train", str(config), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics_path = Path(done.stdout.strip().splitlines()[-1])

@@ -35,7 +35,7 @@ def finished_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
     tmp = tmp_path_factory.mktemp("e2e")
-    raw = synth_criteo(tmp / "criteo.tsv", rows=30_000, seed=3)
+    raw = synth_criteo(tmp / "criteo.tsv", rows=12_000, seed=3)
     config = _config(tmp, raw)
     done = plexus("run", str(config), cwd=tmp)
     assert done.returncode == 0, done.stderr[-4000:]
