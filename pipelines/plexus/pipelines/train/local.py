@@ -83,7 +83,7 @@ class LocalSession(LoopSession):
 class FolderCheckpoint:
     """A checkpoint folder with the `as_directory()` of `ray.train.Checkpoint`."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
 
     @contextlib.contextmanager
