@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import polars as pl
-import pytest
 from plexus.pipelines.ingest import DataConfig, DataFormat, ParquetSchema, encode, fit_spec
-from plexus.pipelines.ingest.encode import vocabulary_ids
-from plexus.platform.feature_spec import Encoding, Feature, FeatureKind
+from plexus.platform.feature_spec import Encoding, FeatureKind
 from plexus.platform.hashing import bucketize_ids, feature_seed, hash_strings
 
 
@@ -56,32 +53,3 @@ def test_multi_valued_hash_and_train_mask() -> None:
     expected = bucketize_ids(hash_strings(["a", "b"]), feature_seed("tags"), 11).tolist()
     assert out["tags"].to_list() == [expected, [], []]
     assert out["c"].to_list() == [1, 2, 0]
-
-
-def _vocab_feature(values: list[str]) -> Feature:
-    return Feature(name="c", kind=FeatureKind.CATEGORICAL, encoding=Encoding.VOCAB,
-                   cardinality=len(values) + 1, vocabulary=tuple(values))  # fmt: skip
-
-
-def test_vocabulary_ids_by_hash_equal_the_enum_cast() -> None:
-    rng = np.random.default_rng(0)
-    feature = _vocab_feature([f"v{i}" for i in rng.permutation(5_000)])
-    raw = [f"v{i}" for i in rng.integers(0, 6_000, 3_000)] + ["", "zz"]
-    values = pl.Series("c", raw).unique(maintain_order=True)  # ~1/6 out of the vocabulary
-    expected = values.cast(pl.Enum(feature.vocabulary), strict=False).to_physical() + 1
-    ids = vocabulary_ids(values, feature)
-    assert ids.to_list() == expected.cast(pl.Int64).fill_null(0).to_list()
-    assert (ids == 0).sum() > 300 and ids.dtype == pl.Int64
-
-
-def test_vocabulary_ids_never_trust_a_hash_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Values that share a hash with a vocabulary value are OOV, not that value's id; a
-    vocabulary whose own values share hashes is looked up value by value."""
-    by_length = lambda self, seed=0: self.str.len_bytes().cast(pl.UInt64)  # noqa: E731
-    monkeypatch.setattr(pl.Series, "hash", by_length)
-    distinct_lengths = _vocab_feature(["a", "bb", "ccc"])
-    values = pl.Series("c", ["x", "bb", "yyy", "ccc", "a", "dddd"])
-    assert vocabulary_ids(values, distinct_lengths).to_list() == [0, 2, 0, 3, 1, 0]
-    same_length = _vocab_feature(["ab", "cd", "ef"])
-    values = pl.Series("c", ["cd", "xy", "ef", "ab"])
-    assert vocabulary_ids(values, same_length).to_list() == [2, 0, 3, 1]

@@ -72,6 +72,19 @@ def test_one_and_two_ray_workers_write_the_same_bytes(
         digests.append(_digests(tmp_path / f"w{workers}"))
     assert digests[0] == digests[1] == digests[2]
     assert len(digests[0]) >= 7  # spec, manifest, rejects and several shards
+    # A split by time counts after pass 1, from the spill the driver wrote for the Ray tasks.
+    hours = [14102100 + (i * 5) % 24 for i in range(600)]
+    timed = tmp_path / "timed.csv"
+    timed.write_text(
+        ",".join(AVAZU_COLUMNS) + "\n" + "\n".join(_avazu(i, h) for i, h in enumerate(hours)) + "\n"
+    )
+    by_time = []
+    for workers in (0, 2):
+        cfg = DataConfig(format=DataFormat.AVAZU, path=str(timed), workers=workers,
+                         split=SplitConfig(by="time", valid=0.15, test=0.1))  # fmt: skip
+        ingest(cfg, output=tmp_path / f"t{workers}", progress=False)
+        by_time.append(_digests(tmp_path / f"t{workers}"))
+    assert by_time[0] == by_time[1]
     # A bad input found on a Ray worker is the same DataError, not a remote traceback.
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("id,clicks,hour\n1,0,14102100\n")

@@ -10,7 +10,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
-import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -20,10 +19,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from plexus.pipelines.files import with_errno
-from plexus.pipelines.ingest.delimited import BOM
+from plexus.pipelines.ingest.delimited import BOM, count_byte
 from plexus.pipelines.ingest.encode import to_arrow
 from plexus.platform.errors import DataError, PlexusError
-from plexus.platform.feature_spec import FeatureSpec
 
 BLOCK_BYTES = 16 << 20  # input bytes read per block (fixed: row groups must not depend on it)
 ROW_GROUP = 1 << 17  # rows per Parquet row group of the shards
@@ -119,7 +117,7 @@ def read_blocks(
             carry = piece[end:]
             yield Block(index, file_index, str(file), SPLITS.index(split) if given else None,
                         block, lines)  # fmt: skip
-            index, lines = index + 1, lines + block.count(b"\n")
+            index, lines = index + 1, lines + count_byte(block, b"\n")
         if carry:
             yield Block(index, file_index, str(file), SPLITS.index(split) if given else None,
                         carry, lines)  # fmt: skip
@@ -195,54 +193,44 @@ def _sha256(file: Path) -> str:
 class BlockSpill:
     """Pass 1's parsed blocks on disk, so that the later passes read them back instead of
     parsing the input again: one uncompressed Arrow IPC file per block (written and memory
-    mapped back at memory speed) plus one for its dictionaries, deleted once read for the last
-    time. About 220 bytes a Criteo row: the input's size, never its whole in memory."""
+    mapped back at memory speed), deleted once read for the last time. About 220 bytes a
+    Criteo row: the input's size, never its whole in memory."""
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir()
         self.folder = folder
-        self.blocks: list[tuple[Block, dict[str, int]]] = []  # with each column's value count
+        self.blocks: list[Block] = []
 
-    def write(self, block: Block, frame: pl.DataFrame, values: dict[str, pl.Series]) -> None:
-        """Keep `block`'s parsed `frame` and the distinct `values` its coded columns index."""
-        path = self._path(block, "")
+    def write(self, block: Block, frame: pl.DataFrame) -> None:
+        """Keep `block`'s parsed (and coded) `frame` (from any thread)."""
+        path = self._path(block)
         try:
             frame.write_ipc(path, compression="uncompressed")
-            if values:  # one column of all the values, cut by the counts on reading
-                joined = pl.concat([v.rename("v") for v in values.values()]).to_frame()
-                joined.write_ipc(self._path(block, ".values"), compression="uncompressed")
         except OSError as exc:  # a full disk: name the errno and the file
             raise with_errno(exc, path) from exc
-        counts = {c: len(v) for c, v in values.items()}
-        self.blocks.append((dataclasses.replace(block, data=b""), counts))
+        self.blocks.append(dataclasses.replace(block, data=b""))
 
-    def read(
-        self, *, last: bool = False
-    ) -> Iterator[tuple[Block, pl.DataFrame, dict[str, pl.Series]]]:
-        """Every block in order, with its frame and values; `last`: delete each once read."""
-        for block, counts in self.blocks:
-            frame = pl.read_ipc(self._path(block, ""))
-            values: dict[str, pl.Series] = {}
-            if counts:
-                joined = pl.read_ipc(self._path(block, ".values")).to_series()
-                starts = itertools.accumulate(counts.values(), initial=0)
-                values = {
-                    c: joined.slice(at, n).rename(c)
-                    for (c, n), at in zip(counts.items(), starts, strict=False)
-                }
+    def read(self, *, last: bool = False) -> Iterator[tuple[Block, pl.DataFrame]]:
+        """Every block in order with its frame; `last`: delete each once read."""
+        for block in sorted(self.blocks, key=lambda b: b.index):
+            frame = pl.read_ipc(self._path(block))
             if last:
-                self._path(block, "").unlink()
-                self._path(block, ".values").unlink(missing_ok=True)
-            yield block, frame, values
+                self._path(block).unlink()
+            yield block, frame
 
-    def _path(self, block: Block, suffix: str) -> Path:
-        return self.folder / f"{block.index:07d}{suffix}.arrow"
+    def _path(self, block: Block) -> Path:
+        return self.folder / f"{block.index:07d}.arrow"
 
 
 def ordered_map(
-    task: Callable[..., R], args: Iterable[tuple[Any, ...]], workers: int
+    task: Callable[..., R],
+    args: Iterable[tuple[Any, ...]],
+    workers: int,
+    *,
+    broadcast: Iterable[Any] = (),
 ) -> Iterator[R]:
-    """`task(*a)` for each `a`, run `window` at a time, yielded in order."""
+    """`task(*a)` for each `a`, run `window` at a time, yielded in order. On Ray, the
+    `broadcast` arguments (large, the same for every task) go to the object store once."""
     pending: collections.deque[Any] = collections.deque()
     it = iter(args)
     if workers > 0:
@@ -251,12 +239,9 @@ def ordered_map(
 
         ensure_ray()
         remote = ray.remote(num_cpus=1)(task)
-        shared: dict[int, Any] = {}
+        shared = {id(x): ray.put(x) for x in broadcast}
 
         def submit(a: tuple[Any, ...]) -> Any:
-            for x in a:  # large shared arguments (the spec) go to the object store once
-                if isinstance(x, FeatureSpec) and id(x) not in shared:
-                    shared[id(x)] = ray.put(x)
             return remote.remote(*(shared.get(id(x), x) for x in a))
 
         def get(ref: Any) -> R:

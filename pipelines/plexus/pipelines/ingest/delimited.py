@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from plexus.platform.errors import DataError
 
@@ -136,13 +137,21 @@ def _fast(body: bytes, columns: Sequence[Column], separator: str) -> pl.DataFram
         return None
     # A strict parse rejects lines with too many fields and keeps one row per line (an empty
     # line is an all-null row), so equal separator totals mean no line has too few.
-    if body.count(separator.encode()) != (len(columns) - 1) * frame.height:
+    if count_byte(body, separator.encode()) != (len(columns) - 1) * frame.height:
         return None
     checks = [pl.col(c.name).is_not_null().all() for c in columns if c.required]
     checks += [c.check[0].fill_null(False).all() for c in columns if c.check is not None]
     if checks and not all(frame.select(e.alias(f"__ok{i}") for i, e in enumerate(checks)).row(0)):
         return None
     return frame
+
+
+def count_byte(data: bytes, byte: bytes) -> int:
+    """How often `byte` (one byte) occurs in `data`: numpy's compare-and-count, about twice as
+    fast as `bytes.count` on a 16 MiB block (which a streamed ingest does twice per block)."""
+    if len(byte) != 1:
+        return data.count(byte)
+    return int(np.count_nonzero(np.frombuffer(data, np.uint8) == byte[0]))
 
 
 def _invalid_utf8(body: bytes) -> tuple[bytes, list[tuple[int, str]]]:

@@ -9,10 +9,8 @@ conventions are those of `plexus.platform.feature_spec`. All work is vectorized 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-import threading
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -81,15 +79,18 @@ def vocab_columns(roles: ParquetSchema, config: DataConfig) -> list[str]:
     ]
 
 
-def rank_vocabulary(counts: pl.LazyFrame, config: DataConfig) -> pl.LazyFrame:
+def rank_vocabulary(
+    counts: pl.LazyFrame, config: DataConfig, *, keep: tuple[str, ...] = ()
+) -> pl.LazyFrame:
     """Values `v` with training counts `n` -> the vocabulary in id order: seen >= min_count times,
-    most frequent first, ties by value. Counts merged from blocks give the same vocabulary."""
+    most frequent first, ties by value (with the `keep` columns). Counts merged from blocks give
+    the same vocabulary."""
     return (
         counts.filter(
             pl.col("v").is_not_null() & (pl.col("v") != "") & (pl.col("n") >= config.min_count)
         )
         .sort(["n", "v"], descending=[True, False])
-        .select("v")
+        .select("v", *keep)
     )
 
 
@@ -297,63 +298,6 @@ def encode(
         pl.col(f.name) if f.name in encoded else _feature_expr(frame, f) for f in spec.features
     ]
     return frame.select(*exprs, *keep)
-
-
-def vocabulary_ids(values: pl.Series, feature: Feature) -> pl.Series:
-    """The ids (Int64; 0 for OOV and null) of some values of a vocabulary feature.
-
-    A block's distinct values are looked up by their 64-bit hashes in the vocabulary's sorted
-    hashes (built once per vocabulary and process), and every match is checked against the
-    vocabulary's own string, so a hash collision can only miss, never give a wrong id (and a
-    vocabulary with colliding hashes is looked up value by value). All vectorised: a cast to the
-    vocabulary's Enum costs about 40 ms at 300,000 values whatever the input's length (it builds
-    its lookup table every time), and a dict lookup per value 0.4 us.
-    """
-    index = _vocabulary_index(feature.vocabulary)
-    if index.by_value is not None:
-        ids = [index.by_value.get(v, 0) for v in values.to_list()]
-        return pl.Series(values.name, ids, dtype=pl.Int64)
-    if not len(index.hashes) or not len(values):
-        return pl.Series(values.name, np.zeros(len(values), dtype=np.int64))
-    hashes = values.hash(seed=_HASH_SEED).to_numpy()
-    at = np.searchsorted(index.hashes, hashes).clip(max=len(index.hashes) - 1)
-    candidates = index.ids[at]  # a value's own id when it is in the vocabulary (hashes distinct)
-    same = index.strings.gather(candidates - 1) == values
-    return pl.Series(values.name, np.where(same.fill_null(False).to_numpy(), candidates, 0))
-
-
-_HASH_SEED = 0x5EED
-
-
-@dataclasses.dataclass(frozen=True)
-class _VocabularyIndex:
-    strings: pl.Series  # the vocabulary, id - 1 -> value
-    hashes: np.ndarray  # uint64, sorted
-    ids: np.ndarray  # int64, the id of each sorted hash
-    by_value: dict[str, int] | None  # value -> id where two values share a hash
-
-
-_INDEXES: dict[int, tuple[tuple[str, ...], _VocabularyIndex]] = {}
-_INDEXES_LOCK = threading.Lock()
-
-
-def _vocabulary_index(vocabulary: tuple[str, ...]) -> _VocabularyIndex:
-    """The lookup of `vocabulary`, cached by identity (the entry holds the tuple, so its id is
-    not reused); the last 32 are kept (a Criteo spec has 26)."""
-    with _INDEXES_LOCK:
-        hit = _INDEXES.get(id(vocabulary))
-        if hit is None:
-            strings = pl.Series("v", vocabulary, dtype=pl.String)
-            hashes = strings.hash(seed=_HASH_SEED).to_numpy()
-            order = np.argsort(hashes, kind="stable")
-            hashes = hashes[order]
-            collide = bool(len(hashes) > 1 and (hashes[1:] == hashes[:-1]).any())
-            by_value = {v: i for i, v in enumerate(vocabulary, start=1)} if collide else None
-            hit = (vocabulary, _VocabularyIndex(strings, hashes, order + 1, by_value))
-            if len(_INDEXES) >= 32:
-                _INDEXES.pop(next(iter(_INDEXES)))
-            _INDEXES[id(vocabulary)] = hit
-        return hit[1]
 
 
 def to_arrow(encoded: pl.DataFrame, schema: pa.Schema) -> pa.Table:

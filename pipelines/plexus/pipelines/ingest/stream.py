@@ -4,13 +4,13 @@ zstd, bounded memory.
 Pass 1 reads each input file in blocks of about `BLOCK_BYTES` ending at a line end (`.gz` and
 `.zst` files are decompressed on the fly; the raw bytes are fingerprinted as they are read) or,
 for Parquet, in batches of `PARQUET_BATCH_ROWS` rows of the declared columns, parses each block
-on a worker, sets its rejects aside, dictionary-codes every string vocabulary column (UInt32
-codes into the block's own distinct values) and counts the training values from the codes.
-Per-block counts are merged in block order, so the vocabulary is exactly the whole-input one.
-The coded blocks are spilled to disk (`BlockSpill`, about the input's size), so pass 2 parses
-nothing: it reads each block back, maps the block's few distinct values to their ids and
-gathers them by code, and the driver appends the rows to each split's shards in block order,
-in row groups of `ROW_GROUP` rows. Memory holds the blocks in flight and the vocabularies,
+on a worker, sets its rejects aside, codes every single-valued vocabulary column (the run's
+UInt32 code of each distinct value, `codes.RunCodes`) and counts the training values by code.
+Counts are summed over blocks, so the vocabulary is exactly the whole-input one. The coded
+blocks are spilled to disk (`BlockSpill`, about the input's size), so pass 2 parses nothing: it
+reads each block back and gathers each column's ids by code from the vocabulary's lookup table,
+and the driver appends the rows to each split's shards in block order, in row groups of
+`ROW_GROUP` rows. Memory holds the blocks in flight and the vocabularies,
 whatever the input size. A split by time needs two more passes over the spill (the per-time
 row counts first, then the keys of the rows at the boundary times).
 
@@ -44,6 +44,7 @@ from plexus.pipelines.ingest.blocks import (
     read_blocks,
     read_parquet_blocks,
 )
+from plexus.pipelines.ingest.codes import RunCodes, SparseCounts, local_codes
 from plexus.pipelines.ingest.config import DataConfig, DataFormat, ParquetSchema
 from plexus.pipelines.ingest.delimited import LINE
 from plexus.pipelines.ingest.encode import (
@@ -53,7 +54,6 @@ from plexus.pipelines.ingest.encode import (
     numeric_features,
     rank_vocabulary,
     vocab_columns,
-    vocabulary_ids,
 )
 from plexus.pipelines.ingest.readers import (
     TIME,
@@ -81,6 +81,7 @@ class _Plan:
     config: DataConfig
     roles: ParquetSchema  # the parsed frame's columns (label `label`)
     vocab: tuple[str, ...]
+    coded: tuple[str, ...]  # the single-valued vocab columns (lists keep their strings)
     by_time: bool  # split known only after pass 1 (then counting is a pass of its own)
     time_cut: tuple[tuple[int, int], tuple[int, int]] | None = None  # (test, valid) thresholds
 
@@ -97,22 +98,24 @@ class _Stats:
     rows: np.ndarray  # (3,) accepted rows per split (zeros while the split is unknown)
     rejects: pl.DataFrame
     reject_splits: np.ndarray  # (3,) rejects per split (given or seeded; zeros by time)
-    counts: dict[str, pl.DataFrame]
+    counts: dict[str, pl.DataFrame]  # value counts of the multi-valued vocab columns
+    code_counts: dict[str, SparseCounts]  # of the coded ones
     numeric: dict[str, Any]
     times: pl.DataFrame | None  # rows per time value (time splits)
     file_index: int = 0  # the input file (a file given as two splits counts twice)
     lengths: dict[str, int | None] = dataclasses.field(default_factory=dict)  # longest lists
-    coded: _Coded | None = None  # pass 1's parsed block, for the spill
+    coded: _Coded | None = None  # a Ray task's parsed block, for the driver to spill
 
 
 @dataclasses.dataclass(frozen=True)
 class _Coded:
-    """A parsed block as the later passes read it: each column in `values` holds UInt32 codes
-    into its distinct values (null for a missing value), the other columns as parsed."""
+    """A parsed block as the later passes read it: each coded column holds UInt32 codes (null
+    for a missing value), the other columns as parsed. The codes are the run's, or, from a Ray
+    task until the driver translates them, codes into the block's own distinct `values`."""
 
     block: Block  # without its data
     frame: pl.DataFrame
-    values: dict[str, pl.Series]
+    values: dict[str, pl.Series] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +149,9 @@ def stream_inputs(
     """
     roles = _roles(config)
     given = "valid" in files
-    plan = _Plan(config.format, config, roles, tuple(vocab_columns(roles, config)), by_time=False)
+    vocab = tuple(vocab_columns(roles, config))
+    single = tuple(c for c in vocab if c not in roles.multi_categorical)
+    plan = _Plan(config.format, config, roles, vocab, single, by_time=False)
     if not given and config.split.by == "time":
         timed = config.format is DataFormat.AVAZU or (
             config.schema is not None and config.schema.time is not None
@@ -168,19 +173,25 @@ def stream_inputs(
         return read_blocks(ordered, given, fingerprint, prints)
 
     prints: list[dict[str, Any]] = []
-    merged = _Merged(plan.vocab)
+    codes = RunCodes(plan.coded)
+    spill = BlockSpill(tmp / ".blocks")
+    # Threads code into the run's categories and spill their blocks; a Ray task codes into
+    # categories of its own, and the driver translates and spills.
+    in_process = None if config.workers > 0 else (codes, spill)
+    merged = _Merged(plan.vocab, codes)
     per_file: dict[int, dict[str, Any]] = {
         i: {"path": str(f), "split": s, "lines": 0, "rejects": 0, "shown": []}
         for i, (s, f) in enumerate(ordered)
     }
     reject_counts: collections.Counter[str] = collections.Counter()
     blocks = read(fingerprint, prints)
-    spill = BlockSpill(tmp / ".blocks")
     with (tmp / "rejects.jsonl").open("w") as rejects_out:
-        for stats in ordered_map(_parse_task, ((plan, b) for b in blocks), config.workers):
-            assert stats.coded is not None
-            spill.write(stats.coded.block, stats.coded.frame, stats.coded.values)
-            stats.coded = None
+        parse = ((plan, b, in_process) for b in blocks)
+        for stats in ordered_map(_parse_task, parse, config.workers):
+            if stats.coded is not None:  # from a Ray task
+                _translate(stats, codes)
+                spill.write(stats.coded.block, stats.coded.frame)
+                stats.coded = None
             merged.add(stats)
             _note_rejects(stats, per_file, reject_counts, rejects_out)
     log(
@@ -196,7 +207,7 @@ def stream_inputs(
 
     if plan.by_time:
         plan = dataclasses.replace(plan, time_cut=_time_cut(plan, merged, again()))
-        merged = _Merged(plan.vocab)
+        merged = _Merged(plan.vocab, codes)
         for stats in ordered_map(_count_task, ((plan, c) for c in again()), config.workers):
             merged.add(stats)
     rows = dict(zip(SPLITS, (int(n) for n in merged.rows), strict=True))
@@ -209,8 +220,9 @@ def stream_inputs(
                 f"data.{s}_path: no usable rows in {', '.join(map(str, files[s]))}; every line "
                 "was rejected or the files are empty. Fix the input or point it at other files"
             )
+    vocabs, lookups = merged.vocabularies(config)
     spec = build_spec(
-        roles, config, vocabs=merged.vocabularies(config), max_lengths=merged.max_lengths(),
+        roles, config, vocabs=vocabs, max_lengths=merged.max_lengths(),
         numeric=merged.numeric_features(roles.numeric, config.numeric),
         name=name, source=source(), splits=rows,
     )  # fmt: skip
@@ -225,12 +237,10 @@ def stream_inputs(
         for s in SPLITS
         if rows[s] or s in files
     }
-    tasks = ((plan, spec, c) for c in again(last=True))
-    for encoded in ordered_map(_encode_task, tasks, config.workers):
-        for code, s in enumerate(SPLITS):
-            part = encoded.filter(pl.col(SPLIT) == code)
-            if part.height:
-                writers[s].add(part.drop(SPLIT))
+    tasks = ((plan, spec, lookups, c) for c in again(last=True))
+    for parts in ordered_map(_encode_task, tasks, config.workers, broadcast=(spec, lookups)):
+        for code, part in sorted(parts.items()):
+            writers[SPLITS[code]].add(part)
     shards = {s: w.close() for s, w in writers.items()}
     spill.folder.rmdir()
     log(f"encoded; spec fingerprint {fingerprint_}")
@@ -319,14 +329,18 @@ def _parse(plan: _Plan, block: Block) -> tuple[pl.DataFrame, Any]:
     return table.frame, table
 
 
-def _parse_task(plan: _Plan, block: Block) -> _Stats:
+def _parse_task(
+    plan: _Plan, block: Block, in_process: tuple[RunCodes, BlockSpill] | None
+) -> _Stats:
     """Pass 1 on one block: parse, split where known, code the vocabulary columns and count
-    their training values; the coded block goes to the spill."""
+    their training values. On a thread of the job (`in_process`), the codes are the run's and
+    the coded block goes to the spill here; a Ray task's block goes back to the driver."""
     frame, table = _parse(plan, block)
     split = _split_of(plan, frame, block)
     if split is not None:
         frame = frame.with_columns(pl.Series(SPLIT, split))
-    coded = _code(plan, block, frame)
+    codes, spill = in_process if in_process is not None else (None, None)
+    coded = _code(plan, block, frame, codes)
     rejects = table.rejects
     reject_splits = np.zeros(3, dtype=np.int64)
     if rejects.height and (block.given is not None or not plan.by_time):
@@ -335,28 +349,41 @@ def _parse_task(plan: _Plan, block: Block) -> _Stats:
         reject_splits = np.bincount(splits, minlength=3)
     stats = _count(plan, coded, split is not None)
     stats.lines, stats.rejects, stats.reject_splits = table.lines, rejects, reject_splits
-    stats.file_index, stats.coded = block.file_index, coded
+    stats.file_index = block.file_index
+    if spill is not None:
+        spill.write(coded.block, coded.frame)
+    else:
+        stats.coded = coded
     if plan.by_time and split is None:
         stats.times = frame.group_by(TIME).len().rename({"len": "n"})
     return stats
 
 
-def _code(plan: _Plan, block: Block, frame: pl.DataFrame) -> _Coded:
-    """Dictionary-code the block's single-valued string vocabulary columns, after which counting
-    is a bincount and encoding a gather of the few distinct values' ids: one hash pass per column
-    (a Categorical with categories of its own: dense codes, the block's distinct values by code;
-    a quarter cheaper than `unique` and a cast to an Enum of them)."""
+def _code(plan: _Plan, block: Block, frame: pl.DataFrame, codes: RunCodes | None) -> _Coded:
+    """Code the block's single-valued vocabulary columns, after which counting is a bincount and
+    encoding a gather: one hash pass per column (a polars Categorical)."""
+    block = dataclasses.replace(block, data=b"")
+    if codes is not None:
+        return _Coded(block, frame.with_columns([codes.code(frame[c]) for c in plan.coded]))
     values: dict[str, pl.Series] = {}
-    codes = []
-    for col in plan.vocab:
-        if frame.schema[col] != pl.String:
-            continue  # lists (multi-valued) keep their strings
-        categories = pl.Categories.random()
-        coded = frame[col].cast(pl.Categorical(categories))
-        # Read while `coded` lives: the mapping goes with the last column using it.
-        values[col] = categories.to_series().rename(col)
-        codes.append(coded.to_physical())
-    return _Coded(dataclasses.replace(block, data=b""), frame.with_columns(codes), values)
+    coded = []
+    for col in plan.coded:
+        physical, values[col] = local_codes(frame[col])
+        coded.append(physical)
+    return _Coded(block, frame.with_columns(coded), values)
+
+
+def _translate(stats: _Stats, codes: RunCodes) -> None:
+    """A Ray task's block (codes into its own values) in the run's codes, counts included."""
+    coded = stats.coded
+    assert coded is not None
+    columns = []
+    for col, values in coded.values.items():
+        column, run = codes.translate(col, coded.frame[col], values)
+        columns.append(column)
+        if col in stats.code_counts:  # (none while a time split is unknown)
+            stats.code_counts[col] = stats.code_counts[col].translated(run)
+    stats.coded = _Coded(coded.block, coded.frame.with_columns(columns))
 
 
 def _count_task(plan: _Plan, coded: _Coded) -> _Stats:
@@ -373,23 +400,28 @@ def _keys_task(plan: _Plan, coded: _Coded, times: tuple[int, ...]) -> dict[int, 
     return {t: _tie_key(plan, at.filter(pl.col(TIME) == t), coded.block.file_index) for t in times}
 
 
-def _encode_task(plan: _Plan, spec: FeatureSpec, coded: _Coded) -> pl.DataFrame:
-    """Pass 2 on one block: the encoded rows with their split code. A coded column's ids are
-    its distinct values' ids gathered by code."""
+def _encode_task(
+    plan: _Plan, spec: FeatureSpec, lookups: dict[str, np.ndarray], coded: _Coded
+) -> dict[int, pl.DataFrame]:
+    """Pass 2 on one block: its encoded rows by split (0 train, 1 valid, 2 test; order kept).
+    A coded column's ids are gathered by code from its lookup table (0 for a missing value)."""
     ids = [
-        pl.lit(vocabulary_ids(values, spec[col])).gather(pl.col(col)).fill_null(0).alias(col)
-        for col, values in coded.values.items()
+        pl.lit(pl.Series(lookups[col])).gather(pl.col(col)).fill_null(0).alias(col)
+        for col in plan.coded
     ]
     frame = coded.frame.with_columns(ids)
     if SPLIT not in frame.columns:  # a time split: known only after pass 1
         frame = frame.with_columns(pl.Series(SPLIT, _split_of(plan, frame, coded.block)))
-    return encode(frame, spec, keep=(SPLIT,), encoded=frozenset(coded.values))
+    encoded = encode(frame, spec, keep=(SPLIT,), encoded=frozenset(plan.coded))
+    parts = encoded.partition_by(SPLIT, as_dict=True, include_key=False, maintain_order=True)
+    return {int(key[0]): part for key, part in parts.items()}  # type: ignore[call-overload]
 
 
 def _count(plan: _Plan, coded: _Coded, known: bool) -> _Stats:
     """Training-row statistics of one block (empty when its split is not known yet)."""
     rows = np.zeros(3, dtype=np.int64)
     counts: dict[str, pl.DataFrame] = {}
+    code_counts: dict[str, SparseCounts] = {}
     numeric: dict[str, Any] = {}
     lengths: dict[str, int | None] = {}
     multi = plan.roles.multi_categorical
@@ -398,7 +430,7 @@ def _count(plan: _Plan, coded: _Coded, known: bool) -> _Stats:
         split = frame[SPLIT].to_numpy()
         rows = np.bincount(split, minlength=3).astype(np.int64)
         train = frame.lazy().filter(pl.col(SPLIT) == 0)
-        strings = [c for c in plan.vocab if c not in coded.values]
+        strings = [c for c in plan.vocab if c not in plan.coded]
         queries = [
             (
                 train.select(pl.col(c).alias("v")).explode("v") if c in multi
@@ -424,13 +456,9 @@ def _count(plan: _Plan, coded: _Coded, known: bool) -> _Stats:
         if multi:
             lengths = found.pop().row(0, named=True)
         counts = dict(zip(strings, found[: len(strings)], strict=True))
-        train_codes = frame.select(list(coded.values)).filter(pl.Series(split == 0))
-        for c, values in coded.values.items():
-            n = np.bincount(train_codes[c].drop_nulls().to_numpy(), minlength=len(values))
-            counts[c] = pl.DataFrame(
-                {"v": values.rename("v"), "n": pl.Series(n).cast(pl.get_index_type())}
-            ).filter(pl.col("n") > 0)
-        counts = {c: counts[c] for c in plan.vocab}
+        train_codes = frame.select(plan.coded).filter(pl.Series(split == 0))
+        for c in plan.coded:
+            code_counts[c] = SparseCounts.of(train_codes[c].drop_nulls().to_numpy())
         row = found[len(strings)].row(0) if cols else ()
         if plan.config.numeric == "bucketize":
             numeric = dict(zip(cols, row, strict=True))
@@ -438,20 +466,27 @@ def _count(plan: _Plan, coded: _Coded, known: bool) -> _Stats:
             k = len(cols)
             numeric = {c: (row[i], row[k + i], row[2 * k + i]) for i, c in enumerate(cols)}
     empty = pl.DataFrame(schema={"file": pl.String})
-    return _Stats(0, rows, empty, np.zeros(3, np.int64), counts, numeric, None, lengths=lengths)
+    return _Stats(
+        0, rows, empty, np.zeros(3, np.int64), counts, code_counts, numeric, None, lengths=lengths
+    )
 
 
 class _Merged:
     """Block statistics merged in block order (so the sums do not depend on the workers).
 
-    Value counts are kept as per-block frames and summed in one group-by when they outgrow
-    the merged counts (or at the end): memory stays within a few times the vocabulary.
+    Coded columns' counts are summed by code. The value counts of lists are kept as per-block
+    frames and summed in one group-by when they outgrow the merged counts (or at the end):
+    memory stays within a few times the vocabulary.
     """
 
-    def __init__(self, vocab: tuple[str, ...]) -> None:
+    def __init__(self, vocab: tuple[str, ...], codes: RunCodes) -> None:
         self.lines, self.rows = 0, np.zeros(3, dtype=np.int64)
         self.reject_splits = np.zeros(3, dtype=np.int64)
-        self.counts: dict[str, list[pl.DataFrame]] = {c: [] for c in vocab}
+        self.codes = codes
+        self.totals = {c: np.zeros(0, np.int64) for c in codes.columns}
+        self.counts: dict[str, list[pl.DataFrame]] = {
+            c: [] for c in vocab if c not in codes.columns
+        }
         self.pending, self.merged_rows = 0, 0
         self.numeric: dict[str, Any] = {}
         self.times: pl.DataFrame | None = None
@@ -465,6 +500,8 @@ class _Merged:
         for col, counts in stats.counts.items():
             self.counts[col].append(counts)
             self.pending += counts.height
+        for col, sparse in stats.code_counts.items():
+            self.totals[col] = sparse.add_to(self.totals[col])
         if self.pending > max(1 << 20, 2 * self.merged_rows):
             self._compact()
         for col, value in stats.numeric.items():
@@ -488,7 +525,11 @@ class _Merged:
         self.merged_rows = sum(f.height for f in found)
         self.pending = 0
 
-    def vocabularies(self, config: DataConfig) -> dict[str, tuple[str, ...]]:
+    def vocabularies(
+        self, config: DataConfig
+    ) -> tuple[dict[str, tuple[str, ...]], dict[str, np.ndarray]]:
+        """Each vocabulary column's values in id order, and each coded column's lookup table
+        from code to id."""
         queries = [
             rank_vocabulary(
                 pl.concat(frames).lazy().group_by("v").agg(pl.col("n").sum()), config
@@ -496,7 +537,13 @@ class _Merged:
             for frames in self.counts.values()
         ]  # fmt: skip
         found = pl.collect_all(queries)
-        return {c: tuple(f.to_series().to_list()) for c, f in zip(self.vocab, found, strict=True)}
+        vocabs = {
+            c: tuple(f.to_series().to_list()) for c, f in zip(self.counts, found, strict=True)
+        }
+        lookups = {}
+        for col, total in self.totals.items():
+            vocabs[col], lookups[col] = self.codes.vocabulary(col, total, config)
+        return {c: vocabs[c] for c in self.vocab}, lookups
 
     def max_lengths(self) -> dict[str, int]:
         """The longest training list of each multi-valued column (1 when none has items)."""
