@@ -16,7 +16,7 @@ from plexus.pipelines.data.synth import synth_criteo
 @pytest.fixture(scope="module")
 def optembed_run(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("optembed")
-    raw = synth_criteo(tmp / "criteo.tsv", rows=20_000, seed=4)
+    raw = synth_criteo(tmp / "criteo.tsv", rows=10_000, seed=4)
     config = tmp / "job.yaml"
     config.write_text(
         f"""

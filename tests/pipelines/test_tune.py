@@ -164,6 +164,7 @@ def test_tune_finds_the_planted_learning_rate_on_the_mean_of_two_seeds(tmp_path:
             assert steps in ([1], [1, 2])  # ASHA may stop the weak one after its first rung
 
 
+@pytest.mark.slow  # 120-170 s; the repeats test above runs the same ranking on every change
 def test_tune_cross_validates_each_configuration_over_folds(tmp_path: Path) -> None:
     """`folds: 2`: every learning rate trains on both folds (each its own ingest: disjoint
     validation rows, the same test rows), is ranked by the mean, and `best.yaml` keeps the job's

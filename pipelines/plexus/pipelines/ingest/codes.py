@@ -1,6 +1,6 @@
 """The streamed ingest's codes: one UInt32 code per distinct value of each single-valued
 vocabulary column for the whole run, so that counting the training values is a bincount and
-encoding a block is a gather through a lookup table, whatever the column's type of strings.
+encoding a block is a gather through a lookup table: each value is hashed once per run.
 
 Each column's codes are a polars `Categories` of the run's own (dense codes in order of first
 sight; polars' concurrent mapping, so the threads of the job code their blocks into it at once).
@@ -18,6 +18,7 @@ import uuid
 import numpy as np
 import polars as pl
 from plexus.pipelines.ingest.config import DataConfig
+from plexus.pipelines.ingest.encode import rank_vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,7 @@ def local_codes(strings: pl.Series) -> tuple[pl.Series, pl.Series]:
 
 
 class RunCodes:
-    """The run's codes of the single-valued vocabulary columns, with their training counts."""
+    """The run's codes of the single-valued vocabulary columns."""
 
     def __init__(self, columns: tuple[str, ...]) -> None:
         namespace = f"plexus-ingest-{uuid.uuid4().hex}"
@@ -103,8 +104,6 @@ class RunCodes:
         """The column's vocabulary in id order from its training counts by code (as
         `encode.rank_vocabulary` ranks it) and the lookup table from code to id (int64; 0 for a
         value outside the vocabulary)."""
-        from plexus.pipelines.ingest.encode import rank_vocabulary
-
         codes = pl.Series("code", np.arange(self._size(col), dtype=np.uint32))
         values = codes.cat.to(self.dtypes[col]).cast(pl.String)
         n = np.zeros(len(codes), np.int64)
