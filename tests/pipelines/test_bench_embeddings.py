@@ -16,6 +16,7 @@ from plexus.pipelines.bench.embeddings import (
     embedding_for,
     parse_budget,
     plan_rows,
+    results_markdown,
     summarise,
     targets,
 )
@@ -154,6 +155,12 @@ def test_summary_averages_seeds_and_checks_the_targets_against_full_and_hashing(
     assert [s["examples_per_s"] for s in summary] == [100.0, 120.0, 90.0]  # the jobs' figures
     assert targets(summary)["unified_speed_vs_full"] == pytest.approx(0.9)
     assert summary[1]["speed_vs_full"] == pytest.approx(1.05)
+    text = results_markdown("t", rows, summary, command="plexus bench embeddings")
+    assert "unified - full test AUC = -0.0050" in text
+    # Without unified rows there is no target to report (it printed "n/a" three times).
+    plain = [r for r in rows if r["method"] != "unified"]
+    text = results_markdown("t", plain, summarise(plain), command="plexus bench embeddings")
+    assert "unified - full" not in text and "n/a" not in text
 
 
 def test_a_data_folder_uses_its_given_splits_and_a_single_file_is_split(tmp_path: Path) -> None:
