@@ -65,12 +65,17 @@ def local_codes(strings: pl.Series) -> tuple[pl.Series, pl.Series]:
     categorical = pl.Categorical(pl.Categories.random())
     coded = strings.cast(categorical)
     physical = coded.to_physical()
-    # The values by code, read natively (`Categories.to_series` is a Python loop over them)
-    # while `coded` lives: the mapping goes with the last column using it.
+    # Read while `coded` lives: the mapping goes with the last column using it.
     top = physical.max()
     size = 0 if top is None else int(top) + 1  # type: ignore[arg-type]
-    values = pl.Series(strings.name, np.arange(size, dtype=np.uint32)).cat.to(categorical)
-    return physical, values.cast(pl.String)
+    return physical, _values(categorical, size).rename(strings.name)
+
+
+def _values(categorical: pl.Categorical, size: int) -> pl.Series:
+    """The values of codes 0..size-1 of `categorical`, read natively (`Categories.to_series`
+    is a Python loop over them)."""
+    codes = pl.Series("v", np.arange(size, dtype=np.uint32))
+    return codes.cat.to(categorical).cast(pl.String)
 
 
 class RunCodes:
@@ -104,13 +109,13 @@ class RunCodes:
         """The column's vocabulary in id order from its training counts by code (as
         `encode.rank_vocabulary` ranks it) and the lookup table from code to id (int64; 0 for a
         value outside the vocabulary)."""
-        codes = pl.Series("code", np.arange(self._size(col), dtype=np.uint32))
-        values = codes.cat.to(self.dtypes[col]).cast(pl.String)
-        n = np.zeros(len(codes), np.int64)
-        n[: min(len(total), len(n))] = total[: len(n)]
-        counts = pl.DataFrame({"v": values, "n": n, "code": codes})
+        size = self._size(col)
+        n = np.zeros(size, np.int64)
+        n[: min(len(total), size)] = total[:size]
+        codes = pl.Series("code", np.arange(size, dtype=np.uint32))
+        counts = pl.DataFrame({"v": _values(self.dtypes[col], size), "n": n, "code": codes})
         ranked = rank_vocabulary(counts.lazy(), config, keep=("code",)).collect()
-        lookup = np.zeros(len(codes), np.int64)
+        lookup = np.zeros(size, np.int64)
         lookup[ranked["code"].to_numpy()] = np.arange(1, ranked.height + 1)
         return tuple(ranked["v"].to_list()), lookup
 
