@@ -9,7 +9,13 @@ import torch
 from plexus.models.backbones import Backbone, ModelConfig, build_ctr_model
 from plexus.models.batch import batch_from_arrow, pad_sparse
 from plexus.models.embeddings import EmbeddingConfig, build_embedding_tables, protocol
-from plexus.models.embeddings.dsl import DSLConfig, DSLTables, prune_and_grow, zeta
+from plexus.models.embeddings.dsl import (
+    DSLConfig,
+    DSLTables,
+    prune_and_grow,
+    prune_and_grow_global,
+    zeta,
+)
 from plexus.models.embeddings.magnitude_pruning import MagnitudePruningTables
 from plexus.models.embeddings.protocol import Stage
 from plexus.models.embeddings.sparse_storage import CompactSparseTables
@@ -91,6 +97,50 @@ def test_taylor_pruning_and_random_growth_keep_the_count() -> None:
     grad = torch.tensor([0.01, 5.0, 1.0, 0.0, 0.0, 0.0])  # (w g)^2: 1e-4, 0.25, 0.25
     prune_and_grow(weight, grad, mask, 0.3, DSLConfig(prune="taylor", grow="random"), seed=3)
     assert int(mask.sum()) == 3 and not bool(mask[0])  # the lowest (w g)^2 went
+
+
+def test_global_scope_moves_non_zeros_to_the_table_where_the_gradients_are() -> None:
+    # Table a: small weights and no gradient; table b: two zero weights and large gradients.
+    weights = [torch.tensor([[0.01, 0.02, 0.9]]), torch.zeros(2, 2)]
+    masks = [torch.tensor([[True, True, True]]), torch.tensor([[True, False], [False, True]])]
+    grads = [torch.zeros(1, 3), torch.tensor([[0.0, 3.0], [2.0, 1.0]])]
+    moved = prune_and_grow_global(weights, grads, masks, 0.5, DSLConfig(scope="global"))
+    assert moved == 3  # ceil(0.5 * 5 non-zeros in all)
+    # Each table's largest weight stays (0.9; b's first zero). Pruned over both tables: b's
+    # other 0.0, then 0.01 and 0.02 of a; grown: |g| 3, 2 and 1, all in b.
+    assert masks[0].tolist() == [[False, False, True]]
+    assert masks[1].tolist() == [[True, True], [True, True]]
+    # Per tensor, table a would have kept 2 of its 3 non-zeros whatever b's gradients.
+    per_tensor = torch.tensor([[True, True, True]])
+    prune_and_grow(weights[0], grads[0], per_tensor, 0.5, DSLConfig())
+    assert int(per_tensor.sum()) == 3
+
+
+def test_global_scope_leaves_every_table_a_non_zero() -> None:
+    weights = [torch.tensor([[0.001, 0.002]]), torch.tensor([[0.5, 0.6]])]
+    masks = [torch.tensor([[True, True]]), torch.tensor([[True, True]])]
+    grads = [torch.zeros(1, 2), torch.zeros(1, 2)]
+    prune_and_grow_global(weights, grads, masks, 1.0, DSLConfig(scope="global"))
+    assert all(int(m.sum()) >= 1 for m in masks) and sum(int(m.sum()) for m in masks) == 4
+    with pytest.raises(ConfigError, match="scope=global needs dense gradients"):
+        prune_and_grow_global(
+            weights, [g.to_sparse() for g in grads], masks, 0.5, DSLConfig(scope="global")
+        )
+
+
+def test_global_scope_keeps_the_total_but_not_each_tables_count() -> None:
+    model = _model(density=0.3, delta_t=2, scope="global")
+    tables = model.embeddings
+    total = sum(tables.target_nonzeros)
+    seen: set[tuple[int, ...]] = set()
+
+    def check(step: int, before, optimizers) -> None:
+        assert sum(tables.nonzeros()) == total
+        assert min(tables.nonzeros()) >= 1
+        seen.add(tuple(tables.nonzeros()))
+
+    _train(model, _batches(8), total_steps=8, check=check)
+    assert len(seen) > 1  # the tables' shares moved
 
 
 @pytest.mark.parametrize("grow", ["gradient", "accumulated"])

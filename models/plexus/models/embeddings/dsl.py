@@ -34,6 +34,13 @@ The method (Sec. 3 of the paper; official code: github.com/shuyao-wang/DSL, `*/u
   current-batch rule grows most positions at random (below), while `delta_t` batches cover
   most rows. The sums are not
   checkpointed: a resumed run starts its window at the resume.
+* Beyond the paper, `scope: global`: each update prunes the `ceil(zeta * nnz)` smallest
+  weights among all tables' non-zeros and grows as many where the gradient is largest in any
+  table (`prune_and_grow_global`; each table keeps its largest weight), so the non-zeros move to
+  the fields that need them, as global magnitude pruning allots them, while their total stays
+  fixed. The paper sparsifies two tables (MF/LightGCN users and items) at one density; a CTR
+  model has a table per field, from a few rows to most of the vocabulary, and one density for
+  all starves the small, informative ones at low budgets. Dense gradients only (the CTR tables).
 
 `delta_t` defaults to a twentieth of the planned steps: the official 2,000-3,000 steps come from
 runs of 10^5-10^6 steps (hundreds of updates of the mask); jobs here take hundreds to thousands.
@@ -96,6 +103,7 @@ class DSLConfig:
     zeta_schedule: str = "cosine"  # or "linear", "constant" (zeta_start throughout)
     prune: str = "magnitude"  # smallest |w|; or "taylor": smallest (w * grad)^2
     grow: str = "gradient"  # largest |grad| of the current batch; "accumulated", "random"
+    scope: str = "tensor"  # prune and grow per table (the paper), or over all tables: "global"
     total_steps: int | None = None  # planned steps when the training loop cannot tell
     sparsify_mlp: bool = False  # also the network's Linear weights, at the tables' density
 
@@ -115,6 +123,7 @@ class DSLConfig:
             ("zeta_schedule", self.zeta_schedule, _SCHEDULES),
             ("prune", self.prune, ("magnitude", "taylor")),
             ("grow", self.grow, ("gradient", "accumulated", "random")),
+            ("scope", self.scope, ("tensor", "global")),
         ):
             if value not in choices:
                 raise ConfigError(f"embedding.options.{key}={value!r}: use one of {choices}")
@@ -257,8 +266,13 @@ class DSLTables(MaskedTables):
         if step % self.delta_t(context):
             return False
         share = zeta(self.options, step, self.total_steps(context))
-        for k, (weight, mask) in enumerate(pairs):
-            grad = self._growth_gradient(k, weight)
+        grads = [self._growth_gradient(k, weight) for k, (weight, _) in enumerate(pairs)]
+        tables = len(self.weights())
+        if self.options.scope == "global":  # the tables as one pool; the network per tensor
+            weights, masks = zip(*pairs[:tables], strict=True)
+            prune_and_grow_global(weights, grads[:tables], masks, share, self.options, seed=step)
+            pairs, grads = pairs[tables:], grads[tables:]
+        for (weight, mask), grad in zip(pairs, grads, strict=True):
             prune_and_grow(weight, grad, mask, share, self.options, seed=step)
         self._grad_sums = []  # the next window starts empty
         return True
@@ -322,9 +336,65 @@ def prune_and_grow(
     generator = torch.Generator(device=w.device).manual_seed(seed)
     if grad.is_sparse:
         return _prune_and_grow_sparse(w, grad.coalesce(), flat, count, options, generator)
-    g = grad.reshape(-1)
+    _prune_and_grow_dense(w, grad.reshape(-1), flat, count, options, generator)
+    return count
+
+
+def prune_and_grow_global(
+    weights: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    share: float,
+    options: DSLConfig,
+    *,
+    seed: int = 0,
+) -> int:
+    """`scope: global`: one DSL update of all tables as one pool, in place on `masks`: the
+    `ceil(share * nnz)` positions of lowest score among all tables' active ones are dropped and
+    as many grown where the gradient is largest in any table, so non-zeros move to the tables
+    (fields) where they matter, as global magnitude pruning allots them. Each table keeps at
+    least one non-zero. Beyond the paper (per tensor, for its two MF/LightGCN tables)."""
+    if any(g.is_sparse for g in grads):
+        raise ConfigError(
+            "embedding.options.scope=global needs dense gradients (the CTR tables); the "
+            "retrieval towers' sparse gradients prune and grow per table: drop the option"
+        )
+    flat = torch.cat([m.reshape(-1) for m in masks])
+    nnz = int(flat.sum())
+    count = min(math.ceil(share * nnz), nnz - len(masks))
+    if count <= 0:
+        return 0
+    w = torch.cat([x.detach().reshape(-1) for x in weights])
+    g = torch.cat([x.reshape(-1) for x in grads])
+    generator = torch.Generator(device=w.device).manual_seed(seed)
+    # Each table's largest weight is kept out of the pruning: no table is left empty.
+    keep = [
+        int(torch.argmax(torch.where(m.reshape(-1), x.detach().abs().reshape(-1), -1.0)))
+        for x, m in zip(weights, masks, strict=True)
+    ]
+    offsets = torch.tensor([0, *[m.numel() for m in masks]]).cumsum(0)[:-1]
+    protect = offsets + torch.tensor(keep)
+    _prune_and_grow_dense(w, g, flat, count, options, generator, protect=protect)
+    for mask, part in zip(masks, flat.split([m.numel() for m in masks]), strict=True):
+        mask.view(-1).copy_(part)
+    return count
+
+
+def _prune_and_grow_dense(
+    w: torch.Tensor,
+    g: torch.Tensor,
+    flat: torch.Tensor,
+    count: int,
+    options: DSLConfig,
+    generator: torch.Generator,
+    protect: torch.Tensor | None = None,
+) -> None:
+    """`prune_and_grow` on flat w, g and mask (dense gradient); `protect`: active positions
+    never pruned."""
     score = w.abs() if options.prune == "magnitude" else (w * g).pow(2)
     score = torch.where(flat, score, torch.full_like(score, math.inf))
+    if protect is not None:
+        score[protect] = math.inf
     flat[torch.topk(score, count, largest=False).indices] = False
     if options.grow != "random":
         gain = g.abs()
@@ -332,7 +402,6 @@ def prune_and_grow(
         gain = torch.rand(w.shape, generator=generator, device=w.device)
     gain = torch.where(flat, torch.full_like(gain, -math.inf), gain)
     flat[torch.topk(gain, count, largest=True).indices] = True
-    return count
 
 
 def _prune_and_grow_sparse(
