@@ -14,6 +14,7 @@ from plexus.pipelines.bench.embeddings import (
     bench_embeddings,
     budget_label,
     embedding_for,
+    learned_comparison,
     parse_budget,
     plan_rows,
     results_markdown,
@@ -161,6 +162,25 @@ def test_summary_averages_seeds_and_checks_the_targets_against_full_and_hashing(
     plain = [r for r in rows if r["method"] != "unified"]
     text = results_markdown("t", plain, summarise(plain), command="plexus bench embeddings")
     assert "unified - full" not in text and "n/a" not in text
+
+
+def test_rows_matched_to_a_learned_row_average_over_seeds_at_their_own_bytes() -> None:
+    def row(method, base, budget, seed, auc, **more):  # noqa: ANN001, ANN202
+        return {"method": method, "base": base, "budget": budget, "seed": seed, "test_auc": auc,
+                "test_logloss": 0.5, "examples_per_s": 100.0, "params": int(1000 * budget),
+                "bytes": int(4000 * budget), "chunks": 1, "param_fraction": budget, **more}  # fmt: skip
+
+    rows = [row("dsl", "full", 1 / 4, s, 0.78 + 0.002 * s) for s in range(3)]
+    # Each seed's DSL row reached other bytes, so its unified match trained at another budget.
+    for s, (budget, auc) in enumerate([(0.2904, 0.781), (0.2894, 0.783), (0.2903, 0.785)]):
+        rows.append(row("unified", "", budget, s, auc, matched_to="dsl:full", matched_budget=1 / 4))
+    summary = summarise(rows)
+    unified = [x for x in summary if x["method"] == "unified"]
+    assert len(unified) == 1 and unified[0]["seeds"] == 3
+    assert unified[0]["test_auc"] == pytest.approx(0.783)
+    assert unified[0]["budget"] == pytest.approx((0.2904 + 0.2894 + 0.2903) / 3)
+    (line,) = learned_comparison(summary)
+    assert line["- unified at its bytes"] == "-0.0010"  # the means, 0.782 - 0.783
 
 
 def test_a_data_folder_uses_its_given_splits_and_a_single_file_is_split(tmp_path: Path) -> None:

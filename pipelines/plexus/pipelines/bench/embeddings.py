@@ -161,6 +161,7 @@ def bench_embeddings(
                 )
                 run(method, min(fraction, 1.0), embedding, learned["seed"])
                 rows[-1]["matched_to"] = f"{learned['method']}:{learned['base']}"
+                rows[-1]["matched_budget"] = learned["budget"]
         if throughput_batches > 0:
             _add_back_to_back_throughput(rows, base, configs, ingested, throughput_batches)
         learned_dirs = {i: d for i, d in model_dirs.items() if rows[i]["base"]}
@@ -257,25 +258,31 @@ def _threads(job: JobConfig) -> int:
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and spread over seeds per (method, budget), with throughput relative to `full`."""
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    """Mean and spread over seeds per (method, budget), with throughput relative to `full`.
+    A row trained at the bytes a learned row reached groups with the other seeds' rows matched
+    to the same learned (method, budget): each seed's learned row reached slightly other bytes,
+    so their own budgets differ (the group's budget is their mean)."""
+    groups: dict[tuple[str, str, str, float], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["method"], row.get("base", ""), row["budget"]), []).append(row)
+        matched = row.get("matched_to", "")
+        budget = row.get("matched_budget", row["budget"]) if matched else row["budget"]
+        groups.setdefault((row["method"], row.get("base", ""), matched, budget), []).append(row)
     # Back-to-back figures where measured: runs minutes apart compare the machine's load too.
     speed_key = (
         "b2b_examples_per_s" if all("b2b_examples_per_s" in r for r in rows) else "examples_per_s"
     )
-    full = groups.get((EmbeddingMethod.FULL.value, "", 1.0))
+    full = groups.get((EmbeddingMethod.FULL.value, "", "", 1.0))
     full_speed = statistics.mean(r[speed_key] for r in full) if full else None
     full_auc = statistics.mean(r["test_auc"] for r in full) if full else None
     summary = []
-    for (method, base, budget), group in groups.items():
+    for (method, base, matched, _), group in groups.items():
         aucs = [r["test_auc"] for r in group]
+        budget = statistics.mean(r["budget"] for r in group)
         speed = statistics.mean(r[speed_key] for r in group)
         summary.append({
             "method": method,
             "base": base,
-            "matched_to": group[0].get("matched_to", ""),
+            "matched_to": matched,
             "budget": budget,
             "budget_label": budget_label(budget),
             "chunks": group[0]["chunks"],
