@@ -110,7 +110,7 @@ def test_global_scope_moves_non_zeros_to_the_table_where_the_gradients_are() -> 
     # other 0.0, then 0.01 and 0.02 of a; grown: |g| 3, 2 and 1, all in b.
     assert masks[0].tolist() == [[False, False, True]]
     assert masks[1].tolist() == [[True, True], [True, True]]
-    # Per tensor, table a would have kept 2 of its 3 non-zeros whatever b's gradients.
+    # Per tensor, table a keeps all 3 of its non-zeros whatever b's gradients.
     per_tensor = torch.tensor([[True, True, True]])
     prune_and_grow(weights[0], grads[0], per_tensor, 0.5, DSLConfig())
     assert int(per_tensor.sum()) == 3

@@ -41,6 +41,8 @@ The method (Sec. 3 of the paper; official code: github.com/shuyao-wang/DSL, `*/u
   fixed. The paper sparsifies two tables (MF/LightGCN users and items) at one density; a CTR
   model has a table per field, from a few rows to most of the vocabulary, and one density for
   all starves the small, informative ones at low budgets. Dense gradients only (the CTR tables).
+  The count of non-zeros is what stays fixed: the stored bytes move a little with each table's
+  share of the index and pointers (`num_bytes()` counts them as stored).
 
 `delta_t` defaults to a twentieth of the planned steps: the official 2,000-3,000 steps come from
 runs of 10^5-10^6 steps (hundreds of updates of the mask); jobs here take hundreds to thousands.
@@ -359,6 +361,7 @@ def prune_and_grow_global(
             "embedding.options.scope=global needs dense gradients (the CTR tables); the "
             "retrieval towers' sparse gradients prune and grow per table: drop the option"
         )
+    sizes = [m.numel() for m in masks]
     flat = torch.cat([m.reshape(-1) for m in masks])
     nnz = int(flat.sum())
     count = min(math.ceil(share * nnz), nnz - len(masks))
@@ -368,14 +371,11 @@ def prune_and_grow_global(
     g = torch.cat([x.reshape(-1) for x in grads])
     generator = torch.Generator(device=w.device).manual_seed(seed)
     # Each table's largest weight is kept out of the pruning: no table is left empty.
-    keep = [
-        int(torch.argmax(torch.where(m.reshape(-1), x.detach().abs().reshape(-1), -1.0)))
-        for x, m in zip(weights, masks, strict=True)
-    ]
-    offsets = torch.tensor([0, *[m.numel() for m in masks]]).cumsum(0)[:-1]
-    protect = offsets + torch.tensor(keep)
+    active = torch.where(flat, w.abs(), -1.0).split(sizes)
+    offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)
+    protect = offsets + torch.stack([torch.argmax(part) for part in active])
     _prune_and_grow_dense(w, g, flat, count, options, generator, protect=protect)
-    for mask, part in zip(masks, flat.split([m.numel() for m in masks]), strict=True):
+    for mask, part in zip(masks, flat.split(sizes), strict=True):
         mask.view(-1).copy_(part)
     return count
 
