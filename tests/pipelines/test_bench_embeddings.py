@@ -10,12 +10,14 @@ from plexus.models.embeddings import EmbeddingConfig, build_embedding_tables, fu
 from plexus.pipelines.bench.embeddings import (
     ROW_KEYS,
     _base_job,
+    _command,
     _data_section,
     bench_embeddings,
     budget_label,
     embedding_for,
     learned_comparison,
     parse_budget,
+    plan_matched,
     plan_rows,
     results_markdown,
     summarise,
@@ -181,6 +183,33 @@ def test_rows_matched_to_a_learned_row_average_over_seeds_at_their_own_bytes() -
     assert unified[0]["budget"] == pytest.approx((0.2904 + 0.2894 + 0.2903) / 3)
     (line,) = learned_comparison(summary)
     assert line["- unified at its bytes"] == "-0.0010"  # the means, 0.782 - 0.783
+
+
+def test_each_learned_row_is_matched_by_the_chosen_plain_methods_at_its_bytes(
+    tmp_path: Path,
+) -> None:
+    full_params = 10_000
+    dsl = {"method": "dsl", "base": "full", "budget": 1 / 4, "seed": 1, "bytes": 12_000}
+    tiny = {"method": "dsl", "base": "full", "budget": 1 / 64, "seed": 1, "bytes": 400}
+    plan = plan_matched([dsl, tiny], ("hashing", "unified"), full_params, 200, 16, 2)
+    # 400 bytes are 100 parameters, under a row per feature (200): that row gets no match
+    assert [(m, f, learned["budget"]) for m, f, _, learned in plan] == [
+        ("hashing", 0.3, 1 / 4),
+        ("unified", 0.3, 1 / 4),
+    ]
+    assert plan[1][2] == embedding_for("unified", 0.3, dim=16, chunks=2)
+    assert [m for m, *_ in plan_matched([dsl], ("unified",), full_params, 200, 16, 2)] == [
+        "unified"
+    ]
+    assert plan_matched([dsl], (), full_params, 200, 16, 2) == []
+    # The reproduction command names a non-default choice; a wrong name is refused up front.
+    command = _command("criteo", Path("d.tsv"), Path("o"), ["dsl:full"], [0.25], 1, 2, None, (), ())
+    assert command.endswith("--match ''")
+    assert "--match" not in _command(
+        "criteo", Path("d"), Path("o"), ["full"], [1.0], 1, 2, None, ()
+    )
+    with pytest.raises(ConfigError, match="--match 'full'"):
+        bench_embeddings("criteo", tmp_path / "absent.tsv", tmp_path / "o", matched=("full",))
 
 
 def test_a_data_folder_uses_its_given_splits_and_a_single_file_is_split(tmp_path: Path) -> None:

@@ -264,6 +264,7 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
         tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
         force=args.force,
         throughput_batches=args.throughput_batches,
+        matched=[m for m in args.match.split(",") if m],
     )
 
 
@@ -529,6 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--throughput-only",
         action="store_true",
         help="measure only the back-to-back training throughput (no test runs)",
+    )
+    b.add_argument(
+        "--match",
+        default="hashing,unified",
+        help="plain methods trained again at each learned row's bytes ('' for none)",
     )
     b.set_defaults(func=cmd_bench_embeddings)
     b = bench.add_parser(

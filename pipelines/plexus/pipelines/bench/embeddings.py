@@ -69,6 +69,7 @@ LEARNED = {  # method -> its bases here
     EmbeddingMethod.DNIS.value: ("full", "unified"),
 }
 MATCHED = ("hashing", "unified")  # trained again at the bytes a learned row reached
+PLAIN = ("hashing", "multiplexed", "unified")  # the methods a learned row can be matched with
 BUDGETS = (1.0, 1 / 4, 1 / 16, 1 / 64)
 ROW_KEYS = (
     "method",
@@ -99,6 +100,7 @@ def bench_embeddings(
     name: str | None = None,
     force: bool = False,
     throughput_batches: int = 40,
+    matched: Sequence[str] = MATCHED,
 ) -> list[dict[str, Any]]:
     """Train every (method, budget, seed) on one ingest of `data`; write and return the rows.
 
@@ -114,7 +116,13 @@ def bench_embeddings(
     (method, budget) also trains `throughput_batches` batches back to back with the others in
     this process (`b2b_examples_per_s`), and the speed ratios against `full` come from that
     (0 skips it and uses the jobs' figures).
+
+    `matched`: the plain methods trained again at each learned row's bytes (empty: none, when
+    those rows are known from another run and each would cost as much as a full-table row).
     """
+    unknown = [m for m in matched if m not in PLAIN]
+    if unknown:
+        raise ConfigError(f"--match {unknown[0]!r}: choose from {', '.join(PLAIN)} (or '')")
     base = _base_job(fmt, Path(data), Path(out).resolve(), config, overrides, tracking_uri, name)
     plan = plan_rows(methods, budgets, seeds, chunks, base.embedding.dim, base.embedding)
     uri = tracking.configure(base.tracking.uri)
@@ -148,20 +156,14 @@ def bench_embeddings(
 
         for method, budget, embedding, seed in plan:
             run(method, budget, embedding, seed)
-        for learned in [r for r in rows if r["base"]]:
-            fraction = learned["bytes"] / (4 * full_params)
-            for method in MATCHED:
-                if (
-                    min(fraction, 1.0) * full_params
-                    < len(ingested.spec.sparse) * base.embedding.dim
-                ):
-                    continue  # not even a row per feature
-                embedding = embedding_for(
-                    method, min(fraction, 1.0), dim=base.embedding.dim, chunks=chunks
-                )
-                run(method, min(fraction, 1.0), embedding, learned["seed"])
-                rows[-1]["matched_to"] = f"{learned['method']}:{learned['base']}"
-                rows[-1]["matched_budget"] = learned["budget"]
+        floor = len(ingested.spec.sparse) * base.embedding.dim  # a row per feature
+        learned_rows = [r for r in rows if r["base"]]
+        for method, fraction, embedding, learned in plan_matched(
+            learned_rows, matched, full_params, floor, base.embedding.dim, chunks
+        ):
+            run(method, fraction, embedding, learned["seed"])
+            rows[-1]["matched_to"] = f"{learned['method']}:{learned['base']}"
+            rows[-1]["matched_budget"] = learned["budget"]
         if throughput_batches > 0:
             _add_back_to_back_throughput(rows, base, configs, ingested, throughput_batches)
         learned_dirs = {i: d for i, d in model_dirs.items() if rows[i]["base"]}
@@ -173,7 +175,9 @@ def bench_embeddings(
             base.name,
             rows,
             summary,
-            command=_command(fmt, data, out, methods, budgets, seeds, chunks, config, overrides),
+            command=_command(
+                fmt, data, out, methods, budgets, seeds, chunks, config, overrides, matched
+            ),
         )
         markdown += lookup_section(rows)
         publish(
@@ -187,6 +191,29 @@ def bench_embeddings(
             uri=uri,
         )
     return rows
+
+
+def plan_matched(
+    learned_rows: Sequence[dict[str, Any]],
+    matched: Sequence[str],
+    full_params: int,
+    floor: int,
+    dim: int,
+    chunks: int,
+) -> list[tuple[str, float, EmbeddingConfig, dict[str, Any]]]:
+    """(method, fraction, embedding, learned row) for each plain method in `matched` at the
+    bytes each learned row reached, as a fraction of the `full_params` float32 parameters;
+    none where that fraction holds fewer than `floor` parameters (not a row per feature)."""
+    out = []
+    for learned in learned_rows:
+        fraction = min(learned["bytes"] / (4 * full_params), 1.0)
+        if fraction * full_params < floor:
+            continue
+        for method in matched:
+            out.append(
+                (method, fraction, embedding_for(method, fraction, dim=dim, chunks=chunks), learned)
+            )
+    return out
 
 
 def parse_budget(text: str) -> float:
@@ -746,6 +773,7 @@ def _command(
     chunks: int,
     config: str | Path | None,
     overrides: Sequence[str],
+    matched: Sequence[str] = MATCHED,
 ) -> str:
     """The command line that reproduces this benchmark."""
     methods = ",".join(dict.fromkeys(method_tokens))
@@ -754,6 +782,8 @@ def _command(
              f"--methods {methods} --budgets {budgets} --seeds {seeds}"]  # fmt: skip
     if chunks != 2:
         parts.append(f"--chunks {chunks}")
+    if tuple(matched) != MATCHED:
+        parts.append(f"--match '{','.join(matched)}'")
     if config is not None:
         parts.append(f"--config {config}")
     parts += [f"--set {o}" for o in overrides]
