@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from plexus.models.embeddings import EmbeddingConfig, build_embedding_tables, full_table_parameters
 from plexus.pipelines.bench.embeddings import (
+    MATCHED,
     ROW_KEYS,
     _base_job,
     _command,
@@ -210,6 +211,17 @@ def test_each_learned_row_is_matched_by_the_chosen_plain_methods_at_its_bytes(
     )
     with pytest.raises(ConfigError, match="--match 'full'"):
         bench_embeddings("criteo", tmp_path / "absent.tsv", tmp_path / "o", matched=("full",))
+    # The command line's default is the same list; where nothing is matched, --match is refused.
+    from plexus.pipelines import cli
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["bench", "embeddings", "--format", "criteo", "--data", "d",
+                              "--out", "o"]).match == ",".join(MATCHED)  # fmt: skip
+    for extra in (["--task", "retrieval"], ["--throughput-only"]):
+        args = parser.parse_args(["bench", "embeddings", "--format", "criteo", "--data", "d",
+                                  "--out", "o", "--match", "unified", *extra])  # fmt: skip
+        with pytest.raises(ConfigError, match="no effect"):
+            args.func(args)
 
 
 def test_a_data_folder_uses_its_given_splits_and_a_single_file_is_split(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from plexus.platform.errors import ConfigError, PlexusError
 
+MATCH_DEFAULT = "hashing,unified"  # bench embeddings: bench.embeddings.MATCHED, unimported here
+
 
 def _job(args: argparse.Namespace):  # -> JobConfig
     from plexus.pipelines.config import config_path, load_job_config
@@ -227,6 +229,11 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
         parse_budget,
     )
 
+    if args.match != MATCH_DEFAULT and (args.task == "retrieval" or args.throughput_only):
+        raise ConfigError(
+            "--match chooses the rows trained at each learned CTR row's bytes: it has no effect "
+            "with --task retrieval or --throughput-only; leave it out"
+        )
     if args.task == "retrieval":
         from plexus.pipelines.bench.retrieval_embeddings import bench_retrieval_embeddings
 
@@ -533,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--match",
-        default="hashing,unified",
+        default=MATCH_DEFAULT,
         help="plain methods trained again at each learned row's bytes ('' for none)",
     )
     b.set_defaults(func=cmd_bench_embeddings)
