@@ -69,7 +69,8 @@ LEARNED = {  # method -> its bases here
     EmbeddingMethod.DNIS.value: ("full", "unified"),
 }
 MATCHED = ("hashing", "unified")  # trained again at the bytes a learned row reached
-PLAIN = ("hashing", "multiplexed", "unified")  # the methods a learned row can be matched with
+# The methods a learned row can be matched with: neither learned nor the full tables.
+PLAIN = tuple(m for m in METHODS if m not in LEARNED and m != EmbeddingMethod.FULL.value)
 BUDGETS = (1.0, 1 / 4, 1 / 16, 1 / 64)
 ROW_KEYS = (
     "method",
