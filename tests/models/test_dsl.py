@@ -298,3 +298,18 @@ def test_options_are_typed_and_say_what_to_do() -> None:
     config = _config(base="unified", density=0.3)
     assert config.base_method.value == "unified" and config.options.density == 0.3
     assert config.first_order_config().method.value == "unified"  # the linear part: dense
+
+
+@pytest.mark.parametrize("other", [{"byte_budget": 0.1}, {"density": 0.5}])
+def test_magnitude_pruning_dense_stage_is_the_same_at_every_budget(other) -> None:
+    """What `Stage.ignores` promises, so that jobs at other budgets may share the stage."""
+    models = [_model("magnitude_pruning", byte_budget=0.25), _model("magnitude_pruning", **other)]
+    dense = models[0].embeddings.stages()[0]
+    assert set(other) <= set(dense.ignores)
+    for model in models:
+        _train(model, _batches(4), total_steps=4)
+    first, second = (m.state_dict() for m in models)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    assert models[0].embeddings.stages()[1].ignores == ()  # the fine-tune prunes to its budget

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -49,6 +50,7 @@ OPTIONS: dict[EmbeddingMethod, list[dict]] = {
         {"budget": 0.5, "chunks": 2, "num_tables": 2, "options": {"base": "unified"}},
         {"budget": 0.5, "probes": 2, "pooling": "mean", "options": {"base": "multiplexed"}},
         {"budget": 0.3, "options": {"base": "hashing"}},
+        {"options": {"search_budget": 0.25, "retrain_init": "fresh"}},
     ],
     EmbeddingMethod.DSL: [
         {"options": {"byte_budget": 0.4}},
@@ -61,6 +63,7 @@ OPTIONS: dict[EmbeddingMethod, list[dict]] = {
     ],
 }
 OPTIONS[EmbeddingMethod.DNIS] = [
+    {"options": {"search_budget": 0.25, "retrain_init": "fresh"}},  # what stages may share
     {"budget": 0.5, "chunks": 2, "num_tables": 2, "options": {"base": "unified"}},
     {"budget": 0.5, "probes": 2, "pooling": "mean", "options": {"base": "multiplexed"}},
     {"budget": 0.3, "options": {"base": "hashing", "blocks": [2, 5]}},
@@ -151,6 +154,33 @@ def test_gradients_are_bit_identical_between_runs_on_two_threads(config: Embeddi
         torch.set_num_threads(threads)
     for first, second in zip(*grads, strict=True):
         assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("config", CASES)
+def test_options_a_stage_ignores_change_nothing_it_trains(config: EmbeddingConfig) -> None:
+    """`Stage.ignores` lets jobs share a stage: with those options at their defaults the tables
+    start from the same state and give the same outputs and gradients."""
+    tables = _build(config)
+    ignored = set(tables.stages()[0].ignores)
+    if not ignored:
+        pytest.skip("no stage shared across options")
+    defaults = {f.name: f.default for f in dataclasses.fields(config.options) if f.name in ignored}
+    if all(getattr(config.options, k) == v for k, v in defaults.items()):
+        pytest.skip("the ignored options are at their defaults here (other cases vary them)")
+    other = _build(
+        dataclasses.replace(config, options=dataclasses.replace(config.options, **defaults))
+    )
+    first, second = tables.state_dict(), other.state_dict()
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    kjt = random_kjt(batch=16, empty_bags=False)
+    for t in (tables, other):
+        t.train()
+        torch.manual_seed(1)
+        t(kjt).values().pow(2).sum().backward()
+    for (name, a), b in zip(tables.named_parameters(), other.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad), name
 
 
 @pytest.mark.parametrize("config", CASES)

@@ -101,3 +101,22 @@ def test_the_saved_sparse_form_serves_at_its_bytes(runs) -> None:
         torch.testing.assert_close(
             served.forward_padded(*batches[0]), model.embeddings.forward_padded(*batches[0])
         )
+
+
+def test_magnitude_pruning_at_another_budget_reuses_the_dense_stage(runs) -> None:
+    tmp, out = runs
+    first = json.loads(out["magnitude_pruning"][1].read_text())
+    config = _job(tmp, tmp / "criteo.tsv", "magnitude_pruning")
+    done = plexus(
+        "train", str(config), "embedding.options.byte_budget=0.0625", cwd=tmp, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "stage 1/2 dense: finished earlier, reused" in done.stdout
+    metrics_path = Path(done.stdout.strip().splitlines()[-1])
+    assert metrics_path.parent != out["magnitude_pruning"][1].parent  # a run of its own
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["dense.best_valid_auc"] == first["dense.best_valid_auc"]
+    assert metrics["embedding_bytes"] < 0.75 * first["embedding_bytes"]  # pruned to 1/16
+    for path in (metrics_path.parent, out["magnitude_pruning"][1].parent):
+        link = path / "stages" / "0-dense"
+        assert link.is_symlink() and (link / "model.pt").is_file()

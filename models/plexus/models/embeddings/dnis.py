@@ -308,9 +308,10 @@ class DNISTables(HashedEmbeddingTables):
 
     def stages(self) -> tuple[Stage, ...]:
         init = self.options.retrain_init
+        later = ("search_budget", "retrain_init")  # read from the prune on: shared before it
         return (
-            Stage(WARMUP),
-            Stage(SEARCH, freeze_rest=True, epochs=self.options.search_epochs),
+            Stage(WARMUP, ignores=later),
+            Stage(SEARCH, freeze_rest=True, epochs=self.options.search_epochs, ignores=later),
             Stage(PRUNE, StageKind.SEARCH),
             Stage(RETRAIN, StageKind.TRAIN, init, keep_start=init is StageInit.CONTINUE),
         )

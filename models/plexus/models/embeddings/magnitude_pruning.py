@@ -12,6 +12,9 @@ baseline of the DSL paper's Sec. 4):
    trains on with the mask fixed, masked weights and their Adam moments kept at zero after
    every step (the same `MaskedTables.after_step` as DSL, without its prune and grow).
 
+The dense stage reads no budget (`Stage.ignores`): jobs that differ only in `byte_budget` or
+`density` share it, so magnitude pruning at three budgets trains one dense model.
+
 `scope: global` (default) ranks the magnitudes of all tables together, so important fields
 keep more; `table` prunes each table to the same density, like DSL's uniform masks.
 """
@@ -86,7 +89,8 @@ class MagnitudePruningTables(MaskedTables):
         return bool(self.pruned)
 
     def stages(self) -> tuple[Stage, ...]:
-        return (Stage("dense"), Stage("finetune"))
+        # The dense stage reads no budget: jobs at other budgets reuse it.
+        return (Stage("dense", ignores=("density", "byte_budget")), Stage("finetune"))
 
     def begin_stage(self, stage: Stage, previous: EmbeddingTables | None) -> None:
         if stage.name == "finetune" and not bool(self.pruned):

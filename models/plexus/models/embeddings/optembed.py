@@ -298,7 +298,7 @@ class OptEmbedTables(_MaskedTables):
 
     def stages(self) -> tuple[Stage, ...]:
         return (
-            Stage("supernet"),
+            Stage("supernet", ignores=("search_budget", "retrain_init")),  # shared by budgets
             Stage("search", StageKind.SEARCH),
             Stage("retrain", StageKind.TRAIN, self.options.retrain_init),
         )

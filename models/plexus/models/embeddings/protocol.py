@@ -68,7 +68,9 @@ class Stage:
     of the model is held fixed (DNIS's search). `epochs`: the stage's epoch limit (None: the
     job's `train.epochs`). `keep_start`: the weights the stage starts from count as its epoch
     0, so that early stopping returns them when no epoch beats them on validation AUC (a
-    fine-tune never ends worse than it started).
+    fine-tune never ends worse than it started). `ignores`: keys of `embedding.options` that
+    neither this stage nor any before it reads (the ones that set the budget, say): jobs that
+    differ only in them share the stage's result, so a benchmark over budgets trains it once.
     """
 
     name: str
@@ -77,6 +79,7 @@ class Stage:
     freeze_rest: bool = False
     epochs: int | None = None
     keep_start: bool = False
+    ignores: tuple[str, ...] = ()
 
 
 SINGLE_STAGE = (Stage("train"),)

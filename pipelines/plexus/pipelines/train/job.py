@@ -116,7 +116,7 @@ def train(
             )
         else:
             history, best_state, stage_metrics = run_stages(
-                job, data, out, stages, _fit, _load_final_state
+                job, data, out, stages, _fit, _load_final_state, share=not force
             )
         model.load_state_dict(best_state)
         metrics = {**_final_metrics(job, data, model, history), **stage_metrics}

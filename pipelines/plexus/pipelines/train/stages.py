@@ -11,12 +11,22 @@ killed mid-way resumes from its last epoch checkpoint.
 The weights a `TRAIN` stage starts from follow `Stage.init`: the previous stage's (continue),
 the first stage's initial weights, rebuilt from the same seed (rewind), or a new draw (fresh);
 the method's own state (a found architecture) is carried over by `EmbeddingTables.begin_stage`.
+
+A stage that declares `Stage.ignores` (magnitude pruning's dense stage ignores the budget) lives
+in `<runs>/<name>/stages/<stage>-<hash>/`, the hash covering the job's config without those
+options and the data; the run's `stages/<i>-<name>` links to it. Jobs at other budgets then
+reuse it, and a lock keeps two jobs from training it at once. Its MLflow run is nested under
+the job that trained it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,70 +51,142 @@ def run_stages(
     stages: Sequence[Stage],
     fit: Callable[..., Any],
     load_final_state: Callable[[Any], tuple[list[dict[str, float]], dict[str, torch.Tensor]]],
+    *,
+    share: bool = True,
 ) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], dict[str, float]]:
     """Run `stages` in order; returns the last `TRAIN` stage's history, the final state and
-    every stage's metrics as `<stage>.<metric>`.
+    every stage's metrics as `<stage>.<metric>`. `share`: reuse (and offer) the stages that
+    ignore some options (see the module docstring); False trains every stage in `out`.
 
     `fit(job, data, folder, run_id, init_state=..., stage=...)` runs the training loop on Ray
     Train and `load_final_state(result)` reads its best model, as for a single-stage job.
     """
-    import mlflow
 
     previous: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = []
     summary: dict[str, float] = {}
     for i, stage in enumerate(stages):
-        folder = out / "stages" / f"{i}-{stage.name}"
+        own = out / "stages" / f"{i}-{stage.name}"
+        mine = own.is_dir() and not own.is_symlink()  # begun in this run's folder: resume it
+        shared = (
+            None if mine or not share else stage_folder(job, data.spec.fingerprint, out, stages, i)
+        )
+        folder = shared or own
         folder.mkdir(parents=True, exist_ok=True)
-        done = folder / STAGE_FILE
-        if done.is_file():
-            saved = read_json(done)
-            state = torch.load(folder / "model.pt", weights_only=True)
-            print(f"[plexus] stage {i + 1}/{len(stages)} {stage.name}: finished earlier, reused")
-        else:
-            print(f"[plexus] stage {i + 1}/{len(stages)} {stage.name} ({stage.kind.value})")
-            with tracking.resumable_run(
-                folder, job.tracking.experiment, f"{job.name}-{stage.name}", nested=True
-            ) as (active, _):
-                mlflow.set_tags({"plexus.stage": stage.name, "plexus.stage_index": str(i)})
-                model = stage_start(job, data, stage, i, previous)
-                started = time.perf_counter()
-                if stage.kind is StageKind.TRAIN:
-                    init = folder / "init.pt"
-                    _save_state(init, model.state_dict())
-                    result = fit(
-                        job,
-                        data,
-                        folder,
-                        active.info.run_id,
-                        init_state=str(init),
-                        stage=stage.name,
-                    )
-                    stage_history, state = load_final_state(result)
-                    best = max(stage_history, key=lambda h: h["valid_auc"])
-                    metrics = {
-                        "best_valid_auc": best["valid_auc"],
-                        "best_epoch": best["epoch"],
-                        "epochs_run": float(len(stage_history)),
-                    }
-                else:
-                    stage_history = []
-                    metrics, state = search_stage(job, data, model, stage)
-                    for name, figure in protocol.figures(model).items():
-                        tracking.log_figure(
-                            figure, f"plots/{name}.png", also_to=folder / f"{name}.png"
-                        )
-                metrics["seconds"] = time.perf_counter() - started
-                mlflow.log_metrics(metrics)
-                _save_state(folder / "model.pt", state)
-                saved = {"metrics": metrics, "history": stage_history}
-                write_json(done, saved)
+        if shared is not None and not own.is_symlink():
+            own.parent.mkdir(parents=True, exist_ok=True)
+            own.symlink_to(shared.resolve(), target_is_directory=True)
+        with _locked(folder):
+            saved, state = _run_stage(job, data, stages, i, folder, previous, fit, load_final_state)
         if stage.kind is StageKind.TRAIN:
             history = saved["history"]
         summary.update({f"{stage.name}.{k}": float(v) for k, v in saved["metrics"].items()})
         previous = state
     assert previous is not None
     return history, previous, summary
+
+
+def _run_stage(
+    job: JobConfig,
+    data: IngestResult,
+    stages: Sequence[Stage],
+    i: int,
+    folder: Path,
+    previous: dict[str, torch.Tensor] | None,
+    fit: Callable[..., Any],
+    load_final_state: Callable[[Any], tuple[list[dict[str, float]], dict[str, torch.Tensor]]],
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Stage `i` in `folder`, or its result from an earlier run: (`stage.json`, state)."""
+    import mlflow
+
+    stage = stages[i]
+    done = folder / STAGE_FILE
+    if done.is_file():
+        saved = read_json(done)
+        state = torch.load(folder / "model.pt", weights_only=True)
+        print(f"[plexus] stage {i + 1}/{len(stages)} {stage.name}: finished earlier, reused")
+    else:
+        print(f"[plexus] stage {i + 1}/{len(stages)} {stage.name} ({stage.kind.value})")
+        with tracking.resumable_run(
+            folder, job.tracking.experiment, f"{job.name}-{stage.name}", nested=True
+        ) as (active, _):
+            mlflow.set_tags({"plexus.stage": stage.name, "plexus.stage_index": str(i)})
+            model = stage_start(job, data, stage, i, previous)
+            started = time.perf_counter()
+            if stage.kind is StageKind.TRAIN:
+                init = folder / "init.pt"
+                _save_state(init, model.state_dict())
+                result = fit(
+                    job,
+                    data,
+                    folder,
+                    active.info.run_id,
+                    init_state=str(init),
+                    stage=stage.name,
+                )
+                stage_history, state = load_final_state(result)
+                best = max(stage_history, key=lambda h: h["valid_auc"])
+                metrics = {
+                    "best_valid_auc": best["valid_auc"],
+                    "best_epoch": best["epoch"],
+                    "epochs_run": float(len(stage_history)),
+                }
+            else:
+                stage_history = []
+                metrics, state = search_stage(job, data, model, stage)
+                for name, figure in protocol.figures(model).items():
+                    tracking.log_figure(figure, f"plots/{name}.png", also_to=folder / f"{name}.png")
+            metrics["seconds"] = time.perf_counter() - started
+            mlflow.log_metrics(metrics)
+            _save_state(folder / "model.pt", state)
+            saved = {"metrics": metrics, "history": stage_history}
+            write_json(done, saved)
+    return saved, state
+
+
+def stage_folder(
+    job: JobConfig, data_fingerprint: str, out: Path, stages: Sequence[Stage], index: int
+) -> Path | None:
+    """The shared folder of stage `index` of the run in `out` when it and every stage before
+    it ignore some options (`Stage.ignores`), else None (the stage is the run's own). Its key
+    is the job's config with those options at their defaults, the data's feature-spec
+    fingerprint and the stage's place."""
+    options = job.embedding.options
+    ignored = set.intersection(*(set(s.ignores) for s in stages[: index + 1]))
+    if not ignored or options is None:
+        return None
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(options)
+        if f.name in ignored and f.default is not dataclasses.MISSING
+    }
+    general = dataclasses.replace(
+        job,
+        embedding=dataclasses.replace(
+            job.embedding, options=dataclasses.replace(options, **defaults)
+        ),
+    )
+    stage = stages[index]
+    text = ":".join(
+        [
+            general.fingerprint("data", "model", "embedding", "train"),
+            data_fingerprint,
+            f"{index}-{stage.name}",
+            "ray" if job.use_ray else "in-process",
+        ]
+    )
+    return out.parent / "stages" / f"{stage.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold `folder`'s lock: a job at another budget waits for a shared stage, then reuses it."""
+    with (folder / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def stage_start(
