@@ -156,17 +156,35 @@ def test_gradients_are_bit_identical_between_runs_on_two_threads(config: Embeddi
         assert torch.equal(first, second)
 
 
-@pytest.mark.parametrize("config", CASES)
+def _ignored_defaults(config: EmbeddingConfig) -> dict:
+    """The options the first stage ignores (`Stage.ignores`) at their defaults, when the case
+    gives one of them another value; else {} (nothing to compare)."""
+    if config.options is None:
+        return {}
+    ignored = set(_build(config).stages()[0].ignores)
+    fields = [f for f in dataclasses.fields(config.options) if f.name in ignored]
+    defaults = {f.name: f.default for f in fields}
+    if all(getattr(config.options, k) == v for k, v in defaults.items()):
+        return {}
+    return defaults
+
+
+SHARED = [c for c in CASES if _ignored_defaults(c.values[0])]
+
+
+def test_every_method_with_a_shared_stage_is_checked() -> None:
+    shared = {c.values[0].method for c in SHARED}
+    for config in (c.values[0] for c in CASES):
+        if _build(config).stages()[0].ignores:
+            assert config.method in shared, f"give {config.method.value} a case that varies them"
+
+
+@pytest.mark.parametrize("config", SHARED)
 def test_options_a_stage_ignores_change_nothing_it_trains(config: EmbeddingConfig) -> None:
     """`Stage.ignores` lets jobs share a stage: with those options at their defaults the tables
     start from the same state and give the same outputs and gradients."""
     tables = _build(config)
-    ignored = set(tables.stages()[0].ignores)
-    if not ignored:
-        pytest.skip("no stage shared across options")
-    defaults = {f.name: f.default for f in dataclasses.fields(config.options) if f.name in ignored}
-    if all(getattr(config.options, k) == v for k, v in defaults.items()):
-        pytest.skip("the ignored options are at their defaults here (other cases vary them)")
+    defaults = _ignored_defaults(config)
     other = _build(
         dataclasses.replace(config, options=dataclasses.replace(config.options, **defaults))
     )
