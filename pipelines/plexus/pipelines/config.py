@@ -100,6 +100,14 @@ class JobConfig:
         """A short hash of the given sections (all if none): equal hashes mean the same work."""
         return config_io.fingerprint(self, *sections)
 
+    def training_key(self, data_fingerprint: str, *, init: str | None = None) -> str:
+        """What decides a training run's result: the data, model, embedding and train sections,
+        the ingested data (its spec fingerprint), the initial weights (`init`, a hash) and
+        whether it runs in this process (other batches: a whole-split shuffle)."""
+        key = f"{self.fingerprint('data', 'model', 'embedding', 'train')}:{data_fingerprint}"
+        key += f":{init}" if init else ""
+        return key if self.use_ray else key + ":in-process"
+
 
 def load_job_config(
     path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()

@@ -59,10 +59,7 @@ class TrainResult:
 def run_output_dir(job: JobConfig, data: IngestResult, *, init: str | None = None) -> Path:
     """`<runs>/<name>/train-<hash>`: one folder per (config, ingested data, initial weights)."""
     runs = Path(job.output).resolve() if job.output else default_runs_dir()
-    sections = job.fingerprint("data", "model", "embedding", "train")
-    key_text = f"{sections}:{data.spec.fingerprint}" + (f":{init}" if init else "")
-    if not job.use_ray:  # other batches (a whole-split shuffle): other work, own folder
-        key_text += ":in-process"
+    key_text = job.training_key(data.spec.fingerprint, init=init)
     key = hashlib.sha256(key_text.encode()).hexdigest()[:12]
     return runs / job.name / f"train-{key}"
 

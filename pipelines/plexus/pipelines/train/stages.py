@@ -61,7 +61,6 @@ def run_stages(
     `fit(job, data, folder, run_id, init_state=..., stage=...)` runs the training loop on Ray
     Train and `load_final_state(result)` reads its best model, as for a single-stage job.
     """
-
     previous: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = []
     summary: dict[str, float] = {}
@@ -167,14 +166,7 @@ def stage_folder(
         ),
     )
     stage = stages[index]
-    text = ":".join(
-        [
-            general.fingerprint("data", "model", "embedding", "train"),
-            data_fingerprint,
-            f"{index}-{stage.name}",
-            "ray" if job.use_ray else "in-process",
-        ]
-    )
+    text = f"{general.training_key(data_fingerprint)}:{index}-{stage.name}"
     return out.parent / "stages" / f"{stage.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
