@@ -3,6 +3,7 @@ overhead, and the serving tables equal to the masked training tables."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from plexus.models.batch import pad_sparse
 from plexus.models.embeddings import EmbeddingConfig, build_embedding_tables
 from plexus.models.embeddings.sparse_storage import (
     CompactSparseTables,
+    KeepMasks,
     MaskedTables,
     SparseTable,
     block_rows,
@@ -151,3 +153,21 @@ def test_the_compact_form_serves_the_masked_tables_exactly(base: str, method: st
     dense_bytes = 4 * sum(rows * tables.config.dim for rows in tables.table_rows.values())
     assert compact.num_bytes() <= 0.3 * dense_bytes
     assert not any(p.requires_grad for p in compact.parameters())
+
+
+def test_keep_masks_follow_every_change_of_their_mask() -> None:
+    """The cached 0/1 floats that masking multiplies by are made again after an in-place
+    write, a `load_state_dict` and for a copy; never a stale mask."""
+    keep = KeepMasks()
+    module = torch.nn.Module()
+    module.register_buffer("mask", torch.tensor([[True, False], [False, True]]))
+    like = torch.zeros(2, 2)
+    assert keep(module.mask, like).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert keep(module.mask, like) is keep(module.mask, like)  # cached while unchanged
+    module.mask[0, 1] = True
+    assert keep(module.mask, like).tolist() == [[1.0, 1.0], [0.0, 1.0]]
+    module.load_state_dict({"mask": torch.tensor([[False, False], [True, True]])})
+    assert keep(module.mask, like).tolist() == [[0.0, 0.0], [1.0, 1.0]]
+    assert keep(module.mask, like.double()).dtype == torch.float64
+    copied = copy.deepcopy(keep)
+    assert copied(module.mask, like).tolist() == [[0.0, 0.0], [1.0, 1.0]]

@@ -200,7 +200,7 @@ class DSLTables(MaskedTables):
             nnz = max(1, round(density * mask.numel()))
             mask.view(-1)[torch.randperm(mask.numel())[:nnz]] = True
             self.register_buffer(f"mlp_mask_{k}", mask)
-            layer.weight.masked_fill_(~mask, 0.0)
+            layer.weight.mul_(self.keep(mask, layer.weight))
         self._mlp = [layer.weight for layer in layers]
 
     def _mlp_pairs(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
@@ -209,7 +209,7 @@ class DSLTables(MaskedTables):
     def apply_masks(self, context: StepContext | None = None) -> None:
         super().apply_masks(context)
         for weight, mask in self._mlp_pairs():
-            mask_with_moments(weight, mask, context)
+            mask_with_moments(weight, self.keep(mask, weight), context)
 
     def total_steps(self, context: StepContext) -> int:
         total = self.options.total_steps or context.total_steps
@@ -232,7 +232,7 @@ class DSLTables(MaskedTables):
             return
         self._mask_touched_rows(context)
         for weight, mask in self._mlp_pairs():  # dense gradients: the whole network stepped
-            mask_with_moments(weight, mask, context)
+            mask_with_moments(weight, self.keep(mask, weight), context)
         if self._update_masks(context):
             self.apply_masks(context)  # the pruned positions: anywhere in the tables
 
@@ -250,7 +250,7 @@ class DSLTables(MaskedTables):
             tensors = [t for t in tensors if isinstance(t, torch.Tensor) and t.shape == mask.shape]
             if not grad.is_sparse:
                 for tensor in tensors:
-                    tensor.masked_fill_(~mask, 0.0)
+                    tensor.mul_(self.keep(mask, weight))
                 continue
             rows = torch.unique(grad._indices()[0])  # (R,) touched rows; uncoalesced COO
             keep = mask.index_select(0, rows)  # (R, dim)

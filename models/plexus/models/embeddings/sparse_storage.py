@@ -220,14 +220,40 @@ class SparseTable(nn.Module):
 
 @torch.no_grad()
 def mask_with_moments(
-    weight: torch.Tensor, mask: torch.Tensor, context: StepContext | None
+    weight: torch.Tensor, keep: torch.Tensor, context: StepContext | None
 ) -> None:
-    """Zero `weight` where `mask` is False and, given the step's context, its optimiser moments."""
-    weight.masked_fill_(~mask, 0.0)
+    """Zero `weight` where `keep` (the mask as 0/1 floats, `KeepMasks`) is 0 and, given the
+    step's context, its optimiser moments."""
+    weight.mul_(keep)
     state = {} if context is None else context.optimizer_state(weight)
     for key in MOMENTS:
-        if isinstance(state.get(key), torch.Tensor) and state[key].shape == mask.shape:
-            state[key].masked_fill_(~mask, 0.0)
+        if isinstance(state.get(key), torch.Tensor) and state[key].shape == keep.shape:
+            state[key].mul_(keep)
+
+
+class KeepMasks:
+    """Boolean masks as 0/1 float tensors, made again only when a mask changes.
+
+    Masking is a multiply by these: on the CPU `masked_fill_(~mask, 0)` took 7x as long as
+    `mul_(keep)` (3 tensors of 4.7M float32: 103 ms against 14 ms), and it runs on the weights
+    and both Adam moments after every step. A cached tensor is used while its mask is the same
+    object at the same version counter (every in-place write, `load_state_dict` included,
+    moves it)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+
+    def __reduce__(self) -> tuple:
+        return (KeepMasks, ())  # a copy (deepcopy, pickle) starts empty: its masks are new
+
+    def __call__(self, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """`mask` as 0/1 in `like`'s dtype."""
+        hit = self._cache.get(id(mask))
+        stale = hit is None or hit[0] is not mask or hit[1] != mask._version
+        if stale or hit[2].dtype != like.dtype:
+            hit = (mask, mask._version, mask.to(like.dtype))
+            self._cache[id(mask)] = hit
+        return hit[2]
 
 
 class MaskedTables(HashedEmbeddingTables):
@@ -259,6 +285,7 @@ class MaskedTables(HashedEmbeddingTables):
             self.target_nonzeros = [max(1, round(density * r * c)) for r, c in shapes]
         for k, (rows, dim) in enumerate(shapes):
             self.register_buffer(f"mask_{k}", torch.ones(rows, dim, dtype=torch.bool))
+        self.keep = KeepMasks()
 
     def weights(self) -> list[nn.Parameter]:
         return [self.ebc.embedding_bags[t].weight for t in self.table_rows]
@@ -270,21 +297,23 @@ class MaskedTables(HashedEmbeddingTables):
         """Whether the masks are in force (magnitude pruning's dense stage: not yet)."""
         return True
 
-    def _update_masks(self, context: StepContext) -> None:
-        """Change the masks after this step (DSL's prune and grow); the weights are masked."""
+    def _update_masks(self, context: StepContext) -> bool:
+        """Change the masks after this step (DSL's prune and grow); the weights are masked.
+        True if a mask changed."""
+        return False
 
     @torch.no_grad()
     def apply_masks(self, context: StepContext | None = None) -> None:
         """Zero the masked weights and, given the optimisers, their moments."""
         for weight, mask in zip(self.weights(), self.masks(), strict=True):
-            mask_with_moments(weight, mask, context)
+            mask_with_moments(weight, self.keep(mask, weight), context)
 
     def after_step(self, context: StepContext) -> None:
         if not self._sparse():
             return
-        self.apply_masks(context)  # grown positions start from zero weights and moments
-        self._update_masks(context)
         self.apply_masks(context)
+        if self._update_masks(context):
+            self.apply_masks(context)  # grown positions start from zero weights and moments
 
     def nonzeros(self) -> list[int]:
         return [int(m.sum()) for m in self.masks()]
