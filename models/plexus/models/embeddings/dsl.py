@@ -245,13 +245,12 @@ class DSLTables(MaskedTables):
             grad = weight.grad
             if grad is None:
                 continue
+            if not grad.is_sparse:
+                mask_with_moments(weight, self.keep(mask, weight), context)
+                continue
             state = context.optimizer_state(weight)
             tensors = [weight.data, *(state.get(key) for key in MOMENTS)]
             tensors = [t for t in tensors if isinstance(t, torch.Tensor) and t.shape == mask.shape]
-            if not grad.is_sparse:
-                for tensor in tensors:
-                    tensor.mul_(self.keep(mask, weight))
-                continue
             rows = torch.unique(grad._indices()[0])  # (R,) touched rows; uncoalesced COO
             keep = mask.index_select(0, rows)  # (R, dim)
             for tensor in tensors:
