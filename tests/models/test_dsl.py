@@ -143,6 +143,53 @@ def test_global_scope_keeps_the_total_but_not_each_tables_count() -> None:
     assert len(seen) > 1  # the tables' shares moved
 
 
+def test_row_granularity_prunes_the_weakest_rows_and_grows_where_the_gradient_is() -> None:
+    weight = torch.tensor([[0.5, 0.5], [0.1, -0.1], [0.0, 0.0], [0.0, 0.0]])
+    mask = torch.tensor([[True, True], [True, True], [False, False], [False, False]])
+    grad = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.1, 0.1], [2.0, 0.0]])
+    rows = DSLConfig(granularity="row")
+    assert prune_and_grow(weight, grad, mask, 0.5, rows) == 2  # one row of 2 positions
+    # Row 1 has the smaller norm and goes; row 3 has the largest gradient norm and comes.
+    assert mask.tolist() == [[True, True], [False, False], [False, False], [True, True]]
+    # The same from a sparse gradient (the retrieval towers' rows), where rows without a
+    # gradient are grown after every row with one.
+    mask = torch.tensor([[True, True], [True, True], [False, False], [False, False]])
+    prune_and_grow(weight, grad.to_sparse(sparse_dim=1), mask, 1.0, rows, seed=1)
+    assert mask.tolist() == [[False, False], [False, False], [True, True], [True, True]]
+    # Global: the tables' rows as one pool, each table keeping its largest row. Table a: rows
+    # of norm 0.3 and 0.2; table b: one row of norm 0.01 and one inactive with a gradient.
+    masks = [torch.ones(2, 2, dtype=torch.bool), torch.tensor([[True, True], [False, False]])]
+    weights = [torch.tensor([[0.3, 0.0], [0.2, 0.0]]), torch.tensor([[0.01, 0.0], [0.0, 0.0]])]
+    grads = [torch.zeros(2, 2), torch.tensor([[0.0, 0.0], [5.0, 5.0]])]
+    both = DSLConfig(scope="global", granularity="row")
+    # ceil(0.5 * 3 rows) = 2, at most 3 - 2 protected rows = 1: a's 0.2 row goes (b's weaker
+    # row is its only one), b's row with the gradient comes.
+    assert prune_and_grow_global(weights, grads, masks, 0.5, both) == 2
+    assert masks[0].tolist() == [[True, True], [False, False]]
+    assert masks[1].tolist() == [[True, True], [True, True]]
+
+
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_row_granularity_keeps_whole_rows_and_the_budget_through_training(scope) -> None:
+    model = _model(density=0.3, delta_t=2, scope=scope, granularity="row")
+    tables = model.embeddings
+    dim = tables.masks()[0].shape[1]
+    assert all(n % dim == 0 for n in tables.target_nonzeros)  # whole rows
+    total = sum(tables.target_nonzeros)
+    moved: list[bool] = []
+
+    def check(step: int, before, optimizers) -> None:
+        assert sum(tables.nonzeros()) == total
+        for mask, old in zip(tables.masks(), before, strict=True):
+            assert bool((mask == mask[:, :1]).all())  # every row wholly on or off
+            moved.append(not torch.equal(mask, old))
+        for weight, mask in zip(tables.weights(), tables.masks(), strict=True):
+            assert int((weight.detach()[~mask] != 0).sum()) == 0
+
+    _train(model, _batches(8), total_steps=8, check=check)
+    assert any(moved)
+
+
 @pytest.mark.parametrize("grow", ["gradient", "accumulated"])
 def test_non_zeros_stay_constant_and_masked_weights_and_adam_moments_stay_zero(grow) -> None:
     model = _model(density=0.4, delta_t=3, grow=grow)

@@ -43,6 +43,14 @@ The method (Sec. 3 of the paper; official code: github.com/shuyao-wang/DSL, `*/u
   all starves the small, informative ones at low budgets. Dense gradients only (the CTR tables).
   The count of non-zeros is what stays fixed: the stored bytes move a little with each table's
   share of the index and pointers (`num_bytes()` counts them as stored).
+* Beyond the paper, `granularity: row`: the tables' non-zeros are whole rows (the network's
+  weights stay per position). Prune drops the active rows of smallest L2 norm (`taylor`: sum
+  of (w g)^2), growth takes the inactive rows of largest gradient norm, rows without a gradient
+  after them in random order; each update moves `ceil(zeta * active rows)` rows, and the
+  budget is rounded down to whole rows. An id then has its full embedding or looks up zeros,
+  as an out-of-vocabulary id would. Per position, at 1/4 of the bytes on the 5M-row synthetic
+  set the large id tables ended at ~3 of 16 coordinates a row, grown from few examples, and
+  scored below both the dense model and DSL at 1/64, whose rare ids look up nearly all zeros.
 
 `delta_t` defaults to a twentieth of the planned steps: the official 2,000-3,000 steps come from
 runs of 10^5-10^6 steps (hundreds of updates of the mask); jobs here take hundreds to thousands.
@@ -108,6 +116,7 @@ class DSLConfig:
     scope: str = "tensor"  # prune and grow per table (the paper), or over all tables: "global"
     total_steps: int | None = None  # planned steps when the training loop cannot tell
     sparsify_mlp: bool = False  # also the network's Linear weights, at the tables' density
+    granularity: str = "position"  # what is pruned and grown in a table; or "row": whole rows
 
     def __post_init__(self) -> None:
         coerce_base(self, "DSL")
@@ -126,6 +135,7 @@ class DSLConfig:
             ("prune", self.prune, ("magnitude", "taylor")),
             ("grow", self.grow, ("gradient", "accumulated", "random")),
             ("scope", self.scope, ("tensor", "global")),
+            ("granularity", self.granularity, ("position", "row")),
         ):
             if value not in choices:
                 raise ConfigError(f"embedding.options.{key}={value!r}: use one of {choices}")
@@ -170,13 +180,20 @@ class DSLTables(MaskedTables):
         if density is None and self.options.byte_budget is None:
             density = DEFAULT_DENSITY
         self._setup(config.base_config(), density, self.options.byte_budget)
+        rows = self.options.granularity == "row"
+        if rows:  # whole rows: the count rounded down to a multiple of the dim
+            dim = config.dim
+            self.target_nonzeros = [max(1, n // dim) * dim for n in self.target_nonzeros]
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self._mlp: list[nn.Parameter] = []  # the network's weights under masks (`bind`)
         self._grad_sums: list[torch.Tensor] = []  # `grow: accumulated`: one per masked tensor
         with torch.no_grad():
             for mask, nnz in zip(self.masks(), self.target_nonzeros, strict=True):
                 mask.zero_()
-                mask.view(-1)[torch.randperm(mask.numel())[:nnz]] = True
+                if rows:
+                    mask[torch.randperm(mask.shape[0])[: nnz // mask.shape[1]]] = True
+                else:
+                    mask.view(-1)[torch.randperm(mask.numel())[:nnz]] = True
         self.apply_masks()
 
     @torch.no_grad()
@@ -272,9 +289,12 @@ class DSLTables(MaskedTables):
         if self.options.scope == "global":  # the tables as one pool; the network per tensor
             weights, masks = zip(*pairs[:tables], strict=True)
             prune_and_grow_global(weights, grads[:tables], masks, share, self.options, seed=step)
-            pairs, grads = pairs[tables:], grads[tables:]
-        for (weight, mask), grad in zip(pairs, grads, strict=True):
-            prune_and_grow(weight, grad, mask, share, self.options, seed=step)
+        else:
+            for (weight, mask), grad in zip(pairs[:tables], grads[:tables], strict=True):
+                prune_and_grow(weight, grad, mask, share, self.options, seed=step)
+        positions = dataclasses.replace(self.options, granularity="position")
+        for (weight, mask), grad in zip(pairs[tables:], grads[tables:], strict=True):
+            prune_and_grow(weight, grad, mask, share, positions, seed=step)  # the network
         self._grad_sums = []  # the next window starts empty
         return True
 
@@ -324,17 +344,20 @@ def prune_and_grow(
     """One DSL update of one tensor, in place on `mask` (bool, weight's shape): drop the
     `ceil(share * nnz)` active positions of lowest score (|w|, or (w g)^2 for `taylor`), then
     activate as many inactive ones of highest |g| (or at random). Returns how many moved.
+    `granularity: row`: the same over whole rows (`_prune_and_grow_rows`).
 
     `grad` may be a sparse COO gradient of a `(rows, dim)` table (rows of an embedding lookup
     with `sparse=True`): it is coalesced and never made dense; positions outside its rows have
     gradient 0 (see the module docstring for growth beyond its rows)."""
+    generator = torch.Generator(device=weight.device).manual_seed(seed)
+    if options.granularity == "row":
+        return _prune_and_grow_rows([weight], [grad], [mask], share, options, generator)
     flat = mask.view(-1)
     nnz = int(flat.sum())
     count = min(math.ceil(share * nnz), nnz)
     if count == 0:
         return 0
     w = weight.detach().reshape(-1)
-    generator = torch.Generator(device=w.device).manual_seed(seed)
     if grad.is_sparse:
         return _prune_and_grow_sparse(w, grad.coalesce(), flat, count, options, generator)
     _prune_and_grow_dense(w, grad.reshape(-1), flat, count, options, generator)
@@ -351,15 +374,19 @@ def prune_and_grow_global(
     seed: int = 0,
 ) -> int:
     """`scope: global`: one DSL update of all tables as one pool, in place on `masks`: the
-    `ceil(share * nnz)` positions of lowest score among all tables' active ones are dropped and
-    as many grown where the gradient is largest in any table, so non-zeros move to the tables
-    (fields) where they matter, as global magnitude pruning allots them. Each table keeps at
-    least one non-zero. Beyond the paper (per tensor, for its two MF/LightGCN tables)."""
+    `ceil(share * nnz)` positions (or rows) of lowest score among all tables' active ones are
+    dropped and as many grown where the gradient is largest in any table, so non-zeros move to
+    the tables (fields) where they matter, as global magnitude pruning allots them. Each table
+    keeps at least one non-zero (row). Beyond the paper (per tensor, for its two MF/LightGCN
+    tables)."""
     if any(g.is_sparse for g in grads):
         raise ConfigError(
             "embedding.options.scope=global needs dense gradients (the CTR tables); the "
             "retrieval towers' sparse gradients prune and grow per table: drop the option"
         )
+    generator = torch.Generator(device=weights[0].device).manual_seed(seed)
+    if options.granularity == "row":
+        return _prune_and_grow_rows(weights, grads, masks, share, options, generator, floor=True)
     sizes = [m.numel() for m in masks]
     flat = torch.cat([m.reshape(-1) for m in masks])
     nnz = int(flat.sum())
@@ -368,15 +395,83 @@ def prune_and_grow_global(
         return 0
     w = torch.cat([x.detach().reshape(-1) for x in weights])
     g = torch.cat([x.reshape(-1) for x in grads])
-    generator = torch.Generator(device=w.device).manual_seed(seed)
     # Each table's largest weight is kept out of the pruning: no table is left empty.
-    active = torch.where(flat, w.abs(), -1.0).split(sizes)
-    offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)
-    protect = offsets + torch.stack([torch.argmax(part) for part in active])
+    protect = _largest_per_table(torch.where(flat, w.abs(), -1.0), sizes)
     _prune_and_grow_dense(w, g, flat, count, options, generator, protect=protect)
     for mask, part in zip(masks, flat.split(sizes), strict=True):
         mask.view(-1).copy_(part)
     return count
+
+
+def _largest_per_table(score: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """The flat index of the largest `score` within each table's span of `sizes`."""
+    offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)
+    return offsets + torch.stack([torch.argmax(part) for part in score.split(sizes)])
+
+
+def _prune_and_grow_rows(
+    weights: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    share: float,
+    options: DSLConfig,
+    generator: torch.Generator,
+    *,
+    floor: bool = False,
+) -> int:
+    """`granularity: row` over one or more `(rows, dim)` tables as one pool: prune the
+    `ceil(share * active rows)` active rows of lowest score (the row's L2 norm, or its sum of
+    (w g)^2 for `taylor`) and grow as many inactive rows of largest gradient norm; rows without a
+    gradient come after those with one, in random order. A row is wholly kept or wholly zero,
+    so an id either has its full embedding or looks up zeros, as an out-of-vocabulary id would,
+    never a few coordinates grown from one batch's gradient. `floor`: each table keeps its
+    largest row. Returns the positions moved (rows times dim)."""
+    dim = masks[0].shape[1]
+    scores, gains, active = [], [], []
+    for weight, grad, mask in zip(weights, grads, masks, strict=True):
+        w = weight.detach()
+        g = grad.coalesce() if grad.is_sparse else grad
+        scores.append(_row_score(w, g, options))
+        gains.append(_row_gain(g, w, options, generator))
+        active.append(mask[:, 0].clone())
+    sizes = [a.numel() for a in active]
+    flat = torch.cat(active)
+    nnz = int(flat.sum())
+    count = min(math.ceil(share * nnz), nnz - (len(masks) if floor else 0))
+    if count <= 0:
+        return 0
+    score = torch.cat(scores)
+    protect = _largest_per_table(torch.where(flat, score, -1.0), sizes) if floor else None
+    _swap(score, torch.cat(gains), flat, count, protect)
+    for mask, part in zip(masks, flat.split(sizes), strict=True):
+        mask.copy_(part.unsqueeze(1).expand_as(mask))
+    return count * dim
+
+
+def _row_score(w: torch.Tensor, g: torch.Tensor, options: DSLConfig) -> torch.Tensor:
+    """Each row's pruning score (rows,): its L2 norm, or for `taylor` its sum of (w g)^2."""
+    if options.prune == "magnitude":
+        return w.norm(dim=1)
+    if not g.is_sparse:
+        return (w * g).pow(2).sum(dim=1)
+    rows = g.indices()[0]
+    taylor = (w.index_select(0, rows) * g.values()).pow(2).sum(dim=1)
+    return torch.zeros(w.shape[0], dtype=w.dtype, device=w.device).index_copy_(0, rows, taylor)
+
+
+def _row_gain(
+    g: torch.Tensor, w: torch.Tensor, options: DSLConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Each row's growth score (rows,): its gradient's L2 norm, or at random; rows of zero
+    gradient get a random value below every gradient's, so they are grown in random order."""
+    draw = torch.rand(w.shape[0], generator=generator, device=w.device, dtype=w.dtype)
+    if options.grow == "random":
+        return draw
+    if g.is_sparse:
+        norm = torch.zeros_like(draw).index_copy_(0, g.indices()[0], g.values().norm(dim=1))
+    else:
+        norm = g.norm(dim=1)
+    return torch.where(norm > 0, norm, -draw)
 
 
 def _prune_and_grow_dense(
@@ -391,14 +486,26 @@ def _prune_and_grow_dense(
     """`prune_and_grow` on flat w, g and mask (dense gradient); `protect`: active positions
     never pruned."""
     score = w.abs() if options.prune == "magnitude" else (w * g).pow(2)
-    score = torch.where(flat, score, torch.full_like(score, math.inf))
-    if protect is not None:
-        score[protect] = math.inf
-    flat[torch.topk(score, count, largest=False).indices] = False
     if options.grow != "random":
         gain = g.abs()
     else:
         gain = torch.rand(w.shape, generator=generator, device=w.device)
+    _swap(score, gain, flat, count, protect)
+
+
+def _swap(
+    score: torch.Tensor,
+    gain: torch.Tensor,
+    flat: torch.Tensor,
+    count: int,
+    protect: torch.Tensor | None,
+) -> None:
+    """In place on the flat mask: deactivate the `count` active entries of lowest `score`
+    (never those in `protect`), then activate the `count` inactive ones of highest `gain`."""
+    score = torch.where(flat, score, torch.full_like(score, math.inf))
+    if protect is not None:
+        score[protect] = math.inf
+    flat[torch.topk(score, count, largest=False).indices] = False
     gain = torch.where(flat, torch.full_like(gain, -math.inf), gain)
     flat[torch.topk(gain, count, largest=True).indices] = True
 
