@@ -171,3 +171,7 @@ def test_keep_masks_follow_every_change_of_their_mask() -> None:
     assert keep(module.mask, like.double()).dtype == torch.float64
     copied = copy.deepcopy(keep)
     assert copied(module.mask, like).tolist() == [[0.0, 0.0], [1.0, 1.0]]
+    # A mask replaced by another object (as `module.to(device)` does) takes its copy with it.
+    module.mask = torch.tensor([[True, True], [True, True]])
+    assert keep(module.mask, like).tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    assert len(keep) == 1

@@ -29,6 +29,7 @@ arrays.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -238,21 +239,28 @@ class KeepMasks:
     `mul_(keep)` (3 tensors of 4.7M float32: 103 ms against 14 ms), and it runs on the weights
     and both Adam moments after every step. A cached tensor is used while its mask is the same
     object at the same version counter (every in-place write, `load_state_dict` included,
-    moves it)."""
+    moves it). Entries hold their mask weakly and go with it: a mask replaced by another
+    object (`module.to(device)`) leaves no stale copy behind."""
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self._cache: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
 
     def __reduce__(self) -> tuple:
         return (KeepMasks, ())  # a copy (deepcopy, pickle) starts empty: its masks are new
 
+    def __len__(self) -> int:
+        return len(self._cache)
+
     def __call__(self, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """`mask` as 0/1 in `like`'s dtype."""
-        hit = self._cache.get(id(mask))
-        stale = hit is None or hit[0] is not mask or hit[1] != mask._version
+        key = id(mask)
+        hit = self._cache.get(key)
+        stale = hit is None or hit[0]() is not mask or hit[1] != mask._version
         if stale or hit[2].dtype != like.dtype:
-            hit = (mask, mask._version, mask.to(like.dtype))
-            self._cache[id(mask)] = hit
+            cache = self._cache
+            gone = weakref.ref(mask, lambda _ref: cache.pop(key, None))
+            hit = (gone, mask._version, mask.to(like.dtype))
+            cache[key] = hit
         return hit[2]
 
 
