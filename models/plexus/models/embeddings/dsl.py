@@ -51,7 +51,8 @@ The method (Sec. 3 of the paper; official code: github.com/shuyao-wang/DSL, `*/u
   as an out-of-vocabulary id would. Per position, at 1/4 of the bytes on the 5M-row synthetic
   set the large id tables ended at ~3 of 16 coordinates a row, grown from few examples, and
   scored 0.0033 below the dense model; whole rows with `grow: accumulated` (whose window sums
-  favour frequent ids) scored 0.0011 above it (README, "Whole rows close the gap at 1/4").
+  favour frequent ids) 0.0008 below it over three seeds (README, "Whole rows close the gap at
+  1/4"). On MovieLens-1M, where every id is frequent, whole rows do worse than positions.
 
 `delta_t` defaults to a twentieth of the planned steps: the official 2,000-3,000 steps come from
 runs of 10^5-10^6 steps (hundreds of updates of the mask); jobs here take hundreds to thousands.
