@@ -362,7 +362,7 @@ def prune_and_grow(
     w = weight.detach().reshape(-1)
     if grad.is_sparse:
         return _prune_and_grow_sparse(w, grad.coalesce(), flat, count, options, generator)
-    _prune_and_grow_dense(w, grad.reshape(-1), flat, count, options, generator)
+    _swap(*_position_scores(w, grad.reshape(-1), options, generator), flat, count)
     return count
 
 
@@ -389,20 +389,40 @@ def prune_and_grow_global(
     generator = torch.Generator(device=weights[0].device).manual_seed(seed)
     if options.granularity == "row":
         return _prune_and_grow_rows(weights, grads, masks, share, options, generator, floor=True)
-    sizes = [m.numel() for m in masks]
-    flat = torch.cat([m.reshape(-1) for m in masks])
-    nnz = int(flat.sum())
-    count = min(math.ceil(share * nnz), nnz - len(masks))
-    if count <= 0:
-        return 0
     w = torch.cat([x.detach().reshape(-1) for x in weights])
     g = torch.cat([x.reshape(-1) for x in grads])
+    score, gain = _position_scores(w, g, options, generator)
     # Each table's largest weight is kept out of the pruning: no table is left empty.
-    protect = _largest_per_table(torch.where(flat, w.abs(), -1.0), sizes)
-    _prune_and_grow_dense(w, g, flat, count, options, generator, protect=protect)
-    for mask, part in zip(masks, flat.split(sizes), strict=True):
+    actives = [m.reshape(-1) for m in masks]
+    parts, count = _swap_pooled(actives, score, gain, share, floor=w.abs())
+    for mask, part in zip(masks, parts, strict=True):
         mask.view(-1).copy_(part)
     return count
+
+
+def _swap_pooled(
+    actives: Sequence[torch.Tensor],
+    score: torch.Tensor,
+    gain: torch.Tensor,
+    share: float,
+    *,
+    floor: torch.Tensor | None = None,
+) -> tuple[list[torch.Tensor], int]:
+    """One update of several tables' entries (positions or rows) as one pool: `actives` are
+    each table's flat active flags, `score` and `gain` the pool's, concatenated in that order.
+    Moves `ceil(share * active)` entries (`_swap`); with `floor`, each table's active entry of
+    largest `floor` is never pruned, so no table is left empty. Returns each table's new flags
+    and the count moved."""
+    sizes = [a.numel() for a in actives]
+    flat = torch.cat(actives)
+    nnz = int(flat.sum())
+    count = min(math.ceil(share * nnz), nnz - (len(actives) if floor is not None else 0))
+    if count > 0:
+        protect = None
+        if floor is not None:
+            protect = _largest_per_table(torch.where(flat, floor, -1.0), sizes)
+        _swap(score, gain, flat, count, protect)
+    return list(flat.split(sizes)), max(count, 0)
 
 
 def _largest_per_table(score: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -435,17 +455,12 @@ def _prune_and_grow_rows(
         g = grad.coalesce() if grad.is_sparse else grad
         scores.append(_row_score(w, g, options))
         gains.append(_row_gain(g, w, options, generator))
-        active.append(mask[:, 0].clone())
-    sizes = [a.numel() for a in active]
-    flat = torch.cat(active)
-    nnz = int(flat.sum())
-    count = min(math.ceil(share * nnz), nnz - (len(masks) if floor else 0))
-    if count <= 0:
-        return 0
+        active.append(mask[:, 0])
     score = torch.cat(scores)
-    protect = _largest_per_table(torch.where(flat, score, -1.0), sizes) if floor else None
-    _swap(score, torch.cat(gains), flat, count, protect)
-    for mask, part in zip(masks, flat.split(sizes), strict=True):
+    parts, count = _swap_pooled(
+        active, score, torch.cat(gains), share, floor=score if floor else None
+    )
+    for mask, part in zip(masks, parts, strict=True):
         mask.copy_(part.unsqueeze(1).expand_as(mask))
     return count * dim
 
@@ -476,23 +491,15 @@ def _row_gain(
     return torch.where(norm > 0, norm, -draw)
 
 
-def _prune_and_grow_dense(
-    w: torch.Tensor,
-    g: torch.Tensor,
-    flat: torch.Tensor,
-    count: int,
-    options: DSLConfig,
-    generator: torch.Generator,
-    protect: torch.Tensor | None = None,
-) -> None:
-    """`prune_and_grow` on flat w, g and mask (dense gradient); `protect`: active positions
-    never pruned."""
+def _position_scores(
+    w: torch.Tensor, g: torch.Tensor, options: DSLConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat w and dense g's pruning score (|w|, or (w g)^2 for `taylor`) and growth score
+    (|g|, or at random) per position."""
     score = w.abs() if options.prune == "magnitude" else (w * g).pow(2)
     if options.grow != "random":
-        gain = g.abs()
-    else:
-        gain = torch.rand(w.shape, generator=generator, device=w.device)
-    _swap(score, gain, flat, count, protect)
+        return score, g.abs()
+    return score, torch.rand(w.shape, generator=generator, device=w.device)
 
 
 def _swap(
@@ -500,7 +507,7 @@ def _swap(
     gain: torch.Tensor,
     flat: torch.Tensor,
     count: int,
-    protect: torch.Tensor | None,
+    protect: torch.Tensor | None = None,
 ) -> None:
     """In place on the flat mask: deactivate the `count` active entries of lowest `score`
     (never those in `protect`), then activate the `count` inactive ones of highest `gain`."""
