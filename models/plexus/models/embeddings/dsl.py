@@ -511,12 +511,20 @@ def _swap(
 ) -> None:
     """In place on the flat mask: deactivate the `count` active entries of lowest `score`
     (never those in `protect`), then activate the `count` inactive ones of highest `gain`."""
+    _prune(score, flat, count, protect)
+    gain = torch.where(flat, torch.full_like(gain, -math.inf), gain)
+    flat[torch.topk(gain, count, largest=True).indices] = True
+
+
+def _prune(
+    score: torch.Tensor, flat: torch.Tensor, count: int, protect: torch.Tensor | None = None
+) -> None:
+    """In place on the flat mask: deactivate the `count` active entries of lowest `score`,
+    never those in `protect`."""
     score = torch.where(flat, score, torch.full_like(score, math.inf))
     if protect is not None:
         score[protect] = math.inf
     flat[torch.topk(score, count, largest=False).indices] = False
-    gain = torch.where(flat, torch.full_like(gain, -math.inf), gain)
-    flat[torch.topk(gain, count, largest=True).indices] = True
 
 
 def _prune_and_grow_sparse(
@@ -536,8 +544,7 @@ def _prune_and_grow_sparse(
         score = w.abs()
     else:  # (w g)^2: zero wherever the batch gave no gradient
         score = torch.zeros_like(w).index_copy_(0, positions, (w[positions] * g).pow(2))
-    score = torch.where(flat, score, torch.full_like(score, math.inf))
-    flat[torch.topk(score, count, largest=False).indices] = False
+    _prune(score, flat, count)
     grown = 0
     if options.grow != "random":
         gain = torch.where(flat[positions], torch.full_like(g, -math.inf), g.abs())
