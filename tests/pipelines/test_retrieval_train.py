@@ -134,3 +134,52 @@ def test_a_multi_stage_method_is_refused_naming_the_key(planted) -> None:
             RetrievalTrainConfig(epochs=1, threads=1),
             embedding=EmbeddingConfig(method="optembed", dim=16),
         )
+
+
+def test_dense_adam_trains_the_tables_with_dense_gradients(planted) -> None:
+    """`train.optimizer=adam` (SimpleX's): the tables get dense gradients and plain Adam, not
+    `SparseAdam`; it trains, gives other weights than the sparse run, and leaves the padding
+    row where it was."""
+    model_cfg = TwoTowerConfig(dim=8, history_len=4)
+    weights = {}
+    key = "user_tables.ebc.embedding_bags.t_user_id.weight"
+    for optimizer in ("sparse_adam", "adam"):
+        train_cfg = RetrievalTrainConfig(
+            epochs=2, batch_size=64, num_negatives=8, lr=0.02, threads=1, optimizer=optimizer
+        )
+        states: list[dict] = []
+        model, history = train_two_tower(planted, model_cfg, train_cfg, on_checkpoint=states.append)
+        assert history[-1]["loss"] < history[0]["loss"]
+        # Plain Adam's groups have `amsgrad`, SparseAdam's do not; the towers are tables only.
+        kinds = ["amsgrad" in o["param_groups"][0] for o in states[-1]["optimizers"]]
+        assert kinds == [optimizer == "adam"], kinds
+        weights[optimizer] = model.state_dict()[key]
+        assert torch.equal(states[0]["model"][key][0], weights[optimizer][0])
+    assert not torch.allclose(weights["adam"], weights["sparse_adam"])
+
+
+def test_the_rate_drops_after_the_given_epochs(planted) -> None:
+    model_cfg = TwoTowerConfig(dim=8, history_len=4)
+    train_cfg = RetrievalTrainConfig(
+        epochs=4, batch_size=256, num_negatives=8, lr=0.01, threads=1,
+        lr_drops=(1, 3), lr_drop_factor=0.5,
+    )  # fmt: skip
+    _, history = train_two_tower(planted, model_cfg, train_cfg)
+    # `lr` is the rate after the epoch's last step: the drop after epoch 1 shows from then on.
+    assert [h["lr"] for h in history] == pytest.approx([0.005, 0.005, 0.0025, 0.0025])
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"lr_drops": (5,)}, r"train.lr_drops: each must be an epoch in \[1, train.epochs=5\)"),
+        ({"lr_drops": (0,)}, r"train.lr_drops: each must be an epoch"),
+        ({"lr_drops": (2,), "lr_drop_factor": 1.0}, "train.lr_drop_factor: must be in"),
+        ({"optimizer": "sgd"}, "train.optimizer"),
+    ],
+)
+def test_schedule_and_optimizer_mistakes_name_the_key(options: dict, match: str) -> None:
+    from plexus.platform.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        RetrievalTrainConfig(epochs=5, **options)
