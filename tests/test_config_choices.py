@@ -12,10 +12,16 @@ from typing import Any
 import pytest
 from plexus.models.backbones.base import Backbone, ModelConfig
 from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod
-from plexus.models.retrieval import KnnEmbedConfig, LossKind, QueryVariant
+from plexus.models.retrieval import (
+    HistoryPick,
+    KnnEmbedConfig,
+    LossKind,
+    QueryVariant,
+    TwoTowerConfig,
+)
 from plexus.pipelines.ingest.config import HoldOut, InteractionsConfig, InteractionSplit
 from plexus.pipelines.promote import GateMetric, PromoteConfig
-from plexus.pipelines.retrieval.train import LrSchedule, RetrievalTrainConfig
+from plexus.pipelines.retrieval.train import LrSchedule, RetrievalTrainConfig, TableOptimizer
 from plexus.platform.errors import ConfigError
 from plexus.serving.config import Batching, ServeConfig
 
@@ -24,6 +30,8 @@ CHOICES: list[tuple[type, dict[str, Any], str, type[enum.Enum], str]] = [
     (EmbeddingConfig, {}, "method", EmbeddingMethod, "embedding.method"),
     (RetrievalTrainConfig, {}, "loss", LossKind, "train.loss"),
     (RetrievalTrainConfig, {}, "lr_schedule", LrSchedule, "train.lr_schedule"),
+    (RetrievalTrainConfig, {}, "optimizer", TableOptimizer, "train.optimizer"),
+    (TwoTowerConfig, {}, "history_pick", HistoryPick, "model.history_pick"),
     (InteractionsConfig, {}, "split", InteractionSplit, "data.interactions.split"),
     (InteractionsConfig, {}, "validation_pick", HoldOut, "data.interactions.validation_pick"),
     (KnnEmbedConfig, {}, "query_variant", QueryVariant, "knn_embed.query_variant"),

@@ -268,3 +268,29 @@ def test_the_ingest_gives_the_splits_of_the_readers_it_replaced(tmp_path: Path, 
     assert (data.num_users, data.num_items) == (users, items)
     assert _digest(data) == split
     assert _digest(data.validation()) == validation
+
+
+def test_a_sampled_history_is_an_unbiased_subset_in_the_lists_order() -> None:
+    """`history_pick=sample`: users with more than `length` items get a seeded random subset
+    (in their list's order, the same each call); shorter lists are whole, as with `last`."""
+    from plexus.models.retrieval import HistoryPick
+
+    counts = np.array([0, 3, 200, 200])  # row 0 (padding) empty
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    items = np.concatenate([[7, 8, 9], np.arange(1, 201), np.arange(1, 201)])
+    data = Interactions(
+        name="h", user_ids=np.arange(-1, 3), item_ids=np.arange(-1, 201),
+        train_indptr=indptr, train_items=items,
+        test_indptr=np.zeros(5, np.int64), test_items=np.zeros(0, np.int64),
+    )  # fmt: skip
+    last, sample = data.histories(10), data.histories(10, HistoryPick.SAMPLE)
+    assert last[1].tolist() == sample[1].tolist() == [7, 8, 9] + [0] * 7
+    assert last[2].tolist() == list(range(191, 201))  # the list's tail: its newest ids
+    assert np.array_equal(sample, data.histories(10, "sample"))  # seeded
+    for user in (2, 3):
+        assert np.all(np.diff(sample[user]) > 0)  # a subset, in order
+    assert not np.array_equal(sample[2], sample[3])  # drawn per user
+    # Unbiased: over the 200-item lists, the sample's mean is near the list's (100.5); the
+    # tail's is 195.5.
+    many = data.histories(100, HistoryPick.SAMPLE)[2:]
+    assert abs(many.mean() - 100.5) < 12

@@ -7,7 +7,13 @@ per-interest query vectors, and `KnnEmbedQuery.smoothed_mixture` the dense neigh
 that the export runs for every known user.
 """
 
-from plexus.models.retrieval.config import KnnEmbedConfig, LossKind, QueryVariant, TwoTowerConfig
+from plexus.models.retrieval.config import (
+    HistoryPick,
+    KnnEmbedConfig,
+    LossKind,
+    QueryVariant,
+    TwoTowerConfig,
+)
 from plexus.models.retrieval.kmeans import spherical_kmeans
 from plexus.models.retrieval.knn_embed import KnnEmbedQuery, KnnEmbedState, fit_knn_embed
 from plexus.models.retrieval.loss import (
@@ -19,6 +25,7 @@ from plexus.models.retrieval.side import SideFeatures
 from plexus.models.retrieval.two_tower import TwoTower
 
 __all__ = [
+    "HistoryPick",
     "KnnEmbedConfig",
     "KnnEmbedQuery",
     "KnnEmbedState",

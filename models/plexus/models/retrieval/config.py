@@ -16,6 +16,17 @@ class LossKind(enum.StrEnum):
     SAMPLED_SOFTMAX = "sampled_softmax"
 
 
+class HistoryPick(enum.StrEnum):
+    """Which training items make a user's history when it has more than `history_len`: `last`,
+    the latest (the log's time, or the file's order where it has none); `sample`, a seeded
+    random sample (the same in training, evaluation and export). Gowalla's LightGCN files
+    list each user's items in ascending raw id, with no time: there `last` takes the user's
+    newest-catalogued items, whose mean popularity is a quarter of the user's (measured)."""
+
+    LAST = "last"
+    SAMPLE = "sample"
+
+
 class QueryVariant(enum.StrEnum):
     """kNN-Embed component queries: `shared` = the user vector for every interest;
     `per_cluster` = the user vector mixed with the mean of the user's items in that interest."""
@@ -45,6 +56,7 @@ class TwoTowerConfig:
 
     dim: int = 64
     history_len: int = 50
+    history_pick: HistoryPick = HistoryPick.LAST
     user_weight: float = 0.5
     use_user_id: bool = True
     use_history: bool = True
@@ -58,6 +70,7 @@ class TwoTowerConfig:
     item_id_dropout: float = 0.25
 
     def __post_init__(self) -> None:
+        coerce_choice(self, "history_pick", HistoryPick, "model.history_pick")
         if not 0.0 <= self.item_id_dropout < 1.0:
             raise ConfigError(
                 f"model.item_id_dropout: must be in [0, 1), got {self.item_id_dropout}"

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from plexus.models.retrieval import SideFeatures
+from plexus.models.retrieval import HistoryPick, SideFeatures
 from plexus.pipelines.ingest import DataConfig, IngestResult, ingest
 from plexus.pipelines.ingest.interactions import ITEM, USER, catalog_items
 from plexus.platform.errors import DataError
@@ -76,15 +76,26 @@ class Interactions:
     def test_of(self, user: int) -> np.ndarray:
         return self.test_items[self.test_indptr[user] : self.test_indptr[user + 1]]
 
-    def histories(self, length: int) -> np.ndarray:
-        """(U + 1, L) int64: the last `length` training items of each user, 0-padded at the end."""
-        out = np.zeros((self.num_users + 1, length), np.int64)
+    def histories(self, length: int, pick: HistoryPick = HistoryPick.LAST) -> np.ndarray:
+        """(U + 1, L) int64: `length` training items of each user in the list's order (its last
+        ones, or with `pick=sample` a random sample of seed 0 for users with more), 0-padded at
+        the end."""
         counts = np.diff(self.train_indptr)
         take = np.minimum(counts, length)
+        starts = np.repeat(self.train_indptr[:-1], counts)
+        rank = np.arange(self.train_items.size) - starts  # position in the user's list
+        if HistoryPick(pick) is HistoryPick.SAMPLE:
+            users = np.repeat(np.arange(self.num_users + 1), counts)
+            keys = np.random.default_rng(0).random(self.train_items.size)
+            order = np.lexsort((keys, users))  # users stay in place, shuffled within
+            keep = np.zeros(self.train_items.size, bool)
+            keep[order[rank < np.repeat(take, counts)]] = True
+        else:
+            keep = rank >= np.repeat(counts - take, counts)
         rows = np.repeat(np.arange(self.num_users + 1), take)
         cols = np.arange(rows.size) - np.repeat(np.cumsum(take) - take, take)
-        src = np.repeat(self.train_indptr[1:] - take, take) + cols
-        out[rows, cols] = self.train_items[src]
+        out = np.zeros((self.num_users + 1, length), np.int64)
+        out[rows, cols] = self.train_items[keep]
         return out
 
     def item_popularity(self) -> np.ndarray:
