@@ -191,7 +191,9 @@ def test_row_granularity_keeps_whole_rows_and_the_budget_through_training(scope)
 
 
 @pytest.mark.parametrize("grow", ["gradient", "accumulated"])
-def test_non_zeros_stay_constant_and_masked_weights_and_adam_moments_stay_zero(grow) -> None:
+def test_non_zeros_stay_constant_and_masked_weights_and_adam_moments_stay_zero(
+    grow, capsys
+) -> None:
     model = _model(density=0.4, delta_t=3, grow=grow)
     tables = model.embeddings
     assert isinstance(tables, DSLTables)
@@ -216,6 +218,10 @@ def test_non_zeros_stay_constant_and_masked_weights_and_adam_moments_stay_zero(g
     _train(model, _batches(12), total_steps=12, check=check)
     assert changed_at == [3, 6, 9, 12]  # prune and grow every delta_t steps, only then
     assert int(tables.steps) == 12
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[dsl]")]
+    assert [line.split(":")[0] for line in lines] == [
+        f"[dsl] prune-and-grow {k}/4 at step {3 * k} (delta_t 3)" for k in (1, 2, 3, 4)
+    ]  # a progress line per update, naming the resolved delta_t
 
 
 def test_sparsify_mlp_holds_the_network_at_the_tables_density_through_prune_and_grow() -> None:

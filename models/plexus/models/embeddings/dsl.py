@@ -298,6 +298,12 @@ class DSLTables(MaskedTables):
         for (weight, mask), grad in zip(pairs[tables:], grads[tables:], strict=True):
             prune_and_grow(weight, grad, mask, share, positions, seed=step)  # the network
         self._grad_sums = []  # the next window starts empty
+        every, total = self.delta_t(context), self.total_steps(context)
+        print(  # progress, and the resolved default of delta_t (it names no config value)
+            f"[dsl] prune-and-grow {step // every}/{total // every} at step {step} "
+            f"(delta_t {every}): zeta {share:.3f}",
+            flush=True,
+        )
         return True
 
     def _accumulate(self, weights: list[torch.Tensor]) -> None:
