@@ -283,9 +283,11 @@ class DSLTables(MaskedTables):
         pairs = [*zip(self.weights(), self.masks(), strict=True), *self._mlp_pairs()]
         if self.options.grow == "accumulated":
             self._accumulate([weight for weight, _ in pairs])
-        if step % self.delta_t(context):
+        every = self.delta_t(context)
+        if step % every:
             return False
-        share = zeta(self.options, step, self.total_steps(context))
+        total = self.total_steps(context)
+        share = zeta(self.options, step, total)
         grads = [self._growth_gradient(k, weight) for k, (weight, _) in enumerate(pairs)]
         tables = len(self.weights())
         if self.options.scope == "global":  # the tables as one pool; the network per tensor
@@ -298,7 +300,6 @@ class DSLTables(MaskedTables):
         for (weight, mask), grad in zip(pairs[tables:], grads[tables:], strict=True):
             prune_and_grow(weight, grad, mask, share, positions, seed=step)  # the network
         self._grad_sums = []  # the next window starts empty
-        every, total = self.delta_t(context), self.total_steps(context)
         print(  # progress, and the resolved default of delta_t (it names no config value)
             f"[dsl] prune-and-grow {step // every}/{total // every} at step {step} "
             f"(delta_t {every}): zeta {share:.3f}",

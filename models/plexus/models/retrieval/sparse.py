@@ -40,14 +40,15 @@ class sparse_lookups(TorchFunctionMode):  # noqa: N801  (used as a context manag
 
 
 def retrieval_optimizers(
-    model: nn.Module, probe: sparse_lookups, *, lr: float, fused: bool = False
+    model: nn.Module, probe: sparse_lookups, *, lr: float, dense_tables: bool = False
 ) -> list[torch.optim.Optimizer]:
     """The optimisers of a retrieval model, in a fixed order (checkpoints restore into it):
     one per `ParameterGroup` the embedding tables ask for (the training protocol; "none"
     groups are held fixed), then `SparseAdam` over the weights `probe` saw looked up, then Adam
-    over the rest (`fused`: one kernel for all of them, 3x faster on whole tables than the
-    per-tensor loop). Groups stepped on validation batches (bi-level searches) are refused: the
-    retrieval loop draws training pairs only."""
+    over the rest. `dense_tables`: the lookups ran outside `probe` (dense gradients), so the
+    tables go to that Adam too, fused (one kernel over all tensors: 3x faster on whole tables
+    than the per-tensor loop). Groups stepped on validation batches (bi-level searches) are
+    refused: the retrieval loop draws training pairs only."""
     optimizers: list[torch.optim.Optimizer] = []
     taken: set[int] = set()
     for tables in embedding_tables(model):
@@ -67,10 +68,11 @@ def retrieval_optimizers(
                 options["weight_decay"] = group.weight_decay
             optimizers.append(kind(list(group.params), **options))
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
-    sparse = [p for p in params if id(p) in probe.weights]
-    dense = [p for p in params if id(p) not in probe.weights]
+    looked_up = set() if dense_tables else set(probe.weights)
+    sparse = [p for p in params if id(p) in looked_up]
+    dense = [p for p in params if id(p) not in looked_up]
     if sparse:
         optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
     if dense:
-        optimizers.append(torch.optim.Adam(dense, lr=lr, fused=fused or None))
+        optimizers.append(torch.optim.Adam(dense, lr=lr, fused=dense_tables or None))
     return optimizers

@@ -153,9 +153,7 @@ def train_two_tower(
     # Dense Adam: the tables get dense gradients, so the forward leaves the lookups as they are.
     dense_tables = train_cfg.optimizer is TableOptimizer.ADAM
     forward = contextlib.nullcontext() if dense_tables else lookups
-    optimizers = retrieval_optimizers(
-        model, sparse_lookups() if dense_tables else lookups, lr=train_cfg.lr, fused=dense_tables
-    )
+    optimizers = retrieval_optimizers(model, lookups, lr=train_cfg.lr, dense_tables=dense_tables)
     steps_per_epoch = -(-users.size // train_cfg.batch_size)
     schedules = [_lr_schedule(opt, train_cfg, steps_per_epoch) for opt in optimizers]
     history: list[dict[str, float]] = []
