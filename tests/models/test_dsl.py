@@ -224,6 +224,26 @@ def test_non_zeros_stay_constant_and_masked_weights_and_adam_moments_stay_zero(
     ]  # a progress line per update, naming the resolved delta_t
 
 
+def test_update_until_stops_the_updates_and_ends_zetas_decay_there(capsys) -> None:
+    model = _model(density=0.4, delta_t=3, update_until=0.5)
+    tables = model.embeddings
+    changed_at: list[int] = []
+
+    def check(step: int, before: list[torch.Tensor], optimizers) -> None:
+        if any(not torch.equal(a, b) for a, b in zip(tables.masks(), before, strict=True)):
+            changed_at.append(step)
+
+    _train(model, _batches(12), total_steps=12, check=check)
+    assert changed_at == [3, 6]  # the first half of the 12 planned steps only
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[dsl]")]
+    assert lines == [
+        "[dsl] prune-and-grow 1/2 at step 3 (delta_t 3): zeta 0.253",  # halfway down the cosine
+        "[dsl] prune-and-grow 2/2 at step 6 (delta_t 3): zeta 0.005",  # its end: zeta_end
+    ]
+    with pytest.raises(ConfigError, match="update_until"):
+        DSLConfig(update_until=0.0)
+
+
 def test_sparsify_mlp_holds_the_network_at_the_tables_density_through_prune_and_grow() -> None:
     model = _model(density=0.4, delta_t=3, sparsify_mlp=True)
     tables = model.embeddings

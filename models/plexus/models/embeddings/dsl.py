@@ -22,6 +22,10 @@ The method (Sec. 3 of the paper; official code: github.com/shuyao-wang/DSL, `*/u
   `zeta` decays from `zeta_start` (0.5) to `zeta_end` (0.005) on a cosine over the planned
   steps, as the official `CosineDecay` (the learning-rate cosine of `torch.optim` over all
   iterations). Just-pruned positions may be grown again at once, as in the official code.
+* Beyond the paper, `update_until` (RigL's `T_end`, Evci et al. 2020, Sec. 3: 0.75 there):
+  the masks are pruned and grown only during that share of the planned steps, and `zeta`'s
+  decay spans it; then they stay fixed. Late updates grow positions at zero when the learning
+  rate has decayed, so they may not relearn what was pruned. The default 1.0 is the paper's.
 * Options of the official code: `prune: taylor` (`(w * g)^2`, its `Taylor_FO`) and
   `grow: random`. Its `momentum` growth is not offered: with Adam's moments masked (above)
   the momentum of an inactive position is one step's gradient scaled to its sign.
@@ -119,6 +123,7 @@ class DSLConfig:
     total_steps: int | None = None  # planned steps when the training loop cannot tell
     sparsify_mlp: bool = False  # also the network's Linear weights, at the tables' density
     granularity: str = "position"  # what is pruned and grown in a table; or "row": whole rows
+    update_until: float = 1.0  # share of the planned steps with updates (RigL's T_end: 0.75)
 
     def __post_init__(self) -> None:
         coerce_base(self, "DSL")
@@ -129,6 +134,11 @@ class DSLConfig:
             )
         check_fraction(self.density, "embedding.options.density")
         check_fraction(self.byte_budget, "embedding.options.byte_budget")
+        if not 0.0 < self.update_until <= 1.0:
+            raise ConfigError(
+                f"embedding.options.update_until={self.update_until} must be in (0, 1]: the "
+                "share of the planned steps during which the masks are pruned and grown"
+            )
         for key in ("zeta_start", "zeta_end"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"embedding.options.{key} must be in [0, 1]")
@@ -280,14 +290,18 @@ class DSLTables(MaskedTables):
         """Count the step; every `delta_t` steps prune and grow each table. True if it did."""
         self.steps += 1
         step = int(self.steps)
+        total = self.total_steps(context)
+        ends = self.options.update_until < 1.0  # (at 1.0, a run past its plan keeps updating)
+        until = max(1, int(self.options.update_until * total)) if ends else total
+        if ends and step > until:
+            return False  # the masks stay as they are (`update_until`)
         pairs = [*zip(self.weights(), self.masks(), strict=True), *self._mlp_pairs()]
         if self.options.grow == "accumulated":
             self._accumulate([weight for weight, _ in pairs])
         every = self.delta_t(context)
         if step % every:
             return False
-        total = self.total_steps(context)
-        share = zeta(self.options, step, total)
+        share = zeta(self.options, step, until)
         grads = [self._growth_gradient(k, weight) for k, (weight, _) in enumerate(pairs)]
         tables = len(self.weights())
         if self.options.scope == "global":  # the tables as one pool; the network per tensor
@@ -301,7 +315,7 @@ class DSLTables(MaskedTables):
             prune_and_grow(weight, grad, mask, share, positions, seed=step)  # the network
         self._grad_sums = []  # the next window starts empty
         print(  # progress, and the resolved default of delta_t (it names no config value)
-            f"[dsl] prune-and-grow {step // every}/{total // every} at step {step} "
+            f"[dsl] prune-and-grow {step // every}/{until // every} at step {step} "
             f"(delta_t {every}): zeta {share:.3f}",
             flush=True,
         )
