@@ -27,7 +27,7 @@ methods = sys.argv[2:] or ["full"]
 cfg = TwoTowerConfig(dim=256, history_len=20, user_weight=0.5, history_grad=False)
 _, data = ingest_interactions(from_dict(DataConfig, {"format": "lightgcn", "path": str(Path(os.environ.get("PLEXUS_DATA", "../shared/data")) / "gowalla")}),
                               Path("runs/pipeline/ingest/gowalla"), progress=False)
-hist_all = torch.from_numpy(data.histories(cfg.history_len))
+hist_all = torch.from_numpy(data.model_histories(cfg))
 users = np.repeat(np.arange(data.num_users + 1), np.diff(data.train_indptr)); items = data.train_items
 B, M, LR = 1024, 4096, 0.005
 rng = np.random.default_rng(0); order = rng.permutation(users.size)

@@ -77,7 +77,7 @@ index = item_index.build_cluster_index(
     item_np[1:], clusters[1:], state.centroids.numpy(), np.arange(1, data.num_items + 1)
 )
 tested = test_users(data)
-hist = torch.from_numpy(data.histories(module.model.config.history_len)[tested])
+hist = torch.from_numpy(data.model_histories(module.model.config)[tested])
 zeros = torch.zeros(tested.size, dtype=torch.long)
 with torch.no_grad():
     query, own, comps = module(zeros, hist, (hist > 0).float())

@@ -122,7 +122,7 @@ def test_onnx_bundle_returns_the_same_candidates_as_torch(tmp_path, method: str)
     assert type(module.model.item_tables).__name__.lower().startswith(method)
     bundle = Bundle.load(folder)
     users = np.arange(1, data.num_users + 1)
-    hist = torch.from_numpy(data.histories(module.model.config.history_len)[users])
+    hist = torch.from_numpy(data.model_histories(module.model.config)[users])
     with torch.no_grad():
         query, own, components = module(torch.from_numpy(users), hist, (hist > 0).float())
     mixture = module.smoothed_mixture(torch.from_numpy(users), query, own, state)

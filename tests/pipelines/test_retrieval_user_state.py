@@ -40,7 +40,7 @@ def _dense(exported, *, new_users: bool) -> tuple[np.ndarray, np.ndarray]:
     _, data, module, state, index = exported
     users = np.arange(1, data.num_users + 1)
     asking = torch.zeros(users.size, dtype=torch.long) if new_users else torch.from_numpy(users)
-    hist = torch.from_numpy(data.histories(module.model.config.history_len)[users])
+    hist = torch.from_numpy(data.model_histories(module.model.config)[users])
     with torch.no_grad():
         query, own, components = module(asking, hist, (hist > 0).float())
     mixture = module.smoothed_mixture(asking, query, own, state).numpy()
@@ -92,7 +92,7 @@ def test_compact_store_and_sampled_index_stay_close_to_dense(exported) -> None:
     assert compact.mixtures.clusters.shape == (data.num_users + 1, 3)
     assert len(compact.reference) == data.num_users // 2
     users = np.arange(1, data.num_users + 1)
-    hist = torch.from_numpy(data.histories(module.model.config.history_len)[users])
+    hist = torch.from_numpy(data.model_histories(module.model.config)[users])
     excluded = csr_rows(data.train_indptr, data.train_items, users)
     clusters = state.item_clusters.numpy()
     allocation = Bundle.load(exported[0]).allocation
@@ -118,7 +118,7 @@ def test_the_hnsw_batch_step_finds_the_exact_neighbours_and_mixtures(exported) -
 
     _, data, module, state, _ = exported
     users = torch.arange(1, data.num_users + 1)
-    hist = torch.from_numpy(data.histories(module.model.config.history_len)[users.numpy()])
+    hist = torch.from_numpy(data.model_histories(module.model.config)[users.numpy()])
     with torch.no_grad():
         query, _, _ = module(users, hist, (hist > 0).float())
     exact = module.nearest_users(users, query, state)
@@ -177,7 +177,7 @@ def test_a_store_cut_at_the_allocations_components_gives_the_same_candidates(exp
     export = RetrievalExportConfig(allocation=AllocationConfig(max_components=3), user_state=EXACT)
     assert export.stored_user_state.top_clusters == 3 < EXACT.top_clusters
     users = np.arange(1, data.num_users + 1)
-    hist = torch.from_numpy(data.histories(module.model.config.history_len)[users])
+    hist = torch.from_numpy(data.model_histories(module.model.config)[users])
     excluded = csr_rows(data.train_indptr, data.train_items, users)
     with torch.no_grad():
         query, own, components = module(torch.from_numpy(users), hist, (hist > 0).float())

@@ -44,7 +44,7 @@ def fit_knn_embed_query(
     """kNN-Embed fitted on the training lists of `data`, and the query module that uses it."""
     state = fit_knn_embed(
         model,
-        torch.from_numpy(data.histories(model.config.history_len, model.config.history_pick)),
+        torch.from_numpy(data.model_histories(model.config)),
         torch.from_numpy(data.train_indptr),
         torch.from_numpy(data.train_items),
         config,
@@ -109,9 +109,7 @@ def compare_allocations(
     index = item_index.build_cluster_index(
         item_np[1:], clusters[1:], state.centroids.numpy(), np.arange(1, item_np.shape[0])
     )
-    histories = torch.from_numpy(
-        data.histories(module.model.config.history_len, module.model.config.history_pick)
-    )
+    histories = torch.from_numpy(data.model_histories(module.model.config))
     tested = test_users(data)
     sums: list[dict[tuple[str, int], dict[str, float]]] = [{} for _ in allocations]
 

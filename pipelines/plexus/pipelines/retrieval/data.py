@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from plexus.models.retrieval import HistoryPick, SideFeatures
+from plexus.models.retrieval import HistoryPick, SideFeatures, TwoTowerConfig
 from plexus.pipelines.ingest import DataConfig, IngestResult, ingest
 from plexus.pipelines.ingest.interactions import ITEM, USER, catalog_items
 from plexus.platform.errors import DataError
@@ -97,6 +97,11 @@ class Interactions:
         out = np.zeros((self.num_users + 1, length), np.int64)
         out[rows, cols] = self.train_items[keep]
         return out
+
+    def model_histories(self, config: TwoTowerConfig) -> np.ndarray:
+        """`histories` as the model of `config` reads them (its length and pick), so that
+        training, evaluation and export cannot disagree on them."""
+        return self.histories(config.history_len, config.history_pick)
 
     def item_popularity(self) -> np.ndarray:
         """(N + 1,) float32 training interactions per item."""

@@ -103,9 +103,7 @@ def evaluate_tower(
 ) -> dict[str, float]:
     """Full-ranking Recall@k / NDCG@k of the two-tower model over all test users."""
     model.eval()
-    histories = torch.from_numpy(
-        data.histories(model.config.history_len, model.config.history_pick)
-    )
+    histories = torch.from_numpy(data.model_histories(model.config))
     items = model.all_item_vectors()
     users = test_users(data)
     sums: dict[str, float] = {}

@@ -71,9 +71,7 @@ def cold_item_metrics(model: Any, task: Interactions, held: np.ndarray) -> dict[
     out = evaluate_tower(model, task, ks=(20,))
     users = np.nonzero(np.diff(task.test_indptr) > 0)[0]
     items = model.all_item_vectors()
-    hist = torch.from_numpy(task.histories(model.config.history_len, model.config.history_pick))[
-        torch.from_numpy(users)
-    ]
+    hist = torch.from_numpy(task.model_histories(model.config))[torch.from_numpy(users)]
     query = model.user_vectors(torch.from_numpy(users), hist, (hist > 0).float())
     scores = (query @ items.T).numpy()
     scores[:, 0] = -np.inf

@@ -136,7 +136,7 @@ def train_two_tower(
     use_cpu_threads(min(train_cfg.threads, 2))
     rng = np.random.default_rng(train_cfg.seed)
     model = build_two_tower(data, model_cfg, embedding)
-    histories = torch.from_numpy(data.histories(model_cfg.history_len, model_cfg.history_pick))
+    histories = torch.from_numpy(data.model_histories(model_cfg))
     users = np.repeat(np.arange(data.num_users + 1), np.diff(data.train_indptr))
     items = data.train_items
     lookups = sparse_lookups()

@@ -79,9 +79,7 @@ def build_user_state(
     module.eval()
     num_users = data.num_users
     num_clusters = int(state.centroids.shape[0])
-    histories = torch.from_numpy(
-        data.histories(module.model.config.history_len, module.model.config.history_pick)
-    )
+    histories = torch.from_numpy(data.model_histories(module.model.config))
     search = None if config.exact_for(num_users) else HnswUsers(state.user_table, module.neighbors)
     store = CompactMixtures.empty(
         num_users + 1, config.top_clusters, num_clusters, config.weight_dtype
