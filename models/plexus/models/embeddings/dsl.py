@@ -250,8 +250,9 @@ class DSLTables(MaskedTables):
             )
         return total
 
-    def delta_t(self, context: StepContext) -> int:
-        return self.options.delta_t or max(1, self.total_steps(context) // DEFAULT_CYCLES)
+    def delta_t(self, total: int) -> int:
+        """Steps between updates, given the `total` planned steps."""
+        return self.options.delta_t or max(1, total // DEFAULT_CYCLES)
 
     def after_step(self, context: StepContext) -> None:
         sparse = any(w.grad is not None and w.grad.is_sparse for w in self.weights())
@@ -299,7 +300,7 @@ class DSLTables(MaskedTables):
         pairs = [*zip(self.weights(), self.masks(), strict=True), *self._mlp_pairs()]
         if self.options.grow == "accumulated":
             self._accumulate([weight for weight, _ in pairs])
-        every = self.delta_t(context)
+        every = self.delta_t(total)
         if step % every:
             return False
         share = zeta(self.options, step, until)
