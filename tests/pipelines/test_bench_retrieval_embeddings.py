@@ -11,6 +11,7 @@ from plexus.pipelines.bench.retrieval_embeddings import (
     ROW_KEYS,
     _base_job,
     bench_retrieval_embeddings,
+    results_markdown,
 )
 from plexus.pipelines.data.synth import planted_lists, write_lightgcn
 from plexus.platform.errors import ConfigError
@@ -99,3 +100,29 @@ def test_the_configs_learned_options_reach_the_planned_rows(planted: Path, tmp_p
     assert base.embedding is None and configured is not None
     plan = plan_rows(["dsl:full"], [1 / 2], 1, 1, base.model.dim, configured)
     assert [e.options.delta_t for _, _, e, _ in plan] == [7]
+
+
+def _row(method: str, seed: int, recall: float, base: str = "") -> dict:
+    return {"method": method, "base": base, "budget_label": "1", "seed": seed, "chunks": 1,
+            "probes": 1, "params": 10, "bytes": 40, "recall@20": recall, "ndcg@20": recall / 2,
+            "epochs": 3, "seconds": 1.0}  # fmt: skip
+
+
+def test_results_give_the_mean_over_seeds_and_compare_each_seed_with_its_own_full() -> None:
+    """Two seeds of full and DSL: a summary row per method with mean ± std, and each row's
+    `recall - full` against the full row of its own seed (not seed 0's)."""
+    rows = [_row("popular", 0, 0.05), _row("full", 0, 0.20), _row("full", 1, 0.18),
+            _row("dsl", 0, 0.19, "full"), _row("dsl", 1, 0.18, "full")]  # fmt: skip
+    text = results_markdown("t", rows, [], command="plexus bench embeddings --task retrieval")
+    summary, every = text.split("Every row:")
+    assert "| full |  | 1 | 2 | 0.1900 ± 0.0141 | 0.0950 ± 0.0071 | +0.0000 |" in summary
+    assert "| dsl | full | 1 | 2 | 0.1850 ± 0.0071 | 0.0925 ± 0.0035 | -0.0050 |" in summary
+    assert "popular" not in summary
+    assert "| dsl | full | 1 | 1 | 1 | 1 | 10 | 40 |  | 0.1800 | 0.0900 | +0.0000 |" in every
+    assert "| dsl | full | 1 | 0 | 1 | 1 | 10 | 40 |  | 0.1900 | 0.0950 | -0.0100 |" in every
+
+
+def test_results_of_one_seed_have_no_summary() -> None:
+    rows = [_row("full", 0, 0.20), _row("dsl", 0, 0.19, "full")]
+    text = results_markdown("t", rows, [], command="plexus bench embeddings --task retrieval")
+    assert "over seeds" not in text and "| dsl | full | 1 | 0 |" in text

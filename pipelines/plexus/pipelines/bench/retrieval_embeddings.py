@@ -24,8 +24,10 @@ optimiser steps and `after_step` hooks (DSL's masks), the part where methods dif
 `popular` row (the most popular unseen training items, `retrieval.compare.most_popular`) is
 the reference measured on the same test users; it stores no embeddings (`bytes` 0).
 
-Outputs in `out/`: `results.json` (one row per run), `results.md`, `pareto.png` (Recall@20
-against bytes, log x); one parent MLflow run with a nested run per row.
+Outputs in `out/`: `results.json` (one row per run), `results.md` (with `--seeds` > 1 first the
+mean ± standard deviation of each method and budget over its seeds; each row's `recall - full`
+is against the full tables of its own seed), `pareto.png` (Recall@20 against bytes, log x); one
+parent MLflow run with a nested run per row.
 
 Example:
     >>> rows = bench_retrieval_embeddings(Path("../shared/data/gowalla"), Path("runs/bench/ret"),
@@ -333,23 +335,26 @@ def _metric_keys() -> list[str]:
 def results_markdown(
     name: str, rows: Sequence[dict[str, Any]], skipped: Sequence[str], *, command: str
 ) -> str:
-    """The `results.md` text: every row (recall and bytes against full), then the skipped."""
-    full = next((r for r in rows if r["method"] == EmbeddingMethod.FULL.value), None)
+    """The `results.md` text: the means over seeds (when a row has several), every row (recall
+    against full of the same seed, bytes against full), then the skipped methods."""
+    fulls = {r["seed"]: r for r in rows if r["method"] == EmbeddingMethod.FULL.value}
     shown = [
         {**r, "params": f"{r['params']:,}", "bytes": f"{r['bytes']:,}",
          "bytes / full": "" if "bytes_fraction" not in r else f"{r['bytes_fraction']:.4f}",
          "recall@20": f"{r['recall@20']:.4f}", "ndcg@20": f"{r['ndcg@20']:.4f}",
-         "recall - full": "" if full is None else f"{r['recall@20'] - full['recall@20']:+.4f}",
+         "recall - full": "" if r["seed"] not in fulls
+         else f"{r['recall@20'] - fulls[r['seed']]['recall@20']:+.4f}",
          "seconds": f"{r['seconds']:.0f}",
          **{k: f"{r[k]:.1f}" if k in r else "" for k in ("step_ms", "update_ms")}}
         for r in rows
     ]  # fmt: skip
-    columns = ["method", "base", "budget_label", "chunks", "probes", "params", "bytes",
+    columns = ["method", "base", "budget_label", "seed", "chunks", "probes", "params", "bytes",
                "bytes / full", "recall@20", "ndcg@20", "recall - full", "epochs", "seconds",
                "step_ms", "update_ms"]  # fmt: skip
     lines = [
         f"## {name}: retrieval quality against embedding bytes\n",
         f"`{command}`\n",
+        *over_seeds(rows),
         markdown_table(shown, columns),
         "",
         "`bytes`: both towers' tables (user and item) in their serving form, measured on the "
@@ -361,6 +366,34 @@ def results_markdown(
     if skipped:
         lines += ["Skipped: " + "; ".join(skipped) + ".\n"]
     return "\n".join(lines)
+
+
+def over_seeds(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A table of mean ± std (over seeds) of each (method, base, budget) trained with more than
+    one seed, with its recall against full's mean; no lines when every row has one seed."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["method"] != POPULAR:
+            groups.setdefault((row["method"], row["base"], row["budget_label"]), []).append(row)
+    if all(len(group) < 2 for group in groups.values()):
+        return []
+    full = groups.get((EmbeddingMethod.FULL.value, "", budget_label(1.0)))
+    full_recall = float(np.mean([r["recall@20"] for r in full])) if full else None
+
+    def spread(group: list[dict[str, Any]], key: str) -> str:
+        values = [r[key] for r in group]
+        return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+    summary = [
+        {"method": method, "base": base, "budget_label": budget, "seeds": len(group),
+         "recall@20": spread(group, "recall@20"), "ndcg@20": spread(group, "ndcg@20"),
+         "recall - full": "" if full_recall is None
+         else f"{np.mean([r['recall@20'] for r in group]) - full_recall:+.4f}"}
+        for (method, base, budget), group in groups.items()
+    ]  # fmt: skip
+    columns = ["method", "base", "budget_label", "seeds", "recall@20", "ndcg@20", "recall - full"]
+    return ["Mean ± standard deviation over seeds (the sample's, as the CTR benchmark gives):\n",
+            markdown_table(summary, columns), "", "Every row:\n"]  # fmt: skip
 
 
 def recall_pareto_figure(rows: Sequence[dict[str, Any]], *, title: str) -> Any:
