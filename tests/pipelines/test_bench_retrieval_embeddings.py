@@ -109,14 +109,17 @@ def _row(method: str, seed: int, recall: float, base: str = "") -> dict:
 
 
 def test_results_give_the_mean_over_seeds_and_compare_each_seed_with_its_own_full() -> None:
-    """Two seeds of full and DSL: a summary row per method with mean ± std, and each row's
-    `recall - full` against the full row of its own seed (not seed 0's)."""
+    """Two seeds of full and DSL and one of hashing: a summary row per method with mean ± std
+    (none for one seed), and each row's `recall - full` against the full row of its own seed
+    (not seed 0's)."""
     rows = [_row("popular", 0, 0.05), _row("full", 0, 0.20), _row("full", 1, 0.18),
-            _row("dsl", 0, 0.19, "full"), _row("dsl", 1, 0.18, "full")]  # fmt: skip
+            _row("dsl", 0, 0.19, "full"), _row("dsl", 1, 0.18, "full"),
+            _row("hashing", 0, 0.15)]  # fmt: skip
     text = results_markdown("t", rows, [], command="plexus bench embeddings --task retrieval")
     summary, every = text.split("Every row:")
     assert "| full |  | 1 | 2 | 0.1900 ± 0.0141 | 0.0950 ± 0.0071 | +0.0000 |" in summary
     assert "| dsl | full | 1 | 2 | 0.1850 ± 0.0071 | 0.0925 ± 0.0035 | -0.0050 |" in summary
+    assert "| hashing |  | 1 | 1 | 0.1500 | 0.0750 | -0.0400 |" in summary  # one seed: no std
     assert "popular" not in summary
     assert "| dsl | full | 1 | 1 | 1 | 1 | 10 | 40 |  | 0.1800 | 0.0900 | +0.0000 |" in every
     assert "| dsl | full | 1 | 0 | 1 | 1 | 10 | 40 |  | 0.1900 | 0.0950 | -0.0100 |" in every

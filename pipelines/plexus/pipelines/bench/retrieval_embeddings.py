@@ -354,7 +354,7 @@ def results_markdown(
     lines = [
         f"## {name}: retrieval quality against embedding bytes\n",
         f"`{command}`\n",
-        *over_seeds(rows),
+        *_over_seeds(rows),
         markdown_table(shown, columns),
         "",
         "`bytes`: both towers' tables (user and item) in their serving form, measured on the "
@@ -368,7 +368,7 @@ def results_markdown(
     return "\n".join(lines)
 
 
-def over_seeds(rows: Sequence[dict[str, Any]]) -> list[str]:
+def _over_seeds(rows: Sequence[dict[str, Any]]) -> list[str]:
     """A table of mean ± std (over seeds) of each (method, base, budget) trained with more than
     one seed, with its recall against full's mean; no lines when every row has one seed."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -382,7 +382,8 @@ def over_seeds(rows: Sequence[dict[str, Any]]) -> list[str]:
 
     def spread(group: list[dict[str, Any]], key: str) -> str:
         values = [r[key] for r in group]
-        return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+        std = f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else ""
+        return f"{np.mean(values):.4f}{std}"
 
     summary = [
         {"method": method, "base": base, "budget_label": budget, "seeds": len(group),
