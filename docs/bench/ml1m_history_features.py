@@ -1,7 +1,8 @@
-"""A user-history feature for MovieLens-1M CTR (README, "MovieLens-1M: a user-history feature"):
-write the CTR table with two more multi-valued columns, the movies the row's user liked and
-disliked in the training split (SVD++'s implicit feedback, split by label), and print the
-`plexus train` command that trains the bundled recipe on it.
+"""A user-history feature for MovieLens-1M CTR (README, "A user-history feature" under
+"MovieLens-1M: the tables need their own regularisation"): write the CTR table with two more
+multi-valued columns, the movies the row's user liked and disliked in the training split (SVD++'s
+implicit feedback, split by label), and print the `plexus train` command that trains the bundled
+recipe on it.
 
 Leakage is ruled out by construction: the histories come from the training rows of the bundled
 config's own seeded split (the ingest's `seeded_split` of each row number, so the split is the
