@@ -122,10 +122,32 @@ def test_global_scope_leaves_every_table_a_non_zero() -> None:
     grads = [torch.zeros(1, 2), torch.zeros(1, 2)]
     prune_and_grow_global(weights, grads, masks, 1.0, DSLConfig(scope="global"))
     assert all(int(m.sum()) >= 1 for m in masks) and sum(int(m.sum()) for m in masks) == 4
-    with pytest.raises(ConfigError, match="scope=global needs dense gradients"):
-        prune_and_grow_global(
-            weights, [g.to_sparse() for g in grads], masks, 0.5, DSLConfig(scope="global")
-        )
+
+
+def test_global_scope_takes_sparse_gradients_as_the_dense_rule_on_their_rows() -> None:
+    """The towers' sparse gradients: the pool grows where the dense gradient would among the
+    touched rows, then, when those run out of inactive positions, elsewhere at random."""
+    torch.manual_seed(0)
+    shapes = [(10, 4), (14, 4)]
+    masks = [torch.rand(shape) < 0.5 for shape in shapes]
+    weights = [torch.randn(shape) * m for shape, m in zip(shapes, masks, strict=True)]
+    rows = [torch.tensor([2, 7, 2]), torch.tensor([0, 5, 11])]  # uncoalesced: row 2 twice
+    sparse = [
+        torch.sparse_coo_tensor(r.unsqueeze(0), torch.randn(3, 4), shape)
+        for r, shape in zip(rows, shapes, strict=True)
+    ]
+    by_dense, by_sparse = [m.clone() for m in masks], [m.clone() for m in masks]
+    options = DSLConfig(scope="global")
+    prune_and_grow_global(weights, [g.to_dense() for g in sparse], by_dense, 0.1, options)
+    prune_and_grow_global(weights, sparse, by_sparse, 0.1, options)
+    assert all(torch.equal(a, b) for a, b in zip(by_sparse, by_dense, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(by_sparse, masks, strict=True))
+    # More to grow than the touched rows have free: all of theirs, then others, count kept.
+    wide = [m.clone() for m in masks]
+    prune_and_grow_global(weights, sparse, wide, 0.9, options)
+    assert sum(int(m.sum()) for m in wide) == sum(int(m.sum()) for m in masks)
+    for mask, r in zip(wide, rows, strict=True):
+        assert bool(mask[r].all())
 
 
 def test_global_scope_keeps_the_total_but_not_each_tables_count() -> None:

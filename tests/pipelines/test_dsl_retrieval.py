@@ -89,6 +89,32 @@ def test_training_keeps_sparse_gradients_and_the_budget_across_cycles(planted) -
     assert int(model.item_tables.steps) == epochs * steps
 
 
+@pytest.mark.parametrize("grow", ["gradient", "accumulated"])
+def test_global_scope_pools_both_towers_tables(planted, grow) -> None:
+    """`scope: global` on the towers: the user and item modules' non-zeros move between them
+    while their sum holds, every masked weight stays zero in both, and the steps stay sparse."""
+    embedding = _dsl(density=0.5, delta_t=3, scope="global", grow=grow)
+    counts: list[tuple[int, int]] = []
+
+    def on_epoch(record: dict[str, float], model: TwoTower) -> None:
+        tables = [model.user_tables, model.item_tables]
+        targets = sum(sum(t.target_nonzeros) for t in tables)
+        assert sum(sum(t.nonzeros()) for t in tables) == targets
+        for t in tables:
+            (weight,) = t.weights()
+            assert weight.grad is not None and weight.grad.is_sparse
+            assert int((weight.detach()[~t.masks()[0]] != 0).sum()) == 0
+        counts.append((tables[0].nonzeros()[0], tables[1].nonzeros()[0]))
+
+    model, _ = train_two_tower(
+        planted, TwoTowerConfig(dim=DIM, history_len=8), _train_config(3),
+        embedding=embedding, on_epoch=on_epoch,
+    )  # fmt: skip
+    start = (model.user_tables.target_nonzeros[0], model.item_tables.target_nonzeros[0])
+    assert any(c != start for c in counts)  # the towers' shares moved
+    assert int(model.user_tables.steps) == int(model.item_tables.steps) > 0
+
+
 def test_a_step_re_masks_only_the_rows_it_touched() -> None:
     """After the first step (which masks whole tables: the towers draw their weights after the
     tables did), the hook leaves rows outside the sparse gradient alone, with no pass over the

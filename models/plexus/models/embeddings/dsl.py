@@ -45,7 +45,10 @@ The method (Sec. 3 of the paper; official code: github.com/shuyao-wang/DSL, `*/u
   the fields that need them, as global magnitude pruning allots them, while their total stays
   fixed. The paper sparsifies two tables (MF/LightGCN users and items) at one density; a CTR
   model has a table per field, from a few rows to most of the vocabulary, and one density for
-  all starves the small, informative ones at low budgets. Dense gradients only (the CTR tables).
+  all starves the small, informative ones at low budgets. A model with several table modules
+  (the retrieval towers: users and items) pools all of them: the last module in the model's
+  order updates every module's masks (`bind`), after the others' steps. With sparse gradients
+  the positions no step of the window touched are grown after the rest, at random, as per tensor.
   The count of non-zeros is what stays fixed: the stored bytes move a little with each table's
   share of the index and pointers (`num_bytes()` counts them as stored).
 * Beyond the paper, `granularity: row`: the tables' non-zeros are whole rows (the network's
@@ -200,6 +203,9 @@ class DSLTables(MaskedTables):
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self._mlp: list[nn.Parameter] = []  # the network's weights under masks (`bind`)
         self._grad_sums: list[torch.Tensor] = []  # `grow: accumulated`: one per masked tensor
+        # `scope: global` over several modules (`bind`): the last one updates them all.
+        self._pool: list[DSLTables] = []
+        self._follower = False
         with torch.no_grad():
             for mask, nnz in zip(self.masks(), self.target_nonzeros, strict=True):
                 mask.zero_()
@@ -211,9 +217,15 @@ class DSLTables(MaskedTables):
 
     @torch.no_grad()
     def bind(self, model: nn.Module) -> None:
-        """With `sparsify_mlp`: a random mask at the tables' density for every Linear weight
-        of `model` outside its embedding tables (registered here, so checkpoints keep it)."""
+        """With `scope: global` and several DSL table modules in `model` (the towers), the
+        last of them pools all their tables at each update. With `sparsify_mlp`: a random mask
+        at the tables' density for every Linear weight of `model` outside its embedding tables
+        (registered here, so checkpoints keep it)."""
         every = list(protocol.embedding_tables(model))
+        pool = [t for t in every if isinstance(t, DSLTables) and t.options.scope == "global"]
+        if self in pool and len(pool) > 1:
+            self._pool = pool if self is pool[-1] else []
+            self._follower = self is not pool[-1]
         if not self.options.sparsify_mlp or any(getattr(t, "_mlp", None) for t in every):
             return  # off, or another table module of the model (a tower) already holds them
         tables = {id(m) for t in every for m in t.modules()}
@@ -297,31 +309,42 @@ class DSLTables(MaskedTables):
         until = max(1, int(self.options.update_until * total)) if ends else total
         if ends and step > until:
             return False  # the masks stay as they are (`update_until`)
-        pairs = [*zip(self.weights(), self.masks(), strict=True), *self._mlp_pairs()]
         if self.options.grow == "accumulated":
-            self._accumulate([weight for weight, _ in pairs])
+            self._accumulate([weight for weight, _ in self._pairs()])
         every = self.delta_t(total)
-        if step % every:
-            return False
+        if step % every or self._follower:
+            return False  # (a pool's follower: its last module updates it, `bind`)
         share = zeta(self.options, step, until)
-        grads = [self._growth_gradient(k, weight) for k, (weight, _) in enumerate(pairs)]
-        tables = len(self.weights())
+        members = self._pool or [self]
+        tables, network = [], []  # (weight, mask, growth gradient), read before any change
+        for member in members:
+            count = len(member.weights())
+            for k, (weight, mask) in enumerate(member._pairs()):
+                entry = (weight, mask, member._growth_gradient(k, weight))
+                (tables if k < count else network).append(entry)
         if self.options.scope == "global":  # the tables as one pool; the network per tensor
-            weights, masks = zip(*pairs[:tables], strict=True)
-            prune_and_grow_global(weights, grads[:tables], masks, share, self.options, seed=step)
+            weights, masks, grads = zip(*tables, strict=True)
+            prune_and_grow_global(weights, grads, masks, share, self.options, seed=step)
         else:
-            for (weight, mask), grad in zip(pairs[:tables], grads[:tables], strict=True):
+            for weight, mask, grad in tables:
                 prune_and_grow(weight, grad, mask, share, self.options, seed=step)
         positions = dataclasses.replace(self.options, granularity="position")
-        for (weight, mask), grad in zip(pairs[tables:], grads[tables:], strict=True):
-            prune_and_grow(weight, grad, mask, share, positions, seed=step)  # the network
-        self._grad_sums = []  # the next window starts empty
+        for weight, mask, grad in network:
+            prune_and_grow(weight, grad, mask, share, positions, seed=step)
+        for member in members:
+            member._grad_sums = []  # the next window starts empty
+            if member is not self:
+                member.apply_masks(context)  # (this module's own: by `after_step`)
         print(  # progress, and the resolved default of delta_t (it names no config value)
             f"[dsl] prune-and-grow {step // every}/{until // every} at step {step} "
             f"(delta_t {every}): zeta {share:.3f}",
             flush=True,
         )
         return True
+
+    def _pairs(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """Every masked tensor and its mask: the tables, then the network's (`bind`)."""
+        return [*zip(self.weights(), self.masks(), strict=True), *self._mlp_pairs()]
 
     def _accumulate(self, weights: list[torch.Tensor]) -> None:
         """Add this step's gradients to their sums since the last update (sparse: its rows)."""
@@ -403,24 +426,34 @@ def prune_and_grow_global(
     dropped and as many grown where the gradient is largest in any table, so non-zeros move to
     the tables (fields) where they matter, as global magnitude pruning allots them. Each table
     keeps at least one non-zero (row). Beyond the paper (per tensor, for its two MF/LightGCN
-    tables)."""
-    if any(g.is_sparse for g in grads):
-        raise ConfigError(
-            "embedding.options.scope=global needs dense gradients (the CTR tables); the "
-            "retrieval towers' sparse gradients prune and grow per table: drop the option"
-        )
+    tables). Sparse gradients (the towers') are made dense here, once an update; the positions
+    outside their rows are grown after every position with a gradient, at random, as
+    `prune_and_grow` does per tensor."""
     generator = torch.Generator(device=weights[0].device).manual_seed(seed)
     if options.granularity == "row":
         return _prune_and_grow_rows(weights, grads, masks, share, options, generator, floor=True)
     w = torch.cat([x.detach().reshape(-1) for x in weights])
-    g = torch.cat([x.reshape(-1) for x in grads])
+    g = torch.cat([(x.to_dense() if x.is_sparse else x).reshape(-1) for x in grads])
     score, gain = _position_scores(w, g, options, generator)
+    if options.grow != "random" and any(x.is_sparse for x in grads):
+        touched = torch.cat([_touched(x).reshape(-1) for x in grads])
+        draw = torch.rand(gain.shape, generator=generator, device=gain.device)
+        gain = torch.where(touched, gain, -draw)
     # Each table's largest weight is kept out of the pruning: no table is left empty.
     actives = [m.reshape(-1) for m in masks]
     parts, count = _swap_pooled(actives, score, gain, share, floor=w.abs())
     for mask, part in zip(masks, parts, strict=True):
         mask.view(-1).copy_(part)
     return count
+
+
+def _touched(grad: torch.Tensor) -> torch.Tensor:
+    """Where `grad` has a value (bool, its shape): a sparse gradient's rows; all of a dense one."""
+    if not grad.is_sparse:
+        return torch.ones(grad.shape, dtype=torch.bool, device=grad.device)
+    touched = torch.zeros(grad.shape, dtype=torch.bool, device=grad.device)
+    touched[grad._indices()[0]] = True
+    return touched
 
 
 def _swap_pooled(
