@@ -203,9 +203,9 @@ class DSLTables(MaskedTables):
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self._mlp: list[nn.Parameter] = []  # the network's weights under masks (`bind`)
         self._grad_sums: list[torch.Tensor] = []  # `grow: accumulated`: one per masked tensor
-        # `scope: global` over several modules (`bind`): the last one updates them all.
+        # `scope: global` over several modules (`bind`): every member's list of them all; the
+        # last one updates them all.
         self._pool: list[DSLTables] = []
-        self._follower = False
         with torch.no_grad():
             for mask, nnz in zip(self.masks(), self.target_nonzeros, strict=True):
                 mask.zero_()
@@ -224,8 +224,7 @@ class DSLTables(MaskedTables):
         every = list(protocol.embedding_tables(model))
         pool = [t for t in every if isinstance(t, DSLTables) and t.options.scope == "global"]
         if self in pool and len(pool) > 1:
-            self._pool = pool if self is pool[-1] else []
-            self._follower = self is not pool[-1]
+            self._pool = pool
         if not self.options.sparsify_mlp or any(getattr(t, "_mlp", None) for t in every):
             return  # off, or another table module of the model (a tower) already holds them
         tables = {id(m) for t in every for m in t.modules()}
@@ -312,8 +311,8 @@ class DSLTables(MaskedTables):
         if self.options.grow == "accumulated":
             self._accumulate([weight for weight, _ in self._pairs()])
         every = self.delta_t(total)
-        if step % every or self._follower:
-            return False  # (a pool's follower: its last module updates it, `bind`)
+        if step % every or (self._pool and self._pool[-1] is not self):
+            return False  # (a pool's other members: its last module updates them, `bind`)
         share = zeta(self.options, step, until)
         members = self._pool or [self]
         tables, network = [], []  # (weight, mask, growth gradient), read before any change
