@@ -22,8 +22,12 @@ from plexus.platform.config import from_dict
 DIM = 16
 
 
+def _masked(method: str, **options) -> EmbeddingConfig:
+    return from_dict(EmbeddingConfig, {"method": method, "dim": DIM, "options": options})
+
+
 def _dsl(**options) -> EmbeddingConfig:
-    return from_dict(EmbeddingConfig, {"method": "dsl", "dim": DIM, "options": options})
+    return _masked("dsl", **options)
 
 
 def _train_config(epochs: int) -> RetrievalTrainConfig:
@@ -222,8 +226,11 @@ def test_dsl_towers_beat_the_most_popular_items(planted) -> None:
     assert recall > popular + 0.05, (recall, popular)
 
 
-@pytest.mark.slow  # ~30 s: training, the dynamo export and the bundle's index
-def test_the_bundle_serves_the_compact_tables_and_equals_torch(tmp_path) -> None:
+@pytest.mark.slow  # ~30 s each: training, the dynamo export and the bundle's index
+@pytest.mark.parametrize("method", ["dsl", "magnitude_pruning"])
+def test_the_bundle_serves_the_compact_tables_and_equals_torch(tmp_path, method: str) -> None:
+    """Either masked method (DSL, or magnitude pruning's fine-tuned stage) exports its
+    row-compressed tables, and the graph equals the trained model."""
     pytest.importorskip("onnxscript")
     import onnx
     from plexus.pipelines.retrieval.export import onnx_parity, served_query
@@ -231,7 +238,7 @@ def test_the_bundle_serves_the_compact_tables_and_equals_torch(tmp_path) -> None
     from plexus.serving.bundle import Bundle
 
     folder, data, _, module, _ = planted_bundle(
-        tmp_path / "bundle", seed=3, epochs=6, embedding=_dsl(density=0.5)
+        tmp_path / "bundle", seed=3, epochs=6, embedding=_masked(method, density=0.5)
     )
     served = served_query(module)
     for tables in (served.model.user_tables, served.model.item_tables):

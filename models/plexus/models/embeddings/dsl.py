@@ -96,7 +96,6 @@ from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod, coer
 from plexus.models.embeddings.protocol import StepContext
 from plexus.models.embeddings.registry import register_embedding
 from plexus.models.embeddings.sparse_storage import (
-    MOMENTS,
     MaskedTables,
     check_fraction,
     mask_with_moments,
@@ -266,37 +265,18 @@ class DSLTables(MaskedTables):
         return self.options.delta_t or max(1, total // DEFAULT_CYCLES)
 
     def after_step(self, context: StepContext) -> None:
-        sparse = any(w.grad is not None and w.grad.is_sparse for w in self.weights())
-        if not sparse or int(self.steps) == 0:
+        if not self.sparse_gradients() or int(self.steps) == 0:
             # Dense gradients: whole tables, as the CTR loop steps; the first step of sparse
             # ones too (see the module docstring).
-            super().after_step(context)
+            self.apply_masks(context)
+            if self._update_masks(context):
+                self.apply_masks(context)
             return
-        self._mask_touched_rows(context)
+        self.mask_touched_rows(context)
         for weight, mask in self._mlp_pairs():  # dense gradients: the whole network stepped
             mask_with_moments(weight, self.keep(mask, weight), context)
         if self._update_masks(context):
             self.apply_masks(context)  # the pruned positions: anywhere in the tables
-
-    @torch.no_grad()
-    def _mask_touched_rows(self, context: StepContext) -> None:
-        """Re-mask, in weights and optimiser moments, the rows this step's gradients touched
-        (a sparse gradient's rows; a dense gradient: the whole table). The rows of a parameter
-        without a gradient were not stepped (SparseAdam, Adam and SGD skip it)."""
-        for weight, mask in zip(self.weights(), self.masks(), strict=True):
-            grad = weight.grad
-            if grad is None:
-                continue
-            if not grad.is_sparse:
-                mask_with_moments(weight, self.keep(mask, weight), context)
-                continue
-            state = context.optimizer_state(weight)
-            tensors = [weight.data, *(state.get(key) for key in MOMENTS)]
-            tensors = [t for t in tensors if isinstance(t, torch.Tensor) and t.shape == mask.shape]
-            rows = torch.unique(grad._indices()[0])  # (R,) touched rows; uncoalesced COO
-            keep = mask.index_select(0, rows)  # (R, dim)
-            for tensor in tensors:
-                tensor.index_copy_(0, rows, tensor.index_select(0, rows) * keep)
 
     @torch.no_grad()
     def _update_masks(self, context: StepContext) -> bool:

@@ -83,6 +83,7 @@ class Stage:
 
 
 SINGLE_STAGE = (Stage("train"),)
+FRESH_SEED_OFFSET = 1_000_003  # a fresh stage i draws with seed + i * this (`stage_model`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,11 +265,40 @@ def training_step(
 
 
 def model_stages(model: nn.Module) -> tuple[Stage, ...]:
-    """The stages of the model's learned tables (at most one table may define several)."""
-    staged = [t.stages() for t in embedding_tables(model) if t.stages() != SINGLE_STAGE]
+    """The stages of the model's learned tables. Several modules may define them when they
+    define the same ones (the two towers of a retrieval model, one method on both): each
+    stage then begins on every module at once."""
+    staged = {t.stages() for t in embedding_tables(model)} - {SINGLE_STAGE}
     if len(staged) > 1:
-        raise ValueError("at most one embedding-tables module of a model may define stages")
-    return staged[0] if staged else SINGLE_STAGE
+        raise ValueError(
+            "the embedding-tables modules of a model define different stages: "
+            f"{sorted([s.name for s in stages] for stages in staged)}"
+        )
+    return staged.pop() if staged else SINGLE_STAGE
+
+
+def stage_model(
+    build: Callable[[], nn.Module],
+    seed: int,
+    stage: Stage,
+    index: int,
+    previous: dict[str, torch.Tensor] | None,
+) -> nn.Module:
+    """The model stage `index` starts from: `build()` drawn from `seed` (a `FRESH` training
+    stage: `seed + index * FRESH_SEED_OFFSET`, so that its draw differs from the first stage's),
+    given the previous stage's weights unless it starts otherwise (`Stage.init`), then every
+    table's `begin_stage` with the previous stage's model (its found architecture, say)."""
+    fresh = stage.kind is StageKind.TRAIN and stage.init is StageInit.FRESH
+    torch.manual_seed(seed + (index * FRESH_SEED_OFFSET if fresh else 0))
+    model = build()
+    before = None
+    if previous is not None:
+        before = build()
+        before.load_state_dict(previous)
+        if stage.kind is StageKind.SEARCH or stage.init is StageInit.CONTINUE:
+            model.load_state_dict(previous)
+    begin_stage(model, stage, before)
+    return model
 
 
 def begin_stage(model: nn.Module, stage: Stage, previous: nn.Module | None) -> None:

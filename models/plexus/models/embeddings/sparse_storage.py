@@ -319,9 +319,36 @@ class MaskedTables(HashedEmbeddingTables):
     def after_step(self, context: StepContext) -> None:
         if not self._sparse():
             return
-        self.apply_masks(context)
+        if self.sparse_gradients():
+            self.mask_touched_rows(context)  # (the other rows did not move)
+        else:
+            self.apply_masks(context)
         if self._update_masks(context):
             self.apply_masks(context)  # grown positions start from zero weights and moments
+
+    def sparse_gradients(self) -> bool:
+        """Whether the last step gave the tables sparse gradients (the retrieval towers')."""
+        return any(w.grad is not None and w.grad.is_sparse for w in self.weights())
+
+    @torch.no_grad()
+    def mask_touched_rows(self, context: StepContext) -> None:
+        """Re-mask, in weights and optimiser moments, the rows this step's gradients touched
+        (a sparse gradient's rows; a dense gradient: the whole table). The rows of a parameter
+        without a gradient were not stepped (SparseAdam, Adam and SGD skip it)."""
+        for weight, mask in zip(self.weights(), self.masks(), strict=True):
+            grad = weight.grad
+            if grad is None:
+                continue
+            if not grad.is_sparse:
+                mask_with_moments(weight, self.keep(mask, weight), context)
+                continue
+            state = context.optimizer_state(weight)
+            tensors = [weight.data, *(state.get(key) for key in MOMENTS)]
+            tensors = [t for t in tensors if isinstance(t, torch.Tensor) and t.shape == mask.shape]
+            rows = torch.unique(grad._indices()[0])  # (R,) touched rows; uncoalesced COO
+            keep = mask.index_select(0, rows)  # (R, dim)
+            for tensor in tensors:
+                tensor.index_copy_(0, rows, tensor.index_select(0, rows) * keep)
 
     def nonzeros(self) -> list[int]:
         return [int(m.sum()) for m in self.masks()]

@@ -7,7 +7,7 @@ only the rows a step used (a dense table gradient is ~10x slower here). `train.o
 trains the tables with dense gradients and (fused) Adam instead, as SimpleX's official code
 does. The embedding methods' training protocol is honoured as in the CTR loop: `extra_loss` is
 added to the loss, `parameter_groups` get their own optimisers, `after_step` runs after every
-step.
+step, and a method's training stages run in turn (`retrieval_stages`: all but search stages).
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from plexus.models.embeddings import EmbeddingConfig, protocol
+from plexus.models.embeddings.protocol import Stage, StageKind
 from plexus.models.retrieval import LossKind, TwoTower, TwoTowerConfig, retrieval_loss
 from plexus.models.retrieval.sparse import retrieval_optimizers, sparse_lookups
 from plexus.models.threads import restores_cpu_state, use_cpu_threads
@@ -112,6 +113,29 @@ def build_two_tower(
     )
 
 
+def retrieval_stages(model: TwoTower) -> tuple[Stage, ...]:
+    """The training stages of the towers' tables (one for a plain method), each trained on the
+    training pairs by this loop. Refused with the reason: a `SEARCH` stage (OptEmbed's
+    evolution and DNIS's pruning score candidates by a CTR model's validation AUC) and a stage
+    that trains only the tables' own groups (`freeze_rest`: DNIS's bi-level search on
+    validation batches, which the retrieval loop does not draw)."""
+    stages = protocol.model_stages(model)
+    for stage in stages:
+        if stage.kind is StageKind.SEARCH or stage.freeze_rest:
+            why = (
+                "searches"
+                if stage.kind is StageKind.SEARCH
+                else "trains its search on validation batches"
+            )
+            raise ConfigError(
+                f"embedding.method={model.embedding.method.value}: its {stage.name!r} stage "
+                f"{why}, which the retrieval job does not run (of its stages "
+                f"{[s.name for s in stages]}); the retrieval towers train methods whose stages "
+                "all train on the training pairs (the plain methods, dsl, magnitude_pruning)"
+            )
+    return stages
+
+
 @restores_cpu_state()
 def train_two_tower(
     data: Interactions,
@@ -128,14 +152,67 @@ def train_two_tower(
     The user tower sees the user's last `history_len` training items with the positive itself
     masked out, so it learns to predict an item from the *rest* of the history.
 
+    A method with several training stages (`retrieval_stages`; magnitude pruning: dense, then
+    fine-tuned under the pruned mask) runs them in turn, each from `protocol.stage_model` with
+    new optimisers and its own schedule over `stage.epochs` (default `train.epochs`); their
+    records carry the `stage` index and count epochs on across stages.
+
     After every epoch `on_checkpoint` gets the whole training state (model, optimisers, schedule,
-    random generators, history); passed back as `resume`, training continues after that epoch
-    exactly as if it had never stopped.
+    random generators, history, stage); passed back as `resume`, training continues after that
+    epoch exactly as if it had never stopped.
     """
     torch.manual_seed(train_cfg.seed)
     use_cpu_threads(min(train_cfg.threads, 2))
     rng = np.random.default_rng(train_cfg.seed)
-    model = build_two_tower(data, model_cfg, embedding)
+
+    def build() -> TwoTower:
+        return build_two_tower(data, model_cfg, embedding)
+
+    model = build()
+    stages = retrieval_stages(model)
+    history: list[dict[str, float]] = []
+    first = 0
+    if resume is not None:
+        rng.bit_generator.state = resume["numpy_rng"]
+        history = list(resume["history"])
+        first = int(resume.get("stage", 0))
+    for index in range(first, len(stages)):
+        if index > first:  # a new stage (a resumed one starts from its checkpoint)
+            model = cast(TwoTower, protocol.stage_model(
+                build, train_cfg.seed, stages[index], index, model.state_dict()
+            ))  # fmt: skip
+        _train_stage(
+            model,
+            data,
+            model_cfg,
+            train_cfg,
+            rng,
+            history,
+            stage=index if len(stages) > 1 else None,
+            epochs=stages[index].epochs or train_cfg.epochs,
+            on_epoch=on_epoch,
+            on_checkpoint=on_checkpoint,
+            resume=resume if index == first else None,
+        )
+    return model.eval(), history
+
+
+def _train_stage(
+    model: TwoTower,
+    data: Interactions,
+    model_cfg: TwoTowerConfig,
+    train_cfg: RetrievalTrainConfig,
+    rng: np.random.Generator,
+    history: list[dict[str, float]],
+    *,
+    stage: int | None,
+    epochs: int,
+    on_epoch: Callable[[dict[str, float], TwoTower], None] | None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None,
+    resume: dict[str, Any] | None,
+) -> None:
+    """Train `model` for the epochs of one stage that `history` lacks, appending a record
+    each (`stage`: its index, recorded when the method has several)."""
     histories = torch.from_numpy(data.model_histories(model_cfg))
     users = np.repeat(np.arange(data.num_users + 1), np.diff(data.train_indptr))
     items = data.train_items
@@ -144,29 +221,21 @@ def train_two_tower(
         one = torch.ones(1, 1, dtype=torch.int64)
         model.user_vectors(one[0], one, one.float())
         model.item_vectors(torch.ones(1, dtype=torch.int64))
-    for tables in protocol.embedding_tables(model):
-        if (stages := tables.stages()) != protocol.SINGLE_STAGE:
-            raise ConfigError(
-                f"embedding.method={model.embedding.method.value} runs stages "
-                f"{[s.name for s in stages]}; the retrieval job trains single-stage methods"
-            )
     # Dense Adam: the tables get dense gradients, so the forward leaves the lookups as they are.
     dense_tables = train_cfg.optimizer is TableOptimizer.ADAM
     forward = contextlib.nullcontext() if dense_tables else lookups
     optimizers = retrieval_optimizers(model, lookups, lr=train_cfg.lr, dense_tables=dense_tables)
     steps_per_epoch = -(-users.size // train_cfg.batch_size)
-    schedules = [_lr_schedule(opt, train_cfg, steps_per_epoch) for opt in optimizers]
-    history: list[dict[str, float]] = []
+    schedules = [_lr_schedule(opt, train_cfg, steps_per_epoch, epochs) for opt in optimizers]
     if resume is not None:
         model.load_state_dict(resume["model"])
         for opt, saved in zip(optimizers, resume["optimizers"], strict=True):
             opt.load_state_dict(saved)
         for schedule, saved in zip(schedules, resume["schedules"], strict=True):
             schedule.load_state_dict(saved)
-        rng.bit_generator.state = resume["numpy_rng"]
         torch.set_rng_state(resume["torch_rng"])
-        history = list(resume["history"])
-    for epoch in range(len(history) + 1, train_cfg.epochs + 1):
+    done = sum(1 for h in history if h.get("stage") == stage)
+    for _ in range(done + 1, epochs + 1):
         start = time.perf_counter()
         order = rng.permutation(users.size)
         total = 0.0
@@ -199,13 +268,15 @@ def train_two_tower(
             loss.backward()
             for opt in optimizers:
                 opt.step()
-            protocol.after_step(model, optimizers, total_steps=train_cfg.epochs * steps_per_epoch)
+            protocol.after_step(model, optimizers, total_steps=epochs * steps_per_epoch)
             update_seconds += time.perf_counter() - tick
             for schedule in schedules:
                 schedule.step()
             total += float(loss.detach())
             steps += 1
-        record = {"epoch": float(epoch), "loss": total / max(steps, 1)}
+        record = {"epoch": float(len(history) + 1), "loss": total / max(steps, 1)}
+        if stage is not None:
+            record["stage"] = stage
         record["lr"] = optimizers[-1].param_groups[0]["lr"]
         record["epoch_seconds"] = time.perf_counter() - start
         record["step_ms"] = 1000.0 * record["epoch_seconds"] / max(steps, 1)
@@ -221,15 +292,15 @@ def train_two_tower(
                 "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
                 "history": history,
+                "stage": stage or 0,
             }))  # fmt: skip
-    return model.eval(), history
 
 
 def _lr_schedule(
-    optimizer: torch.optim.Optimizer, cfg: RetrievalTrainConfig, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, cfg: RetrievalTrainConfig, steps_per_epoch: int, epochs: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step multiplier of the base learning rate."""
-    total_steps = cfg.epochs * steps_per_epoch
+    """Per-step multiplier of the base learning rate over a stage of `epochs`."""
+    total_steps = epochs * steps_per_epoch
 
     def factor(step: int) -> float:
         drops = sum(step >= e * steps_per_epoch for e in cfg.lr_drops)

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from plexus.models.backbones import build_ctr_model
 from plexus.models.embeddings import protocol
-from plexus.models.embeddings.protocol import Stage, StageInit, StageKind
+from plexus.models.embeddings.protocol import Stage, StageKind
 from plexus.pipelines import tracking
 from plexus.pipelines.config import JobConfig
 from plexus.pipelines.files import read_json, write_json
@@ -41,7 +41,6 @@ from plexus.pipelines.ingest import IngestResult
 from plexus.pipelines.train.search import RayFitness
 
 STAGE_FILE = "stage.json"
-FRESH_SEED_OFFSET = 1_000_003  # a fresh stage i draws with seed + i * this
 
 
 def run_stages(
@@ -188,18 +187,14 @@ def stage_start(
     index: int,
     previous: dict[str, torch.Tensor] | None,
 ) -> torch.nn.Module:
-    """The model a stage starts from (see the module docstring for `Stage.init`)."""
-    fresh = stage.kind is StageKind.TRAIN and stage.init is StageInit.FRESH
-    torch.manual_seed(job.train.seed + (index * FRESH_SEED_OFFSET if fresh else 0))
-    model = build_ctr_model(job.model, job.embedding, data.spec)
-    before = None
-    if previous is not None:
-        before = build_ctr_model(job.model, job.embedding, data.spec)
-        before.load_state_dict(previous)
-        if stage.kind is StageKind.SEARCH or stage.init is StageInit.CONTINUE:
-            model.load_state_dict(previous)
-    protocol.begin_stage(model, stage, before)
-    return model
+    """The CTR model a stage starts from (`protocol.stage_model`; see the module docstring)."""
+    return protocol.stage_model(
+        lambda: build_ctr_model(job.model, job.embedding, data.spec),
+        job.train.seed,
+        stage,
+        index,
+        previous,
+    )
 
 
 def search_stage(
