@@ -275,3 +275,26 @@ def test_towers_share_their_stages_and_different_stages_are_refused() -> None:
     with pytest.raises(ValueError, match=r"different stages: .*'dense', 'finetune'.*'supernet'"):
         protocol.model_stages(mixed)
     assert protocol.model_stages(tower("full")) == protocol.SINGLE_STAGE
+
+
+def test_a_refused_config_fails_before_ray_starts_a_worker(planted, tmp_path) -> None:
+    """With `use_ray: true` the towers are built once in the driver first: a refused method
+    is a `ConfigError` naming the key, not a Ray worker error after `train.max_failures`
+    restarts on the same config."""
+    from plexus.models.embeddings import EmbeddingConfig
+    from plexus.pipelines.ingest import DataConfig
+    from plexus.pipelines.retrieval.config import RetrievalJobConfig
+    from plexus.pipelines.retrieval.job import train_model
+    from plexus.platform.errors import ConfigError
+
+    model_cfg, train_cfg = _configs(1)
+    config = RetrievalJobConfig(
+        name="refused",
+        data=DataConfig(format="lightgcn", path=str(tmp_path)),
+        model=model_cfg,
+        train=train_cfg,
+        embedding=EmbeddingConfig(method="optembed", dim=8),
+        use_ray=True,
+    )
+    with pytest.raises(ConfigError, match="embedding.method=optembed: its 'search' stage"):
+        train_model(config, planted, tmp_path / "out")

@@ -30,6 +30,7 @@ from plexus.pipelines.retrieval.train import (
     build_two_tower,
     epoch_reporter,
     latest_checkpoint,
+    retrieval_stages,
     train_two_tower,
     train_worker,
 )
@@ -88,6 +89,9 @@ def train_model(
     if not config.use_ray:
         model, history = _train_in_process(config, data, out)
     else:
+        # A config the towers refuse (a width mismatch, a search stage) fails here, not in a
+        # Ray worker that `train.max_failures` would start again on the same config.
+        retrieval_stages(build_two_tower(data, config.model, config.embedding))
         state, history = _train_with_ray(config, data, out)
         model = build_two_tower(data, config.model, config.embedding)
         model.load_state_dict(state)
