@@ -270,7 +270,8 @@ class MaskedTables(HashedEmbeddingTables):
     The weights themselves hold the zeros: after every optimiser step `after_step` zeroes the
     masked weights **and** the optimiser's moments there (Adam's `exp_avg`/`exp_avg_sq`, SGD's
     momentum), so the forward is the base's plain lookup and masked positions still receive
-    their gradient (what DSL's growth reads). Subclasses decide when masks change
+    their gradient (what DSL's growth reads); after a step on sparse gradients (the retrieval
+    towers') only the rows it touched are re-masked. Subclasses decide when masks change
     (`_update_masks`) and whether they apply yet (`_sparse`). `num_parameters`/`num_bytes` are
     those of the stored form, and `compact()` gives it (`CompactSparseTables`).
     """
