@@ -17,6 +17,16 @@ def _configs(epochs: int) -> tuple[TwoTowerConfig, RetrievalTrainConfig]:
     return model, train
 
 
+def _job(folder, epochs: int, **fields):
+    """A retrieval job config over `_configs(epochs)` (its data section names `folder`)."""
+    from plexus.pipelines.ingest import DataConfig
+    from plexus.pipelines.retrieval.config import RetrievalJobConfig
+
+    model, train = _configs(epochs)
+    data = DataConfig(format="lightgcn", path=str(folder))
+    return RetrievalJobConfig(data=data, model=model, train=train, **fields)
+
+
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() -> None:
     data, _ = planted_interests(num_users=40, num_groups=3, items_per_group=10, per_user=8)
     straight, history = train_two_tower(data, *_configs(3))
@@ -48,20 +58,12 @@ def test_the_latest_checkpoint_is_the_one_with_most_epochs(tmp_path) -> None:
 def test_in_process_training_resumes_from_its_epoch_checkpoint(tmp_path, capsys) -> None:
     """`use_ray: false` saves the training state every epoch; a run that finds one (its
     predecessor was killed) continues after that epoch and removes it once model.pt is saved."""
-    from plexus.pipelines.ingest import DataConfig
-    from plexus.pipelines.retrieval.config import RetrievalJobConfig
     from plexus.pipelines.retrieval.job import MODEL_FILE, train_model
     from plexus.pipelines.retrieval.train import STATE_FILE
 
     data, _ = planted_interests(num_users=40, num_groups=3, items_per_group=10, per_user=8)
     model_cfg, train_cfg = _configs(3)
-    config = RetrievalJobConfig(
-        name="resume",
-        data=DataConfig(format="lightgcn", path=str(tmp_path)),
-        model=model_cfg,
-        train=train_cfg,
-        use_ray=False,
-    )
+    config = _job(tmp_path, 3, name="resume", use_ray=False)
     straight, _ = train_model(config, data, tmp_path / "straight")
     states: list[dict] = []
     train_two_tower(data, model_cfg, train_cfg, on_checkpoint=states.append)
@@ -282,19 +284,10 @@ def test_a_refused_config_fails_before_ray_starts_a_worker(planted, tmp_path) ->
     is a `ConfigError` naming the key, not a Ray worker error after `train.max_failures`
     restarts on the same config."""
     from plexus.models.embeddings import EmbeddingConfig
-    from plexus.pipelines.ingest import DataConfig
-    from plexus.pipelines.retrieval.config import RetrievalJobConfig
     from plexus.pipelines.retrieval.job import train_model
     from plexus.platform.errors import ConfigError
 
-    model_cfg, train_cfg = _configs(1)
-    config = RetrievalJobConfig(
-        name="refused",
-        data=DataConfig(format="lightgcn", path=str(tmp_path)),
-        model=model_cfg,
-        train=train_cfg,
-        embedding=EmbeddingConfig(method="optembed", dim=8),
-        use_ray=True,
-    )
+    optembed = EmbeddingConfig(method="optembed", dim=8)
+    config = _job(tmp_path, 1, name="refused", embedding=optembed, use_ray=True)
     with pytest.raises(ConfigError, match="embedding.method=optembed: its 'search' stage"):
         train_model(config, planted, tmp_path / "out")
