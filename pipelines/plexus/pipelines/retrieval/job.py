@@ -89,11 +89,11 @@ def train_model(
     if not config.use_ray:
         model, history = _train_in_process(config, data, out)
     else:
-        # A config the towers refuse (a width mismatch, a search stage) fails here, not in a
-        # Ray worker that `train.max_failures` would start again on the same config.
-        retrieval_stages(build_two_tower(data, config.model, config.embedding))
-        state, history = _train_with_ray(config, data, out)
+        # Built before training: a config the towers refuse (a width mismatch, a search stage)
+        # fails here, not in a Ray worker that `train.max_failures` would start again on it.
         model = build_two_tower(data, config.model, config.embedding)
+        retrieval_stages(model)
+        state, history = _train_with_ray(config, data, out)
         model.load_state_dict(state)
     (out / "config.json").write_text(json.dumps(config_io.to_dict(config), indent=1))
     tmp = saved.with_suffix(".pt.tmp")  # model.pt marks the folder done: write it whole or not
