@@ -69,7 +69,7 @@ class MonotoneArray:
         inside = at < self._size
         distance = targets.view(np.uint64) - self._bases[block].view(np.uint64)
         after_base = targets > self._bases[block]  # else (block 0 only) the answer is 0
-        below = self._gaps[np.minimum(at, self._size - 1)] < distance[:, None]
+        below = np.less(self._gaps[np.minimum(at, self._size - 1)], distance[:, None])
         return start + (below & inside & after_base[:, None]).sum(axis=1)
 
     def to_numpy(self) -> np.ndarray:
