@@ -145,8 +145,37 @@ def test_search_sets_the_best_widths_and_never_returns_an_over_budget_candidate(
     budget = 0.5 * tables.full_table_bytes()
     assert seen and all(tables.bytes_at(c) <= budget for c in seen)
     assert tables.num_bytes() <= budget and bool(tables.frozen)
-    assert summary["search_valid_auc"] == max(sum(c) for c in seen)
+    assert summary["search_fitness"] == max(sum(c) for c in seen)
     assert tuple(tables.widths.tolist()) in seen
+
+
+def test_a_model_with_two_searched_modules_searches_each_with_its_own_candidates() -> None:
+    """The two towers' tables: `protocol.search` runs each module's search in turn, every
+    candidate a `ModuleCandidate` that `apply_candidate` gives to its own module only (the
+    other holds its widths: its start, then what it found), and names each module's metrics."""
+    model = torch.nn.ModuleDict(
+        {"user": _searched(_tables("full")), "item": _searched(_tables("full"))}
+    )
+    towers = list(model.values())
+    item_start = towers[1].widths.tolist()
+    seen: list[tuple[int, list[int]]] = []  # (searched module, the other module's widths)
+
+    def fitness(candidates: list[protocol.ModuleCandidate]) -> list[float]:
+        scores = []
+        for candidate in candidates:
+            protocol.apply_candidate(model, candidate)
+            assert towers[candidate.module].widths.tolist() == list(candidate.candidate)
+            seen.append((candidate.module, towers[1 - candidate.module].widths.tolist()))
+            scores.append(float(sum(candidate.candidate)))
+        return scores
+
+    summary = protocol.search(model, protocol.Stage("search", protocol.StageKind.SEARCH), fitness)
+    widest = [[c[-1] for c in t.width_choices] for t in towers]  # the fittest: every width full
+    assert [m for m, _ in seen] == sorted(m for m, _ in seen) and {m for m, _ in seen} == {0, 1}
+    assert all(other == (item_start if m == 0 else widest[0]) for m, other in seen)
+    for name, tables, best in zip(model, towers, widest, strict=True):
+        assert summary[f"{name}.search_fitness"] == sum(best)
+        assert tables.widths.tolist() == best
 
 
 @pytest.mark.parametrize("pruned", ["zero", "oov"])

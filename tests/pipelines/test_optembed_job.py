@@ -69,7 +69,7 @@ def test_each_stage_is_a_nested_mlflow_run_of_the_training_run(optembed_run) -> 
     runs = client.search_runs([experiment.experiment_id])
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == run_id}
     assert set(children) == {"oe-supernet", "oe-search", "oe-retrain"}
-    assert children["oe-search"].data.metrics["search_valid_auc"] > 0.6
+    assert children["oe-search"].data.metrics["search_fitness"] > 0.6
     assert "valid_auc" in children["oe-retrain"].data.metrics  # per-epoch lines land in the stage
 
 

@@ -16,7 +16,8 @@ runs three stages (Sec. 3 of the paper; official code: github.com/fuyuanlyu/OptE
    training only, each sample and feature keeps a random prefix of its output (Eq. 10: width
    d ~ U over the feature's choices).
 2. **search** (Sec. 3.3): the row masks are frozen (each row's norm and the thresholds at that
-   moment), then `evolution.evolutionary_search` picks each feature's width on validation AUC,
+   moment), then `evolution.evolutionary_search` picks each feature's width on validation AUC
+   (Recall@20 on the validation hold-out for the retrieval towers, each tower in turn),
    optionally within `search_budget` of the full tables' bytes (beyond the paper).
 3. **retrain** (Sec. 3.4): the found masks and widths are fixed and the model trains again,
    rewound to the supernet's initial weights (`retrain_init: rewind`, the official `init.pth`
@@ -328,7 +329,7 @@ class OptEmbedTables(_MaskedTables):
             budget=budget,
             on_generation=lambda h: print(
                 f"[plexus] search generation {int(h['generation']) + 1}/{self.options.search.generations}: "
-                f"best valid AUC {h['best']:.4f} (so far {h['best_so_far']:.4f})",
+                f"best fitness {h['best']:.4f} (so far {h['best_so_far']:.4f})",
                 flush=True,
             ),
         )
@@ -336,7 +337,7 @@ class OptEmbedTables(_MaskedTables):
         kept = self.kept_rows()
         compact_bytes = self.num_bytes()
         return {
-            "search_valid_auc": result.fitness,
+            "search_fitness": result.fitness,  # validation AUC (CTR), Recall@20 (retrieval)
             "search_evaluations": float(result.evaluations),
             "kept_rows": float(sum(int(k.sum()) for k in kept.values())),
             "total_rows": float(sum(self.table_rows.values())),

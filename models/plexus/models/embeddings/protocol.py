@@ -311,17 +311,40 @@ def begin_stage(model: nn.Module, stage: Stage, previous: nn.Module | None) -> N
         table.begin_stage(stage, before)
 
 
+@dataclasses.dataclass(frozen=True)
+class ModuleCandidate:
+    """A search candidate of one tables module: `module` is its index in `embedding_tables`."""
+
+    module: int
+    candidate: Any
+
+
 def search(model: nn.Module, stage: Stage, evaluate: Evaluate) -> dict[str, float]:
-    """Run a `SEARCH` stage on the model's staged tables; returns its summary metrics."""
+    """Run a `SEARCH` stage on the model's staged tables; returns its summary metrics.
+
+    Each staged module searches in turn (the two towers: the user tables', then the item
+    tables'), the others holding what they have, found architectures included; `evaluate` gets
+    `ModuleCandidate`s, which `apply_candidate` gives to their own module. With several staged
+    modules each metric is prefixed with the module's name in the model (`user_tables.`)."""
+    names = {id(m): name for name, m in model.named_modules()}
+    staged = [(k, t) for k, t in enumerate(embedding_tables(model)) if stage in t.stages()]
     summary: dict[str, float] = {}
-    for tables in embedding_tables(model):
-        if stage in tables.stages():
-            summary.update(tables.search(stage, evaluate))
+    for k, tables in staged:
+
+        def scoped(candidates: list[Any], k: int = k) -> list[float]:
+            return evaluate([ModuleCandidate(k, c) for c in candidates])
+
+        prefix = f"{names[id(tables)]}." if len(staged) > 1 else ""
+        summary.update({prefix + key: v for key, v in tables.search(stage, scoped).items()})
     return summary
 
 
 def apply_candidate(model: nn.Module, candidate: Any) -> None:
-    """Give the staged tables of `model` a search candidate (inside a fitness evaluation)."""
+    """Give the staged tables of `model` a search candidate (inside a fitness evaluation): a
+    `ModuleCandidate` to its module, anything else to every staged module."""
+    if isinstance(candidate, ModuleCandidate):
+        list(embedding_tables(model))[candidate.module].apply_candidate(candidate.candidate)
+        return
     for tables in embedding_tables(model):
         if tables.stages() != SINGLE_STAGE:
             tables.apply_candidate(candidate)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from plexus.models.embeddings.protocol import BatchSource, embedding_tables
+from plexus.models.embeddings.protocol import BatchSource, Stage, embedding_tables
 from plexus.platform.errors import ConfigError
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -40,35 +40,43 @@ class sparse_lookups(TorchFunctionMode):  # noqa: N801  (used as a context manag
 
 
 def retrieval_optimizers(
-    model: nn.Module, probe: sparse_lookups, *, lr: float, dense_tables: bool = False
+    model: nn.Module,
+    probe: sparse_lookups,
+    *,
+    lr: float,
+    dense_tables: bool = False,
+    stage: Stage | None = None,
 ) -> list[torch.optim.Optimizer]:
     """The optimisers of a retrieval model, in a fixed order (checkpoints restore into it):
     one per `ParameterGroup` the embedding tables ask for (the training protocol; "none"
-    groups are held fixed), then `SparseAdam` over the weights `probe` saw looked up, then Adam
-    over the rest. `dense_tables`: the lookups ran outside `probe` (dense gradients), so the
-    tables go to that Adam too, fused (one kernel over all tensors: 3x faster on whole tables
-    than the per-tensor loop). Groups stepped on validation batches (bi-level searches) are
-    refused: the retrieval loop draws training pairs only."""
+    groups are held fixed; each records its `batches`, as `protocol.build_optimizers` does),
+    then `SparseAdam` over the weights `probe` saw looked up, then Adam over the rest, unless
+    the stage holds the rest fixed (`Stage.freeze_rest`: DNIS's search). `dense_tables`: the
+    lookups ran outside `probe` (dense gradients), so the tables go to that Adam too, fused
+    (one kernel over all tensors: 3x faster on whole tables than the per-tensor loop)."""
     optimizers: list[torch.optim.Optimizer] = []
     taken: set[int] = set()
+    looked_up = set() if dense_tables else set(probe.weights)
     for tables in embedding_tables(model):
         for group in tables.parameter_groups():
             taken.update(id(p) for p in group.params)
-            if BatchSource(group.batches) is not BatchSource.TRAIN:
-                raise ConfigError(
-                    f"embedding.method={tables.config.method.value}: its parameter group "
-                    f"{group.name!r} steps on validation batches, which retrieval training "
-                    "does not draw; use a method trained on the training loss"
-                )
             if group.optimizer == "none":
                 continue
+            if any(id(p) in looked_up for p in group.params):
+                raise ConfigError(
+                    f"embedding.method={tables.config.method.value}: its parameter group "
+                    f"{group.name!r} holds weights looked up with sparse gradients, which its "
+                    f"{group.optimizer} optimiser cannot step; look them up with gather_rows"
+                )
             kind = torch.optim.SGD if group.optimizer == "sgd" else torch.optim.Adam
             options: dict[str, Any] = {"lr": lr if group.lr is None else group.lr}
             if group.weight_decay is not None:
                 options["weight_decay"] = group.weight_decay
             optimizers.append(kind(list(group.params), **options))
+            optimizers[-1].param_groups[0]["batches"] = BatchSource(group.batches).value
+    if stage is not None and stage.freeze_rest:
+        return optimizers
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
-    looked_up = set() if dense_tables else set(probe.weights)
     sparse = [p for p in params if id(p) in looked_up]
     dense = [p for p in params if id(p) not in looked_up]
     if sparse:

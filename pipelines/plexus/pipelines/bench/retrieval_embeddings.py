@@ -9,8 +9,8 @@ full-ranking evaluation (`retrieval.evaluate.evaluate_tower`: train items exclud
 protocol) on the test split. The plan is the CTR benchmark's (`bench.embeddings`): `full` at
 budget 1, `hashing`, `multiplexed` and `unified` at every budget, learned methods on their
 bases. Each method is first tried for one epoch on a tiny planted log and skipped, with the
-reason in `results.md`, when the retrieval loop cannot train it: methods with a search stage
-(OptEmbed, DNIS) are refused by `train_two_tower` (`retrieval_stages`). DSL trains single-stage
+reason in `results.md`, when the retrieval loop cannot train it. OptEmbed and DNIS search on
+the validation hold-out (`retrieval_stages`: the log needs one). DSL trains single-stage
 on the towers' sparse gradients (`dsl:full` at budget 1 is the official density 0.5; below 1,
 the density whose row-compressed bytes fit the budget); magnitude pruning trains its dense
 stage, then fine-tunes the pruned tables (each row trains its own dense stage: the CTR job's
@@ -198,9 +198,8 @@ def _runnable(
 ) -> tuple[list[tuple[str, float, EmbeddingConfig, int]], list[str]]:
     """The planned rows the retrieval towers can train (multiplexed with `probes` probes), and
     `method:base (reason)` for each skipped method. Each method is tried first: one epoch of
-    the retrieval loop on a tiny planted log at its first planned budget (a method with a
-    search stage is refused by the loop; a method whose training step fails on the towers'
-    sparse gradients is skipped with its error)."""
+    the retrieval loop on a tiny planted log at its first planned budget (a method whose
+    training fails on the towers is skipped with its error)."""
     from plexus.models.retrieval import TwoTowerConfig
     from plexus.pipelines.retrieval.synthetic import planted_interests
     from plexus.pipelines.retrieval.train import RetrievalTrainConfig, train_two_tower

@@ -76,7 +76,7 @@ def bench_search(
             "seconds": seconds,
             "evaluations": int(metrics["fitness_evaluations"]),
             "evaluations_per_s": metrics["fitness_evaluations"] / seconds,
-            "best_fitness": metrics.get("search_valid_auc"),
+            "best_fitness": metrics.get("search_fitness"),
             "widths": searched.get("embeddings.widths", torch.empty(0)).tolist(),
         })  # fmt: skip
         print(

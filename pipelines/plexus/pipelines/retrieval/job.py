@@ -89,10 +89,10 @@ def train_model(
     if not config.use_ray:
         model, history = _train_in_process(config, data, out)
     else:
-        # Built before training: a config the towers refuse (a width mismatch, a search stage)
-        # fails here, not in a Ray worker that `train.max_failures` would start again on it.
+        # Built before training: a config the towers refuse (a width mismatch, a search without
+        # a hold-out) fails here, not in a Ray worker that `train.max_failures` would restart.
         model = build_two_tower(data, config.model, config.embedding)
-        retrieval_stages(model)
+        retrieval_stages(model, data)
         state, history = _train_with_ray(config, data, out)
         model.load_state_dict(state)
     (out / "config.json").write_text(json.dumps(config_io.to_dict(config), indent=1))

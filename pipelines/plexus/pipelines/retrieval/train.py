@@ -6,8 +6,9 @@ inside `sparse_lookups()`, so the table weights get sparse gradients and `Sparse
 only the rows a step used (a dense table gradient is ~10x slower here). `train.optimizer=adam`
 trains the tables with dense gradients and (fused) Adam instead, as SimpleX's official code
 does. The embedding methods' training protocol is honoured as in the CTR loop: `extra_loss` is
-added to the loss, `parameter_groups` get their own optimisers, `after_step` runs after every
-step, and a method's training stages run in turn (`retrieval_stages`: all but search stages).
+added to the loss, `parameter_groups` get their own optimisers (those stepped on validation
+batches on the validation task's held-out pairs), `after_step` runs after every step, and a
+method's stages run in turn (`retrieval_stages`; its search on the validation task).
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import dataclasses
 import enum
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
 from plexus.models.embeddings import EmbeddingConfig, protocol
-from plexus.models.embeddings.protocol import Stage, StageKind
+from plexus.models.embeddings.protocol import BatchSource, Stage, StageKind
 from plexus.models.retrieval import LossKind, TwoTower, TwoTowerConfig, retrieval_loss
 from plexus.models.retrieval.sparse import retrieval_optimizers, sparse_lookups
 from plexus.models.threads import restores_cpu_state, use_cpu_threads
@@ -113,27 +114,34 @@ def build_two_tower(
     )
 
 
-def retrieval_stages(model: TwoTower) -> tuple[Stage, ...]:
-    """The training stages of the towers' tables (one for a plain method), each trained on the
-    training pairs by this loop. Refused with the reason: a `SEARCH` stage (OptEmbed's
-    evolution and DNIS's pruning score candidates by a CTR model's validation AUC) and a stage
-    that trains only the tables' own groups (`freeze_rest`: DNIS's bi-level search on
-    validation batches, which the retrieval loop does not draw)."""
+def retrieval_stages(model: TwoTower, data: Interactions | None = None) -> tuple[Stage, ...]:
+    """The stages of the towers' tables (one for a plain method), which `train_two_tower` runs.
+
+    A method that searches (OptEmbed's evolution, DNIS's pruning after its bi-level search)
+    finds its architecture on the validation task (`Interactions.validation`): every stage up to
+    its last `SEARCH` stage trains on the training lists without the hold-out and is scored on
+    it, the stages after it train on the whole lists. Given `data`, such a method is refused
+    here, before any training, when `data` has no hold-out or is a validation task itself."""
     stages = protocol.model_stages(model)
-    for stage in stages:
-        if stage.kind is StageKind.SEARCH or stage.freeze_rest:
-            why = (
-                "searches"
-                if stage.kind is StageKind.SEARCH
-                else "trains its search on validation batches"
-            )
+    if data is not None and last_search(stages) >= 0:
+        method = model.embedding.method.value
+        if data.validation_task:
             raise ConfigError(
-                f"embedding.method={model.embedding.method.value}: its {stage.name!r} stage "
-                f"{why}, which the retrieval job does not run (of its stages "
-                f"{[s.name for s in stages]}); the retrieval towers train methods whose stages "
-                "all train on the training pairs (the plain methods, dsl, magnitude_pruning)"
+                f"embedding.method={method} searches on the validation hold-out, which this "
+                "run already trains and scores on (a tuning run); tune a plain method"
+            )
+        if data.valid_items is None or data.valid_items.size == 0:
+            raise ConfigError(
+                f"embedding.method={method} searches on the validation hold-out, which "
+                f"{data.name} lacks; set data.interactions.validation_users > 0"
             )
     return stages
+
+
+def last_search(stages: tuple[Stage, ...]) -> int:
+    """The index of the last `SEARCH` stage (-1: none): the stages up to it use the validation
+    task."""
+    return max((i for i, s in enumerate(stages) if s.kind is StageKind.SEARCH), default=-1)
 
 
 @restores_cpu_state()
@@ -152,14 +160,16 @@ def train_two_tower(
     The user tower sees the user's last `history_len` training items with the positive itself
     masked out, so it learns to predict an item from the *rest* of the history.
 
-    A method with several training stages (`retrieval_stages`; magnitude pruning: dense, then
-    fine-tuned under the pruned mask) runs them in turn, each from `protocol.stage_model` with
-    new optimisers and its own schedule over `stage.epochs` (default `train.epochs`); their
-    records carry the `stage` index and count epochs on across stages.
+    A method with several stages (`retrieval_stages`) runs them in turn, each from
+    `protocol.stage_model`: a training stage with new optimisers and its own schedule over
+    `stage.epochs` (default `train.epochs`), its records carrying the `stage` index and epochs
+    counted on across stages; a search stage scores candidates by Recall@20 on the validation
+    hold-out (`protocol.search`: each tower in turn) and adds its metrics, prefixed with the
+    stage's name, to the record of the epoch before it.
 
     After every epoch `on_checkpoint` gets the whole training state (model, optimisers, schedule,
     random generators, history, stage); passed back as `resume`, training continues after that
-    epoch exactly as if it had never stopped.
+    epoch exactly as if it had never stopped (a search stage after it runs again).
     """
     torch.manual_seed(train_cfg.seed)
     use_cpu_threads(min(train_cfg.threads, 2))
@@ -169,32 +179,61 @@ def train_two_tower(
         return build_two_tower(data, model_cfg, embedding)
 
     model = build()
-    stages = retrieval_stages(model)
+    stages = retrieval_stages(model, data)
+    searched_until = last_search(stages)
+    validation = data.validation() if searched_until >= 0 else data
     history: list[dict[str, float]] = []
     first = 0
     if resume is not None:
         rng.bit_generator.state = resume["numpy_rng"]
         history = list(resume["history"])
         first = int(resume.get("stage", 0))
+        # Before the stage's optimisers are built: which parameters a method optimises can
+        # depend on its state (OptEmbed's thresholds stop training once its rows are frozen).
+        model.load_state_dict(resume["model"])
     for index in range(first, len(stages)):
+        stage = stages[index]
+        task = validation if index <= searched_until else data
         if index > first:  # a new stage (a resumed one starts from its checkpoint)
             model = cast(TwoTower, protocol.stage_model(
-                build, train_cfg.seed, stages[index], index, model.state_dict()
+                build, train_cfg.seed, stage, index, model.state_dict()
             ))  # fmt: skip
+        if stage.kind is StageKind.SEARCH:
+            metrics = protocol.search(model, stage, recall_fitness(model, task))
+            print(f"[retrieval] {stage.name}: {metrics}", flush=True)
+            if history:
+                history[-1].update({f"{stage.name}.{k}": float(v) for k, v in metrics.items()})
+            continue
         _train_stage(
             model,
-            data,
+            task,
             model_cfg,
             train_cfg,
             rng,
             history,
-            stage=index if len(stages) > 1 else None,
-            epochs=stages[index].epochs or train_cfg.epochs,
+            stage=stage,
+            index=index if len(stages) > 1 else None,
+            epochs=stage.epochs or train_cfg.epochs,
             on_epoch=on_epoch,
             on_checkpoint=on_checkpoint,
             resume=resume if index == first else None,
         )
     return model.eval(), history
+
+
+def recall_fitness(model: TwoTower, task: Interactions) -> protocol.Evaluate:
+    """A search's fitness on `task` (the validation task): each candidate given to `model`,
+    then its Recall@20 over the task's held-out items (full ranking, training items excluded)."""
+    from plexus.pipelines.retrieval.evaluate import evaluate_tower
+
+    def evaluate(candidates: list[Any]) -> list[float]:
+        scores = []
+        for candidate in candidates:
+            protocol.apply_candidate(model, candidate)
+            scores.append(evaluate_tower(model, task, ks=(20,))["recall@20"])
+        return scores
+
+    return evaluate
 
 
 def _train_stage(
@@ -205,14 +244,17 @@ def _train_stage(
     rng: np.random.Generator,
     history: list[dict[str, float]],
     *,
-    stage: int | None,
+    stage: Stage,
+    index: int | None,
     epochs: int,
     on_epoch: Callable[[dict[str, float], TwoTower], None] | None,
     on_checkpoint: Callable[[dict[str, Any]], None] | None,
     resume: dict[str, Any] | None,
 ) -> None:
-    """Train `model` for the epochs of one stage that `history` lacks, appending a record
-    each (`stage`: its index, recorded when the method has several)."""
+    """Train `model` for the epochs of `stage` that `history` lacks, appending a record each
+    (`index`: the stage's, recorded when the method has several). Parameter groups stepped on
+    validation batches (DNIS's alpha) step after each training step on a batch of the
+    validation task's held-out pairs (`data` is then that task)."""
     histories = torch.from_numpy(data.model_histories(model_cfg))
     users = np.repeat(np.arange(data.num_users + 1), np.diff(data.train_indptr))
     items = data.train_items
@@ -224,59 +266,71 @@ def _train_stage(
     # Dense Adam: the tables get dense gradients, so the forward leaves the lookups as they are.
     dense_tables = train_cfg.optimizer is TableOptimizer.ADAM
     forward = contextlib.nullcontext() if dense_tables else lookups
-    optimizers = retrieval_optimizers(model, lookups, lr=train_cfg.lr, dense_tables=dense_tables)
+    optimizers = retrieval_optimizers(
+        model, lookups, lr=train_cfg.lr, dense_tables=dense_tables, stage=stage
+    )
+    on_valid = [o for o in optimizers if protocol.optimizer_batches(o) is BatchSource.VALID]
+    on_train = [o for o in optimizers if o not in on_valid]
+    if on_valid and not data.validation_task:
+        raise ConfigError(
+            f"stage {stage.name!r} steps parameters on validation batches, but trains on the "
+            "whole lists (a stage after the last search stage)"
+        )
+    valid_users = np.repeat(np.arange(data.num_users + 1), np.diff(data.test_indptr))
     steps_per_epoch = -(-users.size // train_cfg.batch_size)
     schedules = [_lr_schedule(opt, train_cfg, steps_per_epoch, epochs) for opt in optimizers]
-    if resume is not None:
-        model.load_state_dict(resume["model"])
+    if resume is not None:  # (the model's state: loaded by `train_two_tower`)
         for opt, saved in zip(optimizers, resume["optimizers"], strict=True):
             opt.load_state_dict(saved)
         for schedule, saved in zip(schedules, resume["schedules"], strict=True):
             schedule.load_state_dict(saved)
         torch.set_rng_state(resume["torch_rng"])
-    done = sum(1 for h in history if h.get("stage") == stage)
+
+    def pairs_loss(u: np.ndarray, pos_items: np.ndarray) -> torch.Tensor:
+        """The retrieval loss of (user, positive) pairs, the positive masked out of the history."""
+        user = torch.from_numpy(u)
+        pos = torch.from_numpy(pos_items)
+        hist = histories[user]
+        mask = ((hist > 0) & (hist != pos.unsqueeze(1))).float()
+        neg = torch.randint(1, data.num_items + 1, (train_cfg.num_negatives,))
+        with forward:
+            return retrieval_loss(
+                train_cfg.loss,
+                model.user_vectors(user, hist, mask),
+                model.item_vectors(pos),
+                model.item_vectors(neg),
+                margin=train_cfg.margin,
+                negative_weight=train_cfg.negative_weight,
+                temperature=train_cfg.temperature,
+            )
+
+    done = sum(1 for h in history if h.get("stage") == index)
+    planned = epochs * steps_per_epoch
     for _ in range(done + 1, epochs + 1):
         start = time.perf_counter()
         order = rng.permutation(users.size)
+        held = _cycled_batches(rng, valid_users.size, train_cfg.batch_size) if on_valid else None
         total = 0.0
         steps = 0
         update_seconds = 0.0  # backward, optimiser steps and `after_step` (DSL's masks)
         model.train()
         for lo in range(0, order.size, train_cfg.batch_size):
             idx = order[lo : lo + train_cfg.batch_size]
-            u = torch.from_numpy(users[idx])
-            pos = torch.from_numpy(items[idx])
-            hist = histories[u]
-            mask = ((hist > 0) & (hist != pos.unsqueeze(1))).float()
-            neg = torch.randint(1, data.num_items + 1, (train_cfg.num_negatives,))
-            with forward:
-                uvec = model.user_vectors(u, hist, mask)
-                loss = retrieval_loss(
-                    train_cfg.loss,
-                    uvec,
-                    model.item_vectors(pos),
-                    model.item_vectors(neg),
-                    margin=train_cfg.margin,
-                    negative_weight=train_cfg.negative_weight,
-                    temperature=train_cfg.temperature,
-                )
-                if (extra := protocol.extra_loss(model)) is not None:
-                    loss = loss + extra
+            loss = pairs_loss(users[idx], items[idx])
             tick = time.perf_counter()
-            for opt in optimizers:
-                opt.zero_grad()
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            protocol.after_step(model, optimizers, total_steps=epochs * steps_per_epoch)
+            protocol.training_step(model, loss, optimizers, step=on_train, total_steps=planned)
+            if held is not None:  # the bi-level step on held-out pairs
+                v = next(held)
+                valid_loss = pairs_loss(valid_users[v], data.test_items[v])
+                protocol.training_step(model, valid_loss, optimizers, step=on_valid)
             update_seconds += time.perf_counter() - tick
             for schedule in schedules:
                 schedule.step()
             total += float(loss.detach())
             steps += 1
         record = {"epoch": float(len(history) + 1), "loss": total / max(steps, 1)}
-        if stage is not None:
-            record["stage"] = stage
+        if index is not None:
+            record["stage"] = index
         record["lr"] = optimizers[-1].param_groups[0]["lr"]
         record["epoch_seconds"] = time.perf_counter() - start
         record["step_ms"] = 1000.0 * record["epoch_seconds"] / max(steps, 1)
@@ -292,8 +346,16 @@ def _train_stage(
                 "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
                 "history": history,
-                "stage": stage or 0,
+                "stage": index or 0,
             }))  # fmt: skip
+
+
+def _cycled_batches(rng: np.random.Generator, count: int, size: int) -> Iterator[np.ndarray]:
+    """Endless batches of indices into `count` pairs: each pass a new permutation."""
+    while True:
+        order = rng.permutation(count)
+        for lo in range(0, count, size):
+            yield order[lo : lo + size]
 
 
 def _lr_schedule(
