@@ -247,6 +247,31 @@ def test_a_run_resumed_around_the_search_ends_as_the_uninterrupted_one(
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # ~20 s each: training with the search, the dynamo export and the index
+@pytest.mark.parametrize("method", list(_SEARCHED))
+def test_the_bundle_serves_the_searched_tables_in_their_compact_form(tmp_path, method) -> None:
+    """Searched to half the bytes, the towers' tables go into the bundle's graph in their
+    compact form (OptEmbed's kept rows at the found widths, DNIS's pruned entries), and the
+    graph equals the trained model."""
+    pytest.importorskip("onnxscript")
+    from plexus.models.embeddings import EmbeddingConfig, protocol
+    from plexus.pipelines.retrieval.export import served_query
+    from plexus.pipelines.retrieval.synthetic import planted_bundle
+    from plexus.platform.config import from_dict
+    from plexus.serving.bundle import Bundle
+
+    raw = _SEARCHED[method]
+    embedding = from_dict(
+        EmbeddingConfig, {**raw, "options": {**raw["options"], "search_budget": 0.5}}
+    )
+    folder, data, _, module, _ = planted_bundle(tmp_path / "b", epochs=4, embedding=embedding)
+    served = served_query(module)
+    dense = 4 * 16 * (data.num_users + 1 + data.num_items + 1)
+    export = Bundle.load(folder).manifest["export"]
+    assert export["embedding_bytes"] == protocol.embedding_bytes(served.model) <= 0.5 * dense
+    assert export["onnx_max_abs_diff"] <= 1e-5
+
+
 def _pruning(epochs: int) -> tuple[TwoTowerConfig, RetrievalTrainConfig, object]:
     from plexus.models.embeddings import EmbeddingConfig
     from plexus.platform.config import from_dict
