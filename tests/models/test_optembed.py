@@ -149,6 +149,20 @@ def test_search_sets_the_best_widths_and_never_returns_an_over_budget_candidate(
     assert tuple(tables.widths.tolist()) in seen
 
 
+def test_a_supernet_that_pruned_a_whole_table_says_which_key_to_lower(capsys) -> None:
+    """Thresholds above every row of a table (OptEmbed on the cosine towers' unified tables at
+    its CTR defaults: all item vectors zero) are named, with the options that set their pace."""
+    tables = _tables("full")
+    with torch.no_grad():
+        tables.threshold.fill_(1e6)
+    tables.search(protocol.Stage("search", protocol.StageKind.SEARCH), lambda c: [0.0] * len(c))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "pruned every row" in line]
+    assert len(lines) == len(tables.table_rows) and "embedding.options.alpha" in lines[0]
+    kept = _tables("full")  # thresholds at 0: every row kept, nothing said
+    kept.search(protocol.Stage("search", protocol.StageKind.SEARCH), lambda c: [0.0] * len(c))
+    assert "pruned every row" not in capsys.readouterr().out
+
+
 def test_a_model_with_two_searched_modules_searches_each_with_its_own_candidates() -> None:
     """The two towers' tables: `protocol.search` runs each module's search in turn, every
     candidate a `ModuleCandidate` that `apply_candidate` gives to its own module only (the
