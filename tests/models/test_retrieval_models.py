@@ -245,3 +245,25 @@ def test_table_lookups_get_sparse_gradients_equal_to_the_dense_ones(method: str)
         torch.testing.assert_close(param.grad.to_dense(), dense[name])
     kinds = [type(o).__name__ for o in retrieval_optimizers(model, lookups, lr=0.1)]
     assert kinds == ["SparseAdam"]
+
+
+def test_a_parameter_group_over_sparsely_looked_up_weights_is_refused_naming_it() -> None:
+    """A method's own optimiser (Adam, SGD) cannot step sparse gradients: a parameter group
+    holding weights that the towers look up with `F.embedding` is a `ConfigError` naming the
+    group, not an optimiser error at the first step."""
+    from plexus.models.embeddings import EmbeddingConfig
+    from plexus.models.embeddings.protocol import ParameterGroup
+    from plexus.models.retrieval.sparse import retrieval_optimizers, sparse_lookups
+
+    model = TwoTower(
+        TwoTowerConfig(dim=4, history_len=3), num_users=5, num_items=10,
+        embedding=EmbeddingConfig(method="full", dim=4),
+    )  # fmt: skip
+    lookups = sparse_lookups()
+    with lookups, torch.no_grad():
+        model.item_vectors(torch.tensor([1]))
+    weight = next(p for p in model.item_tables.parameters() if id(p) in lookups.weights)
+    model.item_tables.parameter_groups = lambda: (ParameterGroup("own", (weight,), "adam"),)
+    with pytest.raises(ConfigError, match="parameter group 'own' holds weights looked up"):
+        retrieval_optimizers(model, lookups, lr=0.1)
+    assert retrieval_optimizers(model, lookups, lr=0.1, dense_tables=True)  # dense: allowed
