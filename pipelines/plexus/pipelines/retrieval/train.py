@@ -254,7 +254,9 @@ def _train_stage(
     """Train `model` for the epochs of `stage` that `history` lacks, appending a record each
     (`index`: the stage's, recorded when the method has several). Parameter groups stepped on
     validation batches (DNIS's alpha) step after each training step on a batch of the
-    validation task's held-out pairs (`data` is then that task)."""
+    validation task's held-out pairs (`data` is then that task). Every optimiser follows the
+    stage's learning-rate schedule, a method's own ones included (OptEmbed's thresholds,
+    DNIS's alpha), and the recorded loss is the task's, without `extra_loss`."""
     histories = torch.from_numpy(data.model_histories(model_cfg))
     users = np.repeat(np.arange(data.num_users + 1), np.diff(data.train_indptr))
     items = data.train_items
