@@ -107,10 +107,17 @@ class Interactions:
         """(N + 1,) float32 training interactions per item."""
         return np.bincount(self.train_items, minlength=self.num_items + 1).astype(np.float32)
 
+    @property
+    def has_holdout(self) -> bool:
+        """Whether the ingest held out validation items (what `validation` needs)."""
+        return not (
+            self.valid_indptr is None or self.valid_items is None or not self.valid_items.size
+        )
+
     def validation(self) -> Interactions:
         """The tuning task: training lists without the held-out items, which become the "test"
         lists; the real test items are left out entirely. Same ids as `self`."""
-        if self.valid_indptr is None or self.valid_items is None or self.valid_items.size == 0:
+        if not self.has_holdout:
             raise DataError(
                 f"{self.name}: no validation hold-out in the ingested data; set "
                 "data.interactions.validation_users > 0 and ingest again"

@@ -130,7 +130,7 @@ def retrieval_stages(model: TwoTower, data: Interactions | None = None) -> tuple
                 f"embedding.method={method} searches on the validation hold-out, which this "
                 "run already trains and scores on (a tuning run); tune a plain method"
             )
-        if data.valid_items is None or data.valid_items.size == 0:
+        if not data.has_holdout:
             raise ConfigError(
                 f"embedding.method={method} searches on the validation hold-out, which "
                 f"{data.name} lacks; set data.interactions.validation_users > 0"
