@@ -123,20 +123,39 @@ def test_bench_writes_results_json_md_and_png(tmp_path: Path, mlflow_uri: str, m
         overrides=[*overrides, "use_ray=false"],
         tune_power=(0.5, 1.0),
         tune_smoothing=(0.0, 0.3),
+        tune_prior=(0.0, 0.1),
     )
     keys = {"method", "k", "recall", "ndcg", "distinct_clusters", "intra_list_distance"}
     assert rows and all(keys <= set(r) for r in rows)
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == rows
     report = (tmp_path / "out" / "results.md").read_text()
-    chosen, _, tuning = report.partition("chosen on the validation split (highest mean recall")
+    chosen, _, tuning = report.partition("chosen on the validation split (the prior by")
     assert "kNN-Embed" in report and tuning
-    table = [line.split("|")[1:-1] for line in tuning.splitlines() if line.startswith("| 0")]
-    # smoothing, power -> recall, distinct clusters, single-vector's distinct clusters
-    grid = {(float(r[0]), float(r[1])): (float(r[2]), float(r[3]), float(r[5])) for r in table}
+    header = next(line for line in tuning.splitlines() if line.startswith("| popularity_prior"))
+    columns = [c.strip() for c in header.split("|")[1:-1]]
+    table = [
+        dict(zip(columns, map(float, line.split("|")[1:-1]), strict=True))
+        for line in tuning.splitlines()
+        if line.startswith("| 0")
+    ]
+    # the prior first, by single-vector recall at the smallest K (the config's allocation)...
+    by_prior = table[:2]
+    assert [r["popularity_prior"] for r in by_prior] == [0.0, 0.1]
+    prior = max(by_prior, key=lambda r: r["single_recall@5"])["popularity_prior"]
+    # ... then smoothing and power at that prior
+    grid = {(r["smoothing"], r["power"]): r for r in table[2:]}
     assert set(grid) == {(0.0, 0.5), (0.0, 1.0), (0.3, 0.5), (0.3, 1.0)}
-    diverse = [key for key, (_, clusters, single) in grid.items() if clusters >= 1.2 * single]
-    smoothing, power = max(diverse or grid, key=lambda key: grid[key][0])
-    assert f"kNN-Embed smoothing {smoothing:g}, allocation power {power:g}" in chosen
+    assert {r["popularity_prior"] for r in grid.values()} == {prior}
+    diverse = [
+        key
+        for key, r in grid.items()
+        if r["distinct_clusters"] >= 1.2 * r["single_distinct_clusters"]
+    ]
+    smoothing, power = max(diverse or grid, key=lambda key: grid[key]["recall"])
+    assert (
+        f"kNN-Embed smoothing {smoothing:g}, allocation power {power:g}, "
+        f"popularity prior {prior:g}" in chosen
+    )
     assert len(list((tmp_path / "out").glob("*-retrieval-*/validation/model.pt"))) == 1
     assert (tmp_path / "out" / "retrieval.png").stat().st_size > 1000
 

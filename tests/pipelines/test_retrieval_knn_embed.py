@@ -8,7 +8,12 @@ import pytest
 import torch
 from plexus.models.retrieval import KnnEmbedConfig, KnnEmbedQuery, TwoTowerConfig, fit_knn_embed
 from plexus.pipelines.retrieval.compare import compare_allocations, compare_retrieval
-from plexus.pipelines.retrieval.evaluate import csr_rows, exact_topk
+from plexus.pipelines.retrieval.evaluate import (
+    csr_rows,
+    exact_topk,
+    item_prior,
+    ranking_metrics,
+)
 from plexus.pipelines.retrieval.synthetic import planted_bundle, planted_interests
 from plexus.pipelines.retrieval.train import RetrievalTrainConfig, train_two_tower
 from plexus.platform.config import from_dict
@@ -151,6 +156,72 @@ def test_onnx_bundle_returns_the_same_candidates_as_torch(tmp_path, method: str)
         got, want = onnx_knn[row].item_ids, data.item_ids[torch_knn[row]]
         assert got[untied].tolist() == want[untied].tolist()
     assert bundle.manifest["export"]["onnx_max_abs_diff"] <= 1e-5
+
+
+def test_a_popularity_prior_ranks_alike_offline_and_served(tmp_path) -> None:
+    """`export.popularity_prior`: the bundle's index keeps each item's prior, so the served
+    lists (single-vector and kNN-Embed) are the offline ones scored by cosine + prior, the
+    comparison report scores the same lists, and a bundle whose manifest lost the prior is
+    refused."""
+    import json
+
+    from plexus.pipelines.retrieval.evaluate import test_users as users_with_tests
+    from plexus.platform.errors import RegistryError
+
+    weight = 0.05
+    folder, data, _, module, state = planted_bundle(
+        tmp_path / "bundle",
+        seed=3,
+        epochs=8,
+        popularity_prior=weight,
+        user_state=UserStateConfig(weight_dtype=WeightDtype.FLOAT32),
+    )
+    bundle = Bundle.load(folder)
+    assert bundle.popularity_prior == weight
+    users = np.arange(1, data.num_users + 1)
+    hist = torch.from_numpy(data.model_histories(module.model.config)[users])
+    with torch.no_grad():
+        query, own, components = module(torch.from_numpy(users), hist, (hist > 0).float())
+    mixture = module.smoothed_mixture(torch.from_numpy(users), query, own, state)
+    items = module.model.all_item_vectors().detach()
+    prior = item_prior(data, items.shape[0], weight)
+    clusters = state.item_clusters.numpy()
+    index = item_index.build_cluster_index(
+        items.numpy()[1:],
+        clusters[1:],
+        state.centroids.numpy(),
+        np.arange(1, data.num_items + 1),
+        item_prior=prior[1:],
+    )
+    excluded = csr_rows(data.train_indptr, data.train_items, users)
+    k = 10
+    _, knn_scores = search_mixture(
+        index, clusters, mixture.numpy(), components.numpy(), k, excluded, bundle.allocation
+    )
+    single = exact_topk(query, items, data, users, k, item_prior=prior)
+    assert (single != exact_topk(query, items, data, users, k)).any()  # the prior reorders
+    scored = (query @ items.T).numpy() + prior
+    external = [int(u) for u in data.user_ids[users]]
+    served_knn = bundle.recommend_batch(external, k=k, diversify=True)
+    served_single = bundle.recommend_batch(external, k=k, diversify=False)
+    for row in range(users.size):
+        np.testing.assert_allclose(served_knn[row].scores, knn_scores[row], atol=1e-5)
+        np.testing.assert_allclose(served_single[row].scores, scored[row, single[row]], atol=1e-5)
+    tested = users_with_tests(data)
+    rows = {(r["method"], r["k"]): r for r in compare_retrieval(
+        module, state, data, ks=(k,), popularity_prior=weight
+    )}  # fmt: skip
+    with torch.no_grad():
+        th = torch.from_numpy(data.model_histories(module.model.config)[tested])
+        tq = module.model.user_vectors(torch.from_numpy(tested), th, (th > 0).float())
+    top = exact_topk(tq, items, data, tested, k, item_prior=prior)
+    recall = ranking_metrics(top, data, tested, (k,))[f"recall@{k}"].mean()
+    assert rows[("single", k)]["recall"] == pytest.approx(recall)
+    manifest = json.loads((folder / "bundle.json").read_text())
+    manifest["retrieval"]["popularity_prior"] = 0.0
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(RegistryError, match="popularity_prior 0 need 16"):
+        Bundle.load(folder)
 
 
 def test_diversity_matches_pairwise_definitions() -> None:

@@ -171,6 +171,7 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> None:
         overrides=args.set or (),
         tune_power=_floats(args.tune_power),
         tune_smoothing=_floats(args.tune_smoothing),
+        tune_prior=_floats(args.tune_prior),
         min_diversity=args.min_diversity,
     )
 
@@ -563,6 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tune-smoothing",
         metavar="S,S,...",
         help="choose kNN-Embed's neighbour smoothing among these, on the same validation split",
+    )
+    b.add_argument(
+        "--tune-prior",
+        metavar="W,W,...",
+        help="choose the popularity prior's weight (export.popularity_prior) among these, "
+        "first, on the same validation split (single-vector recall at the smallest K)",
     )
     b.add_argument(
         "--min-diversity",

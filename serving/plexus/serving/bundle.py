@@ -271,6 +271,15 @@ class Bundle:
             str(path / ONNX_FILE), options, providers=["CPUExecutionProvider"]
         )
         self._index = item_index.load_index(path / INDEX_FILE)
+        # Scores are cosine + this prior, kept in the index as one more item coordinate.
+        self.popularity_prior = float(retrieval.get("popularity_prior", 0.0))
+        width = self.dim + (1 if self.popularity_prior else 0)
+        if self._index.d != width:
+            raise RegistryError(
+                f"{path / INDEX_FILE}: vectors of dimension {self._index.d}, but the manifest's "
+                f"dim {self.dim} and popularity_prior {self.popularity_prior:g} need {width}; "
+                "re-export the bundle"
+            )
 
     @classmethod
     def load(cls, path: str | Path, *, version: str | None = None, threads: int = 1) -> Bundle:

@@ -27,6 +27,7 @@ def bench_retrieval(
     overrides: Sequence[str] = (),
     tune_power: Sequence[float] = (),
     tune_smoothing: Sequence[float] = (),
+    tune_prior: Sequence[float] = (),
     min_diversity: float | None = None,
 ) -> list[dict[str, Any]]:
     """Train (Ray Train; reused if `out` already holds the same model), fit kNN-Embed, compare
@@ -37,7 +38,9 @@ def bench_retrieval(
     chosen together on a validation split with a second model trained without the validation
     items (`tune.tune_knn_embed`: the best recall among settings with at least `min_diversity`
     times single-vector retrieval's distinct clusters, default `tune.MIN_DIVERSITY`); both
-    empty: the config's, untuned.
+    empty: the config's, untuned. `tune_prior`: candidate popularity-prior weights
+    (`export.popularity_prior`), chosen first on the same split by single-vector recall at the
+    smallest K.
     """
     from plexus.pipelines import tracking
     from plexus.pipelines.retrieval.job import train_model
@@ -63,20 +66,22 @@ def bench_retrieval(
         params=config_io.flatten(config),
     ):
         interactions = load_data(config, log=True)
-        knn_config, allocation, tuning = config.knn_embed, config.export.allocation, []
-        if tune_power or tune_smoothing:
-            knn_config, allocation, tuning = tune_knn_embed(
+        knn_config, export, tuning = config.knn_embed, config.export, []
+        if tune_power or tune_smoothing or tune_prior:
+            knn_config, export, tuning = tune_knn_embed(
                 config,
                 interactions,
                 run_dir(config) / "validation",
                 powers=tune_power,
                 smoothings=tune_smoothing,
+                priors=tune_prior,
                 min_diversity=min_diversity,
             )
             mlflow.log_params(
                 {
-                    "tuned.allocation.power": allocation.power,
+                    "tuned.allocation.power": export.allocation.power,
                     "tuned.knn_embed.smoothing": knn_config.smoothing,
+                    "tuned.export.popularity_prior": export.popularity_prior,
                 }
             )
         model, _ = train_model(config, interactions, run_dir(config))
@@ -85,7 +90,13 @@ def bench_retrieval(
         module, state = fit_knn_embed_query(model, interactions, knn_config)
         users = build_user_state(module, state, interactions, config.export.stored_user_state)
         rows = compare_retrieval(
-            module, state, interactions, ks=config.eval.ks, allocation=allocation, users=users
+            module,
+            state,
+            interactions,
+            ks=config.eval.ks,
+            allocation=export.allocation,
+            users=users,
+            popularity_prior=export.popularity_prior,
         )
         title = f"{config.name}: kNN-Embed vs single-vector retrieval"
         write_report(rows, out, title=title)
@@ -94,12 +105,14 @@ def bench_retrieval(
             fh.write(f"\nTwo-tower full ranking (exact, train items excluded):\n{tower_md}\n")
             fh.write(
                 f"\nkNN-Embed smoothing {knn_config.smoothing:g}, "
-                f"allocation power {allocation.power:g}"
+                f"allocation power {export.allocation.power:g}, "
+                f"popularity prior {export.popularity_prior:g}"
             )
             if tuning:
                 fh.write(
-                    ", chosen on the validation split (highest mean recall over K among the "
-                    f"settings with >= {min_diversity:g}x single-vector's distinct clusters):\n\n"
+                    ", chosen on the validation split (the prior by single-vector recall at the "
+                    "smallest K, then the highest mean recall over K among the settings with "
+                    f">= {min_diversity:g}x single-vector's distinct clusters):\n\n"
                 )
                 fh.write(generic_table(tuning, list(tuning[0])))
             fh.write("\n")

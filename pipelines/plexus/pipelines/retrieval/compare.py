@@ -26,6 +26,7 @@ from plexus.pipelines.retrieval.evaluate import (
     csr_rows,
     diversity,
     exact_topk,
+    item_prior,
     ranking_metrics,
     test_users,
 )
@@ -61,13 +62,23 @@ def compare_retrieval(
     allocation: AllocationConfig | None = None,
     batch_size: int = 512,
     users: UserState | None = None,
+    popularity_prior: float = 0.0,
 ) -> list[dict[str, Any]]:
     """One row per (method, k): recall, ndcg, distinct_clusters, intra_list_distance (means over
     test users), plus `users`, for single-vector retrieval, kNN-Embed and the most popular items
-    (the baseline). Train items are excluded from every method's lists."""
+    (the baseline). Train items are excluded from every method's lists. Both retrievals score
+    by cosine plus the popularity prior of weight `popularity_prior` (`export.popularity_prior`),
+    as the bundle does."""
     allocations = [allocation or AllocationConfig()]
     return compare_allocations(
-        module, state, data, allocations, ks=ks, batch_size=batch_size, users=users
+        module,
+        state,
+        data,
+        allocations,
+        ks=ks,
+        batch_size=batch_size,
+        users=users,
+        popularity_prior=popularity_prior,
     )[0]
 
 
@@ -95,6 +106,7 @@ def compare_allocations(
     ks: Sequence[int] = (20, 50, 100, 200),
     batch_size: int = 512,
     users: UserState | None = None,
+    popularity_prior: float = 0.0,
 ) -> list[list[dict[str, Any]]]:
     """`compare_retrieval`'s rows for each allocation. The query model and single-vector
     retrieval, which do not depend on the allocation, run once for all of them."""
@@ -106,8 +118,13 @@ def compare_allocations(
     items = module.model.all_item_vectors()
     item_np = items.numpy().astype(np.float32)
     clusters = state.item_clusters.numpy().astype(np.int64)
+    prior = item_prior(data, item_np.shape[0], popularity_prior)
     index = item_index.build_cluster_index(
-        item_np[1:], clusters[1:], state.centroids.numpy(), np.arange(1, item_np.shape[0])
+        item_np[1:],
+        clusters[1:],
+        state.centroids.numpy(),
+        np.arange(1, item_np.shape[0]),
+        item_prior=None if prior is None else prior[1:],
     )
     histories = torch.from_numpy(data.model_histories(module.model.config))
     tested = test_users(data)
@@ -134,7 +151,7 @@ def compare_allocations(
         u = torch.from_numpy(chunk)
         hist = histories[u]
         query, _, components = module(u, hist, (hist > 0).float())
-        single = exact_topk(query, items, data, chunk, max(ks))
+        single = exact_topk(query, items, data, chunk, max(ks), item_prior=prior)
         mixture_np = users.mixtures.dense(chunk, users.num_clusters)
         components_np = components.numpy()
         excluded = csr_rows(data.train_indptr, data.train_items, chunk)

@@ -15,6 +15,7 @@ Example (`pipelines/configs/retrieval_movielens.yaml`), any key overridable as `
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,11 +45,17 @@ class RetrievalEvalConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RetrievalExportConfig:
     """The bundle: registered model name, alias set on the new version, index, allocation and
-    the compact user state (`user_state.top_clusters` per known user, the new-user sample)."""
+    the compact user state (`user_state.top_clusters` per known user, the new-user sample).
+
+    `popularity_prior`: every retrieval (single-vector and kNN-Embed, offline and served) ranks
+    by cosine + `popularity_prior * log(1 + training interactions of the item)`
+    (`plexus.serving.index.popularity_prior`); 0 = cosine alone. Chosen on the validation
+    hold-out by `plexus bench retrieval --tune-prior`."""
 
     registered_model: str = "plexus-retrieval"
     alias: str | None = "champion"
     nprobe: int | None = None  # None: exact (all lists) below 200k items
+    popularity_prior: float = 0.0
     allocation: AllocationConfig = AllocationConfig()
     user_state: UserStateConfig = UserStateConfig()
 
@@ -57,6 +64,10 @@ class RetrievalExportConfig:
             raise ConfigError("export.registered_model: must be a non-empty name")
         if self.nprobe is not None and self.nprobe < 1:
             raise ConfigError(f"export.nprobe: must be >= 1 or null, got {self.nprobe}")
+        if not math.isfinite(self.popularity_prior):
+            raise ConfigError(
+                f"export.popularity_prior: must be a finite number, got {self.popularity_prior}"
+            )
 
     @property
     def stored_user_state(self) -> UserStateConfig:

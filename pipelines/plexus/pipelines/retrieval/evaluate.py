@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from plexus.models.retrieval import TwoTower
 from plexus.pipelines.retrieval.data import Interactions
+from plexus.serving.index import popularity_prior
 
 
 def test_users(data: Interactions) -> np.ndarray:
@@ -76,6 +77,18 @@ def diversity(
     return {"distinct_clusters": distinct.astype(np.float64), "intra_list_distance": 1.0 - pair_cos}
 
 
+def item_prior(data: Interactions, num_vectors: int, weight: float) -> np.ndarray | None:
+    """(num_vectors,) the popularity prior (`plexus.serving.index.popularity_prior`) of every
+    item vector of a model over `data`: the padding row 0 and catalog items that were never
+    trained on get 0. None at weight 0 (the index then stays as it was without one)."""
+    if weight == 0:
+        return None
+    counts = np.zeros(num_vectors, dtype=np.float64)
+    trained = data.item_popularity()[:num_vectors]
+    counts[: trained.size] = trained
+    return popularity_prior(counts, weight)
+
+
 @torch.no_grad()
 def exact_topk(
     user_vectors: torch.Tensor,
@@ -83,10 +96,15 @@ def exact_topk(
     data: Interactions,
     users: np.ndarray,
     k: int,
+    *,
+    item_prior: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Exact top-k internal item ids (B, k) by inner product with the users' training items
-    and the padding item excluded. user_vectors (B, D), item_vectors (N + 1, D)."""
+    """Exact top-k internal item ids (B, k) by inner product, plus `item_prior` (N + 1,) where
+    given (`item_prior()`), with the users' training items and the padding item excluded.
+    user_vectors (B, D), item_vectors (N + 1, D)."""
     scores = user_vectors @ item_vectors.T
+    if item_prior is not None:
+        scores += torch.from_numpy(item_prior)
     scores[:, 0] = -torch.inf
     pos, items = csr_rows(data.train_indptr, data.train_items, users)
     scores[torch.from_numpy(pos), torch.from_numpy(items)] = -torch.inf

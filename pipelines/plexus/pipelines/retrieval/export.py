@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from plexus.models.retrieval import KnnEmbedQuery, KnnEmbedState
 from plexus.pipelines.retrieval.data import Interactions
+from plexus.pipelines.retrieval.evaluate import item_prior
 from plexus.platform.feature_spec import Encoding, Feature, FeatureKind, FeatureSpec
 from plexus.serving import index as item_index
 from plexus.serving.bundle import ONNX_INPUTS, ONNX_OUTPUTS, write_bundle
@@ -137,11 +138,15 @@ def write_retrieval_bundle(
     history_len: int,
     allocation: AllocationConfig,
     nprobe: int | None = None,
+    popularity_prior: float = 0.0,
     metrics: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
     recall_queries: int = 1000,
 ) -> tuple[Path, dict[str, Any]]:
     """Export, check and write the whole bundle; returns (folder, export info: parity, index recall).
+
+    `popularity_prior` > 0 stores each item's prior in the index (`item_prior`), so the service
+    ranks as the offline evaluation did.
 
     Raises if the ONNX model (of the serving form, `served_query`) differs from torch (the
     model as trained) by more than 1e-5.
@@ -169,7 +174,11 @@ def write_retrieval_bundle(
         centroids = state.centroids.numpy().astype(np.float32)
         clusters = state.item_clusters.numpy().astype(np.int64)
         ids = np.arange(1, vectors.shape[0] + 1, dtype=np.int64)  # catalog items after N
-        index = item_index.build_cluster_index(vectors, clusters[1:], centroids, ids)
+        prior = item_prior(data, vectors.shape[0] + 1, popularity_prior)
+        prior = None if prior is None else prior[1:]
+        index = item_index.build_cluster_index(
+            vectors, clusters[1:], centroids, ids, item_prior=prior
+        )
         num_clusters = centroids.shape[0]
         probe = nprobe or default_nprobe(data.num_items, num_clusters)
         sample = users.reference.index.reconstruct_n(0, len(users.reference))
@@ -177,7 +186,9 @@ def write_retrieval_bundle(
             len(sample), min(recall_queries, len(sample)), replace=False
         )
         recall = {
-            str(k): item_index.index_recall(index, vectors, ids, sample[pick], k, nprobe=probe)
+            str(k): item_index.index_recall(
+                index, vectors, ids, sample[pick], k, nprobe=probe, item_prior=prior
+            )
             for k in (20, 100)
             if k <= data.num_items
         }
@@ -202,7 +213,8 @@ def write_retrieval_bundle(
             source={"data": data.name},
             splits={"train": int(data.train_items.size), "test": int(data.test_items.size)},
         )
-        digest = hashlib.sha256(onnx_path.read_bytes() + vectors.tobytes()).hexdigest()[:16]
+        scored = vectors.tobytes() + (b"" if prior is None else prior.tobytes())
+        digest = hashlib.sha256(onnx_path.read_bytes() + scored).hexdigest()[:16]
         table_bytes = protocol.embedding_bytes(served.model)  # the graph's user and item tables
         info = {
             "onnx_max_abs_diff": parity,
@@ -223,8 +235,14 @@ def write_retrieval_bundle(
             "dim": int(vectors.shape[1]),
             "history_len": int(history_len),
             "num_clusters": int(num_clusters),
-            "scoring": "cosine",
-            "retrieval": {"nprobe": int(probe), "allocation": _asdict(allocation)},
+            "scoring": "cosine + popularity_prior * log1p(item_popularity)"
+            if prior is not None
+            else "cosine",
+            "retrieval": {
+                "nprobe": int(probe),
+                "allocation": _asdict(allocation),
+                "popularity_prior": float(popularity_prior),
+            },
             "user_state": users.manifest(),
             "history": history.manifest(),
             "index": {

@@ -222,6 +222,7 @@ def _export_and_register(
             ks=config.eval.ks,
             allocation=config.export.allocation,
             users=users,
+            popularity_prior=config.export.popularity_prior,
         )
         mlflow.log_metric("compare_seconds", time.perf_counter() - start)
         metrics = flat_metrics(rows)
@@ -239,6 +240,7 @@ def _export_and_register(
         history_len=config.model.history_len,
         allocation=config.export.allocation,
         nprobe=config.export.nprobe,
+        popularity_prior=config.export.popularity_prior,
         metrics=metrics,
         config=config_io.to_dict(config),
     )

@@ -50,10 +50,12 @@ def planted_bundle(
     epochs: int = 15,
     embedding: Any = None,
     user_state: Any = None,
+    popularity_prior: float = 0.0,
 ) -> tuple[Path, Interactions, dict[int, np.ndarray], Any, Any]:
     """Train a tiny model on planted data and write its bundle: a smoke-run / test fixture.
     `embedding`: the towers' `EmbeddingConfig` (None: full tables); `user_state`: the bundle's
-    `UserStateConfig` (None: the default compact store).
+    `UserStateConfig` (None: the default compact store); `popularity_prior`: the bundle's
+    `export.popularity_prior`.
 
     Returns (bundle folder, interactions, planted interests, KnnEmbedQuery, KnnEmbedState).
     """
@@ -95,5 +97,6 @@ def planted_bundle(
         users=build_user_state(module, state, data, user_state or UserStateConfig()),
         history_len=model_cfg.history_len,
         allocation=AllocationConfig(),
+        popularity_prior=popularity_prior,
     )
     return folder, data, planted, module, state
