@@ -70,7 +70,9 @@ def tune_knn_embed(
     head = f"single_recall@{min(config.eval.ks)}"
     rows: list[dict[str, Any]] = []
 
-    def score(smoothing: float, prior: float) -> list[list[dict[str, Any]]]:
+    def score(
+        smoothing: float, prior: float, powers: Sequence[float]
+    ) -> list[list[dict[str, Any]]]:
         knn_config = dataclasses.replace(config.knn_embed, smoothing=float(smoothing))
         module, state = fit_knn_embed_query(model, valid, knn_config)
         users = build_user_state(module, state, valid, config.export.stored_user_state)
@@ -107,13 +109,14 @@ def tune_knn_embed(
 
     prior = config.export.popularity_prior
     if priors:
-        smoothing = config.knn_embed.smoothing
-        for candidate in priors:  # the allocation is kept: only single-vector recall decides
-            add(smoothing, powers[0], candidate, score(smoothing, candidate)[0])
+        # At the config's smoothing and power: only single-vector recall decides.
+        smoothing, power = config.knn_embed.smoothing, config.export.allocation.power
+        for candidate in priors:
+            add(smoothing, power, candidate, score(smoothing, candidate, [power])[0])
         prior = max(rows, key=lambda r: r[head])["popularity_prior"]
     at_prior = len(rows)
     for smoothing in smoothings:
-        for power, scored in zip(powers, score(smoothing, prior), strict=True):
+        for power, scored in zip(powers, score(smoothing, prior, powers), strict=True):
             add(smoothing, power, prior, scored)
     grid = rows[at_prior:]
     diverse = [
