@@ -47,9 +47,13 @@ def _shell_lines() -> list[tuple[int, str]]:
 
 
 def _without_optional(words: list[str]) -> list[str]:
-    """A usage synopsis's words without its `[--option VALUE]` parts."""
+    """A usage synopsis's words without its `[--option VALUE]` parts; a value with brackets of
+    its own (`train.lr_drops=[16,24]`) is kept."""
     kept, depth = [], 0
     for word in words:
+        if depth == 0 and not word.startswith("[") and word.count("[") == word.count("]"):
+            kept.append(word)
+            continue
         depth += word.count("[")
         if depth == 0:
             kept.append(word)
