@@ -104,6 +104,16 @@ def test_several_allocations_score_as_each_alone(fitted) -> None:
     assert together[0] != together[1]  # the powers do change kNN-Embed's lists
 
 
+def _every_user_query(module, state, data):
+    """(users, query, per-cluster components, smoothed mixture, item vectors) of every user."""
+    users = np.arange(1, data.num_users + 1)
+    hist = torch.from_numpy(data.model_histories(module.model.config)[users])
+    with torch.no_grad():
+        query, own, components = module(torch.from_numpy(users), hist, (hist > 0).float())
+    mixture = module.smoothed_mixture(torch.from_numpy(users), query, own, state)
+    return users, query, components, mixture, module.model.all_item_vectors().detach()
+
+
 _EXPORTED = {"full": {"method": "full", "dim": 16},
              "unified": {"method": "unified", "dim": 8, "chunks": 2, "budget": 0.5}}  # fmt: skip
 
@@ -126,12 +136,7 @@ def test_onnx_bundle_returns_the_same_candidates_as_torch(tmp_path, method: str)
     )
     assert type(module.model.item_tables).__name__.lower().startswith(method)
     bundle = Bundle.load(folder)
-    users = np.arange(1, data.num_users + 1)
-    hist = torch.from_numpy(data.model_histories(module.model.config)[users])
-    with torch.no_grad():
-        query, own, components = module(torch.from_numpy(users), hist, (hist > 0).float())
-    mixture = module.smoothed_mixture(torch.from_numpy(users), query, own, state)
-    items = module.model.all_item_vectors().detach()
+    users, query, components, mixture, items = _every_user_query(module, state, data)
     clusters = state.item_clusters.numpy()
     index = item_index.build_cluster_index(
         items.numpy()[1:], clusters[1:], state.centroids.numpy(), np.arange(1, data.num_items + 1)
@@ -178,12 +183,7 @@ def test_a_popularity_prior_ranks_alike_offline_and_served(tmp_path) -> None:
     )
     bundle = Bundle.load(folder)
     assert bundle.popularity_prior == weight
-    users = np.arange(1, data.num_users + 1)
-    hist = torch.from_numpy(data.model_histories(module.model.config)[users])
-    with torch.no_grad():
-        query, own, components = module(torch.from_numpy(users), hist, (hist > 0).float())
-    mixture = module.smoothed_mixture(torch.from_numpy(users), query, own, state)
-    items = module.model.all_item_vectors().detach()
+    users, query, components, mixture, items = _every_user_query(module, state, data)
     prior = item_prior(data, items.shape[0], weight)
     clusters = state.item_clusters.numpy()
     index = item_index.build_cluster_index(
