@@ -45,6 +45,9 @@ class TwoTowerConfig:
     features (Gowalla) trains the id-only towers either way. `item_id_dropout`: the fraction of
     items whose id embedding a training step leaves out, so that the features alone also rank
     (the vector that a catalog item never seen in training gets; DropoutNet, Volkovs 2017).
+    `side_center`: the side features' vectors are summed relative to their mean over the trained
+    entities, so an offset shared by a feature's rows cannot move every item at once (uncentred,
+    MovieLens' items collapsed into one narrow cone; see `TwoTower`).
     `history_table`: the history's items are looked up in a table of their own, trained through
     the user tower (SimpleX's separate user-history feature, SVD++'s implicit factors), instead
     of the item tower's rows; by id only. `user_dropout`: dropout on the unit user vector while
@@ -68,6 +71,7 @@ class TwoTowerConfig:
     user_dropout: float = 0.0  # dropout on the unit user vector in training (SimpleX's net_dropout)
     side_features: bool = True
     item_id_dropout: float = 0.25
+    side_center: bool = True
 
     def __post_init__(self) -> None:
         coerce_choice(self, "history_pick", HistoryPick, "model.history_pick")

@@ -69,3 +69,33 @@ class SideFeatures:
             )
         if self.item_lengths.shape != i.shape[:2] or self.item_known.shape != i.shape[:1]:
             raise DataError("item_lengths (N + 1, Fi) and item_known (N + 1,) must match item_ids")
+
+
+def mean_bag_weights(
+    ids: torch.Tensor, lengths: torch.Tensor, *, pooling: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean over entities of each feature's pooled bag, as a weighted sum of rows.
+
+    ids (E, F, L), lengths (E, F): the bags of E entities (`SideFeatures` layout). Pooling a bag
+    is linear in its rows, so the mean over the entities of feature f's pooled vector is
+    sum_v w[f, v] * row_f(v), with w[f, v] the number of bags holding v (each counted 1/len under
+    mean pooling) over E. -> (values (R, F), weights (R, F)): feature f's distinct values in
+    column f, padded with value 0 and weight 0 to the largest count R.
+    """
+    count, features, width = ids.shape
+    present = torch.arange(width).view(1, 1, -1) < lengths.unsqueeze(-1)  # (E, F, L)
+    share = present.to(torch.float64)
+    if pooling == "mean":
+        share = share / lengths.clamp(min=1).unsqueeze(-1).to(torch.float64)
+    columns = []
+    for f in range(features):
+        values, inverse = torch.unique(ids[:, f][present[:, f]], return_inverse=True)
+        weights = torch.zeros(values.numel(), dtype=torch.float64)
+        weights.index_add_(0, inverse, share[:, f][present[:, f]])
+        columns.append((values, weights / max(count, 1)))
+    rows = max([v.numel() for v, _ in columns] + [1])
+    values = torch.zeros(rows, features, dtype=torch.int64)
+    weights = torch.zeros(rows, features, dtype=torch.float32)
+    for f, (v, w) in enumerate(columns):
+        values[: v.numel(), f], weights[: v.numel(), f] = v, w.to(torch.float32)
+    return values, weights

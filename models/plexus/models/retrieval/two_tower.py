@@ -22,6 +22,15 @@ history sum is still a sum of item vectors), and puts a catalog item that was ne
 (`SideFeatures.item_known` False: its id bag is left empty) in the same space as trained ones,
 with its features' vector. A learned projection of the concatenation was not needed for that.
 
+The side features' sum is *centred* (`config.side_center`, on by default): the tower subtracts
+its mean over the trained users or items (`side_mean`, a fixed weighting of each feature's
+rows), so the features say how an entity differs from the others, never where all of them are.
+Uncentred, rows shared by every item (a year, a genre) are stepped by every batch and grew to
+6x an id's norm along one common direction: every MovieLens item vector sat in a cone of mean
+pairwise cosine 0.96, and validation Recall@200 fell from 0.63 (ids only) to 0.53 (centred, no
+item ids dropped: 0.62, with Recall@20 0.157 against 0.155). The mean is exact for single-valued
+features and mean-pooled bags; a sum-pooled bag keeps an offset times its length's deviation.
+
 Example:
     >>> model = TwoTower(TwoTowerConfig(dim=8, history_len=4), num_users=10, num_items=20)
     >>> u = model.user_vectors(torch.tensor([3]), torch.tensor([[1, 2, 0, 0]]),
@@ -43,7 +52,7 @@ from plexus.models.embeddings import (
     protocol,
 )
 from plexus.models.retrieval.config import TwoTowerConfig
-from plexus.models.retrieval.side import SideFeatures, compact_ids
+from plexus.models.retrieval.side import SideFeatures, compact_ids, mean_bag_weights
 from plexus.platform.errors import ConfigError, DataError
 from plexus.platform.feature_spec import Encoding, Feature, FeatureKind
 from torch import nn
@@ -109,6 +118,23 @@ class TwoTower(nn.Module):
             self.register_buffer("item_side_ids", compact_ids(side.item_ids))
             self.register_buffer("item_side_lengths", compact_ids(side.item_lengths))
             self.register_buffer("item_known", side.item_known.to(torch.bool).clone())
+        if side is not None and config.side_center:
+            pooling = self.embedding.pooling
+            trained = side.item_known.to(torch.bool)
+            bags = {
+                "user": (side.user_ids[1 : num_users + 1].unsqueeze(-1), None),
+                "item": (side.item_ids[trained], side.item_lengths[trained]),
+            }
+            for tower, (ids, lengths) in bags.items():
+                if ids.shape[1] == 0:
+                    continue
+                if lengths is None:  # single-valued: every bag holds one value
+                    lengths = torch.ones(ids.shape[:2], dtype=torch.int64)
+                values, weights = mean_bag_weights(ids, lengths, pooling=pooling)
+                # Derived from the side features, not learned: out of the state dict, so a
+                # checkpoint from before the centring still loads.
+                self.register_buffer(f"{tower}_mean_values", compact_ids(values), persistent=False)
+                self.register_buffer(f"{tower}_mean_weights", weights, persistent=False)
         self.history_key = (  # SimpleX's W_k of user attention
             nn.Sequential(nn.Linear(config.dim, config.dim), nn.Tanh())
             if config.history_attention
@@ -160,7 +186,10 @@ class TwoTower(nn.Module):
         ids = torch.cat([user.unsqueeze(1), side], dim=1).unsqueeze(-1)  # (B, 1 + Fu, 1)
         lengths = known.unsqueeze(1).expand(-1, ids.shape[1])  # (B, 1 + Fu)
         out = self.user_tables.forward_padded(ids, lengths)
-        return out.reshape(user.shape[0], ids.shape[1], -1).sum(dim=1)
+        raw = out.reshape(user.shape[0], ids.shape[1], -1).sum(dim=1)
+        if self.config.side_center:
+            raw = raw - known.unsqueeze(1) * self.side_mean(self.user_tables, "user")
+        return raw
 
     def item_raw(self, items: torch.Tensor) -> torch.Tensor:
         """(...) item ids -> (..., D) raw item vectors: the id's (trained items only) plus the
@@ -179,7 +208,21 @@ class TwoTower(nn.Module):
         ids = torch.cat([id_bag.unsqueeze(1), side], dim=1)  # (B, 1 + Fi, L)
         lengths = torch.cat([known.to(torch.int64).unsqueeze(1), side_lengths], dim=1)
         out = self.item_tables.forward_padded(ids, lengths)
-        return out.reshape(flat.shape[0], ids.shape[1], -1).sum(dim=1).reshape(*items.shape, -1)
+        raw = out.reshape(flat.shape[0], ids.shape[1], -1).sum(dim=1)
+        if self.config.side_center:
+            raw = raw - present * self.side_mean(self.item_tables, "item")
+        return raw.reshape(*items.shape, -1)
+
+    def side_mean(self, tables: EmbeddingTables, tower: str) -> torch.Tensor:
+        """(D,) the mean over the tower's trained entities of their side features' summed
+        vectors: the tower's `{tower}_mean_values` rows weighted by `{tower}_mean_weights`
+        (`mean_bag_weights`), one padded lookup of each feature's distinct values."""
+        values = getattr(self, f"{tower}_mean_values").to(torch.int64)  # (R, F)
+        weights = getattr(self, f"{tower}_mean_weights")  # (R, F)
+        ids = F.pad(values, (1, 0)).unsqueeze(-1)  # (R, 1 + F, 1): the id column is empty
+        lengths = F.pad((weights > 0).to(torch.int64), (1, 0))
+        rows = tables.forward_padded(ids, lengths).reshape(values.shape[0], ids.shape[1], -1)
+        return (rows[:, 1:] * weights.unsqueeze(-1)).sum(dim=(0, 1))
 
     def user_vectors(
         self, user: torch.Tensor, history: torch.Tensor, mask: torch.Tensor
