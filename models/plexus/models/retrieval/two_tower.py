@@ -30,6 +30,9 @@ Uncentred, rows shared by every item (a year, a genre) are stepped by every batc
 pairwise cosine 0.96, and validation Recall@200 fell from 0.63 (ids only) to 0.53 (centred, no
 item ids dropped: 0.62, with Recall@20 0.157 against 0.155). The mean is exact for single-valued
 features and mean-pooled bags; a sum-pooled bag keeps an offset times its length's deviation.
+Centring every pooled row on its feature's mean row instead (exact for any bag length) was
+measured too: validation mean recall over K = 20-200 0.3854 against this one's 0.3930, test
+within noise (one seed each), so the entity mean stays.
 
 Example:
     >>> model = TwoTower(TwoTowerConfig(dim=8, history_len=4), num_users=10, num_items=20)
