@@ -118,3 +118,28 @@ def test_the_padding_item_and_the_unknown_user_stay_zero() -> None:
     with torch.no_grad():
         assert model.item_raw(torch.tensor([0])).abs().max() == 0
         assert model.user_raw(torch.tensor([0])).abs().max() == 0
+
+
+def _tower_loss(model: TwoTower) -> torch.Tensor:
+    users = torch.arange(1, USERS + 1)
+    history = torch.randint(1, ITEMS + 1, (USERS, 4), generator=torch.Generator().manual_seed(1))
+    u = model.user_vectors(users, history, torch.ones(USERS, 4))
+    return (u @ model.item_vectors(torch.arange(1, ITEMS + 1)).T).square().sum()
+
+
+def test_a_step_shares_the_side_means_with_the_same_gradients() -> None:
+    model = _model(center=True).train()
+    plain = torch.autograd.grad(_tower_loss(model), list(model.parameters()))
+    calls = []
+    original = model._side_mean
+    model._side_mean = lambda tables, tower: calls.append(tower) or original(tables, tower)  # type: ignore[method-assign]
+    with model.shared_side_means():
+        loss = _tower_loss(model)
+    shared = torch.autograd.grad(loss, list(model.parameters()))
+    assert sorted(calls) == ["item", "user"]  # once each, though the items are called twice
+    for a, b in zip(plain, shared, strict=True):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # outside the context, a changed table is seen again
+        model.item_tables.ebc.embedding_bags["t_year"].weight.add_(1.0)
+    _tower_loss(model)
+    assert calls.count("item") > 1

@@ -44,7 +44,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -216,10 +217,29 @@ class TwoTower(nn.Module):
             raw = raw - present * self.side_mean(self.item_tables, "item")
         return raw.reshape(*items.shape, -1)
 
+    @contextlib.contextmanager
+    def shared_side_means(self) -> Iterator[None]:
+        """Within it, each tower's side mean is looked up once and reused: one training step's
+        tower calls (history, positives, negatives, user) share it, and its gradient."""
+        self._side_means: dict[str, torch.Tensor] | None = {}
+        try:
+            yield
+        finally:
+            self._side_means = None
+
     def side_mean(self, tables: EmbeddingTables, tower: str) -> torch.Tensor:
         """(D,) the mean over the tower's trained entities of their side features' summed
         vectors: the tower's `{tower}_mean_values` rows weighted by `{tower}_mean_weights`
         (`mean_bag_weights`), one padded lookup of each feature's distinct values."""
+        shared = getattr(self, "_side_means", None)
+        if shared is not None and tower in shared:
+            return shared[tower]
+        mean = self._side_mean(tables, tower)
+        if shared is not None:
+            shared[tower] = mean
+        return mean
+
+    def _side_mean(self, tables: EmbeddingTables, tower: str) -> torch.Tensor:
         values = getattr(self, f"{tower}_mean_values").to(torch.int64)  # (R, F)
         weights = getattr(self, f"{tower}_mean_weights")  # (R, F)
         ids = F.pad(values, (1, 0)).unsqueeze(-1)  # (R, 1 + F, 1): the id column is empty

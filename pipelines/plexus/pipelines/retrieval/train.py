@@ -295,7 +295,7 @@ def _train_stage(
         hist = histories[user]
         mask = ((hist > 0) & (hist != pos.unsqueeze(1))).float()
         neg = torch.randint(1, data.num_items + 1, (train_cfg.num_negatives,))
-        with forward:
+        with forward, model.shared_side_means():
             return retrieval_loss(
                 train_cfg.loss,
                 model.user_vectors(user, hist, mask),
