@@ -114,6 +114,7 @@ class TwoTower(nn.Module):
             if config.history_table
             else None
         )
+        self._side_means: dict[str, torch.Tensor] | None = None  # see `shared_side_means`
         self.has_user_side = bool(user_side)
         self.has_item_side = bool(item_side)
         if side is not None and user_side:
@@ -221,7 +222,7 @@ class TwoTower(nn.Module):
     def shared_side_means(self) -> Iterator[None]:
         """Within it, each tower's side mean is looked up once and reused: one training step's
         tower calls (history, positives, negatives, user) share it, and its gradient."""
-        self._side_means: dict[str, torch.Tensor] | None = {}
+        self._side_means = {}
         try:
             yield
         finally:
@@ -231,7 +232,7 @@ class TwoTower(nn.Module):
         """(D,) the mean over the tower's trained entities of their side features' summed
         vectors: the tower's `{tower}_mean_values` rows weighted by `{tower}_mean_weights`
         (`mean_bag_weights`), one padded lookup of each feature's distinct values."""
-        shared = getattr(self, "_side_means", None)
+        shared = self._side_means
         if shared is not None and tower in shared:
             return shared[tower]
         mean = self._side_mean(tables, tower)
