@@ -126,15 +126,14 @@ class TwoTower(nn.Module):
         if side is not None and config.side_center:
             pooling = self.embedding.pooling
             trained = side.item_known.to(torch.bool)
-            bags = {
-                "user": (side.user_ids[1 : num_users + 1].unsqueeze(-1), None),
+            users = side.user_ids[1 : num_users + 1]
+            bags = {  # a user's features are single-valued: bags of one value each
+                "user": (users.unsqueeze(-1), torch.ones_like(users, dtype=torch.int64)),
                 "item": (side.item_ids[trained], side.item_lengths[trained]),
             }
             for tower, (ids, lengths) in bags.items():
                 if ids.shape[1] == 0:
                     continue
-                if lengths is None:  # single-valued: every bag holds one value
-                    lengths = torch.ones(ids.shape[:2], dtype=torch.int64)
                 values, weights = mean_bag_weights(ids, lengths, pooling=pooling)
                 # Derived from the side features, not learned: out of the state dict, so a
                 # checkpoint from before the centring still loads.
