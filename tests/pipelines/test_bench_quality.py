@@ -9,6 +9,7 @@ import pytest
 from plexus.pipelines.bench.quality import DATASETS, bench_quality
 from plexus.pipelines.config import TUNED_DIR, load_job_config, tuned_config
 from plexus.pipelines.data.synth import synth_movielens
+from plexus.platform.errors import ConfigError
 
 
 def test_bundled_tuned_configs_load_and_name_their_backbone() -> None:
@@ -69,8 +70,32 @@ def test_baselines_run_on_both_movielens_splits(tmp_path: Path, monkeypatch) -> 
 
 
 def test_unknown_dataset_is_named() -> None:
-    from plexus.platform.errors import ConfigError
-
     with pytest.raises(ConfigError, match="unknown 'movielens_2m'"):
         bench_quality(Path("unused"), data_root=Path("."), datasets=("movielens_2m",))
     assert set(DATASETS) >= {"movielens", "movielens_random", "movielens_1m", "criteo", "avazu"}
+
+
+def test_folds_repeat_the_benchmark_on_each_cross_validation_fold(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`--folds 2`: every row once a fold, each fold validating on its own rows."""
+    from plexus.pipelines.bench.quality import summarise
+
+    synth_movielens(tmp_path / "data" / "movielens_100k", ratings=6000, seed=1)
+    monkeypatch.setenv("PLEXUS_DATA", str(tmp_path / "data"))
+    rows = bench_quality(
+        tmp_path / "out",
+        data_root=tmp_path / "data",
+        backbones=(),
+        datasets=("movielens_random",),
+        folds=2,
+    )
+    assert sorted((r["fold"], r["model"]) for r in rows) == sorted(
+        (f, m) for f in (0, 1) for m in ("sklearn_lr", "item_popularity", "user_mean")
+    )
+    by = {(r["fold"], r["model"]): r for r in rows}
+    assert by[(0, "user_mean")]["valid_auc"] != by[(1, "user_mean")]["valid_auc"]
+    (lr,) = [s for s in summarise(rows) if s["model"] == "sklearn_lr"]
+    assert lr["seeds"] == 2 and lr["auc_std"] > 0
+    with pytest.raises(ConfigError, match="--folds"):
+        bench_quality(tmp_path / "x", data_root=tmp_path / "data", folds=1)

@@ -220,6 +220,7 @@ def cmd_bench_quality(args: argparse.Namespace) -> None:
         datasets=args.datasets.split(","),
         seeds=args.seeds,
         with_baselines=not args.no_baselines,
+        folds=args.folds,
     )
 
 
@@ -492,6 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, help="training seeds (default: 3 for criteo/avazu, 1 otherwise)"
     )
     b.add_argument("--no-baselines", action="store_true", help="skip the non-neural baselines")
+    b.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="run everything on K cross-validation folds of the non-test rows, the same test "
+        "rows for each (default 0: the dataset's own split; seeds then default to 1)",
+    )
     b.set_defaults(func=cmd_bench_quality)
     b = bench.add_parser(
         "embeddings", help="test AUC vs embedding parameters for every method and budget"
