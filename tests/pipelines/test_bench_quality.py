@@ -37,16 +37,22 @@ def test_every_tuned_config_is_its_files_backbone_and_reads_the_data_root(
             assert data_path is None or str(data_path).startswith(str(tmp_path)), path.name
 
 
-def test_baselines_run_on_both_movielens_splits(tmp_path: Path, monkeypatch) -> None:
-    """Baselines only (no backbone), on a synthetic MovieLens-100K-layout folder standing in
-    for the shared data root: every baseline row per split, written to results.json/md."""
+def _baselines_on_synthetic_movielens(
+    tmp_path: Path, monkeypatch, datasets: tuple[str, ...], **options
+) -> list[dict]:
+    """`bench_quality` with baselines only (no backbone), on a synthetic MovieLens-100K-layout
+    folder standing in for the shared data root."""
     synth_movielens(tmp_path / "data" / "movielens_100k", ratings=6000, seed=1)
     monkeypatch.setenv("PLEXUS_DATA", str(tmp_path / "data"))
-    rows = bench_quality(
-        tmp_path / "out",
-        data_root=tmp_path / "data",
-        backbones=(),
-        datasets=("movielens", "movielens_random"),
+    return bench_quality(
+        tmp_path / "out", data_root=tmp_path / "data", backbones=(), datasets=datasets, **options
+    )
+
+
+def test_baselines_run_on_both_movielens_splits(tmp_path: Path, monkeypatch) -> None:
+    """Every baseline row per split, written to results.json/md."""
+    rows = _baselines_on_synthetic_movielens(
+        tmp_path, monkeypatch, ("movielens", "movielens_random")
     )
     got = {(r["dataset"], r["model"]) for r in rows}
     assert got == {
@@ -81,15 +87,7 @@ def test_folds_repeat_the_benchmark_on_each_cross_validation_fold(
     """`--folds 2`: every row once a fold, each fold validating on its own rows."""
     from plexus.pipelines.bench.quality import summarise
 
-    synth_movielens(tmp_path / "data" / "movielens_100k", ratings=6000, seed=1)
-    monkeypatch.setenv("PLEXUS_DATA", str(tmp_path / "data"))
-    rows = bench_quality(
-        tmp_path / "out",
-        data_root=tmp_path / "data",
-        backbones=(),
-        datasets=("movielens_random",),
-        folds=2,
-    )
+    rows = _baselines_on_synthetic_movielens(tmp_path, monkeypatch, ("movielens_random",), folds=2)
     assert sorted((r["fold"], r["model"]) for r in rows) == sorted(
         (f, m) for f in (0, 1) for m in ("sklearn_lr", "item_popularity", "user_mean")
     )
