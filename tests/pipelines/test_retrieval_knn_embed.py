@@ -241,3 +241,21 @@ def test_diversity_matches_pairwise_definitions() -> None:
         pairs = [(a, b) for a in range(len(ids)) for b in range(len(ids)) if a != b]
         distance = np.mean([1 - vectors[ids[a]] @ vectors[ids[b]] for a, b in pairs])
         assert got["intra_list_distance"][row] == pytest.approx(distance, abs=1e-5)
+
+
+def test_extra_scores_are_averaged_into_every_row(fitted) -> None:
+    """`extra_scores` adds per-user figures of each list (here the share of odd item ids in the
+    top k, and k itself) as the rows' means, leaving the other figures as they were."""
+    data, _, module, state = fitted
+
+    def odd_share(top: np.ndarray, k: int) -> dict[str, np.ndarray]:
+        return {"odd": (top[:, :k] % 2 == 1).mean(axis=1), "k_seen": np.full(len(top), float(k))}
+
+    (plain,) = compare_allocations(module, state, data, [AllocationConfig()], ks=(5, 20))
+    (extra,) = compare_allocations(
+        module, state, data, [AllocationConfig()], ks=(5, 20), extra_scores=odd_share
+    )
+    for before, after in zip(plain, extra, strict=True):
+        assert {k: v for k, v in after.items() if k not in ("odd", "k_seen")} == before
+        assert after["k_seen"] == before["k"]
+        assert 0.0 < after["odd"] < 1.0

@@ -9,7 +9,7 @@ the exact one: every cluster, float32).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -107,9 +107,12 @@ def compare_allocations(
     batch_size: int = 512,
     users: UserState | None = None,
     popularity_prior: float = 0.0,
+    extra_scores: Callable[[np.ndarray, int], dict[str, np.ndarray]] | None = None,
 ) -> list[list[dict[str, Any]]]:
     """`compare_retrieval`'s rows for each allocation. The query model and single-vector
-    retrieval, which do not depend on the allocation, run once for all of them."""
+    retrieval, which do not depend on the allocation, run once for all of them.
+    `extra_scores(top (B, k) item ids, k)`: more per-user figures of every list (e.g. its
+    diversity in a space shared by several models), averaged into the rows like the others."""
     module.eval()
     if users is None:
         config = exact_user_state_config(int(state.centroids.shape[0]))
@@ -136,6 +139,7 @@ def compare_allocations(
             "recall": ranking[f"recall@{k}"],
             "ndcg": ranking[f"ndcg@{k}"],
             **diversity(top, item_np, clusters, k),
+            **(extra_scores(top, k) if extra_scores is not None else {}),
         }
         return {key: float(v.sum()) for key, v in values.items()}
 
