@@ -123,6 +123,18 @@ def test_lr_uses_one_weight_per_id() -> None:
     assert np.isclose(sum(p.numel() for p in model.parameters()), 33 + 2 + 1)
 
 
+def test_first_order_budget_cuts_the_linear_tables_alone() -> None:
+    full = _model(Backbone.DEEPFM)
+    cut = _model(Backbone.DEEPFM, EmbeddingConfig(dim=4, first_order_budget=0.25))
+    assert cut.embeddings.num_parameters() == full.embeddings.num_parameters() == 33 * 4
+    assert full.first_order.num_parameters() == 33  # one weight per id
+    assert abs(cut.first_order.num_parameters() - 0.25 * 33) <= 1  # one shared table, 1 wide
+    assert cut.embedding_bytes() < full.embedding_bytes()
+    assert _train_auc(cut) > 0.75
+    with pytest.raises(ConfigError, match="embedding.first_order_budget"):
+        EmbeddingConfig(first_order_budget=0.0)
+
+
 def test_the_tables_take_their_own_weight_decay_apart_from_the_network() -> None:
     from plexus.models.embeddings import protocol
 

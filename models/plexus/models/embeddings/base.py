@@ -91,6 +91,12 @@ class EmbeddingConfig:
     A learned method keeps its own options in a typed config beside it, given as
     `options: {...}` (e.g. `embedding: {method: optembed, options: {base: unified}}`) and
     validated into that class; the options above then describe its `base` tables.
+
+    `first_order_budget` sizes the width-1 tables of FM/DeepFM's linear part apart from the
+    main ones: one shared table of that fraction of their rows (Unified Embedding's layout at
+    width 1). By default they are the base's tables at `budget`, so a learned method on full
+    tables keeps them whole: at 1/16 of the bytes they would take half of its budget, while the
+    plain methods at the same bytes compress them with their main tables.
     """
 
     method: EmbeddingMethod = EmbeddingMethod.FULL
@@ -101,6 +107,7 @@ class EmbeddingConfig:
     chunks: int = 1
     feature_chunks: dict[str, int] = dataclasses.field(default_factory=dict, hash=False)
     num_tables: int = 1
+    first_order_budget: float | None = None
     options: Any = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +124,11 @@ class EmbeddingConfig:
             raise ConfigError(
                 f"embedding.budget={self.budget} has no effect with full tables; "
                 "use method hashing, multiplexed or unified for a smaller budget"
+            )
+        if self.first_order_budget is not None and not 0.0 < self.first_order_budget <= 1.0:
+            raise ConfigError(
+                f"embedding.first_order_budget={self.first_order_budget} must be in (0, 1]: the "
+                "fraction of the first-order tables' rows kept (or remove it: the base's tables)"
             )
         if self.pooling not in _POOLING:
             raise ConfigError(f"embedding.pooling={self.pooling!r} must be 'sum' or 'mean'")
@@ -167,8 +179,16 @@ class EmbeddingConfig:
 
     def first_order_config(self) -> EmbeddingConfig:
         """The width-1 tables of a backbone's linear part: the base method, unlearned, as in
-        the learned methods' official code (OptEmbed prunes only the field embeddings)."""
-        return dataclasses.replace(self.base_config(), dim=1)
+        the learned methods' official code (OptEmbed prunes only the field embeddings); with
+        `first_order_budget`, one shared table of that fraction of their rows."""
+        if self.first_order_budget is None:
+            return dataclasses.replace(self.base_config(), dim=1, first_order_budget=None)
+        return EmbeddingConfig(
+            method=EmbeddingMethod.UNIFIED,
+            dim=1,
+            budget=self.first_order_budget,
+            pooling=self.pooling,
+        )
 
     @property
     def pooling_type(self) -> PoolingType:

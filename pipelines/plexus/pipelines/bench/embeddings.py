@@ -239,20 +239,25 @@ def embedding_for(
     For a learned method on `base`: its options class's `at_budget(base, budget)` when it has
     one (DSL, magnitude pruning: a byte budget), else OptEmbed's search budget `budget` (none
     at 1), over the base's full tables or, for a shared base, its tables at 0.95 of the budget.
+    On full tables the linear part's tables are then cut to `budget` too
+    (`first_order_budget`), as every table of the plain rows is: left whole, they alone would
+    be 1/(dim + 1) of the full bytes, half of a 1/16 row's.
     """
     kind = EmbeddingMethod(method)
     at_budget = None if base is None else getattr(_options_class(method, base), "at_budget", None)
-    if base is not None and at_budget is not None:  # the method sizes its own row
-        start, options = at_budget(base, budget)
-        plain = embedding_for(base, start, dim=dim, chunks=chunks)
-        return from_dict(EmbeddingConfig, {**to_dict(plain), "method": method, "options": options})
     if base is not None:
-        # A shared base starts just under b: its rows are rarely pruned for every feature, so
-        # the search must be able to fit b with all of them kept (5% leaves room for the levels).
-        start = 1.0 if base == EmbeddingMethod.FULL.value or budget >= 1.0 else 0.95 * budget
-        plain = embedding_for(base, start, dim=dim, chunks=chunks)
-        options = {"base": base, "search_budget": None if budget >= 1.0 else budget}
-        return from_dict(EmbeddingConfig, {**to_dict(plain), "method": method, "options": options})
+        if at_budget is not None:  # the method sizes its own row
+            start, options = at_budget(base, budget)
+        else:
+            # A shared base starts just under b: its rows are rarely pruned for every feature,
+            # so the search must fit b with all of them kept (5% leaves room for the levels).
+            full_base = base == EmbeddingMethod.FULL.value
+            start = 1.0 if full_base or budget >= 1.0 else 0.95 * budget
+            options = {"base": base, "search_budget": None if budget >= 1.0 else budget}
+        learned = {**to_dict(embedding_for(base, start, dim=dim, chunks=chunks)), "method": method}
+        if base == EmbeddingMethod.FULL.value and budget < 1.0:
+            learned["first_order_budget"] = budget
+        return from_dict(EmbeddingConfig, {**learned, "options": options})
     if kind is EmbeddingMethod.FULL:
         return EmbeddingConfig(method=kind, dim=dim)
     if kind is not EmbeddingMethod.UNIFIED:
