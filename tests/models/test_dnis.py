@@ -296,6 +296,36 @@ def test_onnxruntime_serves_the_compact_ctr_model(base: str, tmp_path) -> None:
     np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_the_linear_part_is_searched_and_pruned_with_the_tables(tmp_path) -> None:
+    torch.manual_seed(0)
+    spec, head = tiny_spec(), ModelConfig(backbone=Backbone.DEEPFM, hidden=(8,))
+    assert not isinstance(build_ctr_model(head, _config("full"), spec).first_order, DNISTables)
+    model = build_ctr_model(head, _config("full", prune_first_order=True), spec)
+    linear = model.first_order
+    assert isinstance(linear, DNISTables) and set(linear.output_dims().values()) == {1}
+    assert protocol.model_stages(model) == model.embeddings.stages()  # one protocol, both run it
+    groups = [g.name for t in protocol.embedding_tables(model) for g in t.parameter_groups()]
+    assert groups.count("dnis.alpha") == 2  # each table module searches its own alpha
+    _searched(model.embeddings, budget=0.5)
+    with torch.no_grad():  # trained-looking biases; the search dropped the first feature's
+        for p in linear.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        linear.alpha.fill_(1.0)
+        linear.alpha[0] = 0.0
+    linear.prune(None)
+    kept = [bool(linear._mask(k).any()) for k in range(len(linear.table_rows))]
+    assert kept == [False] + [True] * (len(kept) - 1)
+    assert linear.num_bytes() < linear.full_table_bytes() + linear.fixed_bytes()
+    served = model.compact()
+    batch = batch_from_arrow(planted_table(64, seed=6), spec)
+    ids, lengths = pad_sparse(batch.sparse, SPARSE, max_length=3)
+    with torch.no_grad():
+        expected = model.eval()(batch.dense, batch.sparse)
+        torch.testing.assert_close(served(batch.dense, batch.sparse), expected)
+    out = onnxruntime_logits(served, batch.dense, ids, lengths, tmp_path / "linear.onnx")
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_stages_and_state_carried_between_them() -> None:
     tables = _tables("unified", search_epochs=3, retrain_init="rewind")
     assert [

@@ -90,10 +90,18 @@ def test_plan_runs_full_once_per_seed_and_the_others_at_every_budget() -> None:
     assert on_unified.base_method.value == "unified" and on_unified.chunks == 2
     assert on_unified.budget / on_unified.chunks == pytest.approx(0.95 * 0.25)
     assert on_unified.options.search_budget == 0.25  # a unified table just under b, searched to b
-    # The linear part's tables are cut to b with the full tables (a shared base cuts its own).
+    # The linear part's tables are cut to b with the full tables (a shared base cuts its own):
+    # into one shared table, or by the method itself where its `at_budget` says so (DNIS).
     assert (on_full.first_order_budget, on_unified.first_order_budget) == (0.25, None)
     assert embedding_for("dsl", 1 / 4, dim=16, chunks=2, base="full").first_order_budget == 0.25
-    assert embedding_for("dnis", 1.0, dim=16, chunks=2, base="full").first_order_budget is None
+    dnis = embedding_for("dnis", 1 / 4, dim=16, chunks=2, base="full")
+    assert (dnis.first_order_budget, dnis.options.prune_first_order) == (None, True)
+    assert dnis.first_order_config().method.value == "dnis"
+    whole = embedding_for("dnis", 1.0, dim=16, chunks=2, base="full")
+    assert (whole.first_order_budget, whole.options.prune_first_order) == (None, False)
+    assert not embedding_for(
+        "dnis", 1 / 4, dim=8, chunks=2, base="unified"
+    ).options.prune_first_order
     own = plan_rows(["optembed:unified@1/16", "hashing"], [1 / 4], seeds=1, chunks=2, dim=16)
     assert [(m, b) for m, b, _, _ in own] == [("hashing", 0.25), ("optembed:unified", 1 / 16)]
     with pytest.raises(ConfigError, match="optembed:unified"):

@@ -130,6 +130,13 @@ class EmbeddingConfig:
                 f"embedding.first_order_budget={self.first_order_budget} must be in (0, 1]: the "
                 "fraction of the first-order tables' rows kept (or remove it: the base's tables)"
             )
+        if self.first_order_budget is not None and getattr(
+            self.options, "prune_first_order", False
+        ):
+            raise ConfigError(
+                "embedding.first_order_budget and embedding.options.prune_first_order both size "
+                "the linear part's tables: keep one"
+            )
         if self.pooling not in _POOLING:
             raise ConfigError(f"embedding.pooling={self.pooling!r} must be 'sum' or 'mean'")
         for key in ("probes", "chunks", "num_tables"):
@@ -180,7 +187,10 @@ class EmbeddingConfig:
     def first_order_config(self) -> EmbeddingConfig:
         """The width-1 tables of a backbone's linear part: the base method, unlearned, as in
         the learned methods' official code (OptEmbed prunes only the field embeddings); with
-        `first_order_budget`, one shared table of that fraction of their rows."""
+        `first_order_budget`, one shared table of that fraction of their rows; with a learned
+        method's `options.prune_first_order`, that method itself at width 1."""
+        if getattr(self.options, "prune_first_order", False):  # the method's own, at width 1
+            return dataclasses.replace(self, dim=1)
         if self.first_order_budget is None:
             return dataclasses.replace(self.base_config(), dim=1, first_order_budget=None)
         return EmbeddingConfig(

@@ -116,6 +116,9 @@ class DNISConfig:
     search_budget: float | None = None  # compact bytes / full tables' bytes; None: alpha > 0
     storage: Storage | None = None  # None: structured on full tables, else unstructured
     retrain_init: StageInit = StageInit.CONTINUE  # continue (fine-tune), rewind or fresh
+    # FM/DeepFM's width-1 first-order tables searched and pruned too, as a DNIS module of their
+    # own at the same search budget (the official code keeps its `feature_biases` dense).
+    prune_first_order: bool = False
 
     def __post_init__(self) -> None:
         coerce_base(self, "DNIS")
@@ -150,11 +153,13 @@ class DNISConfig:
     def at_budget(cls, base: str, budget: float) -> tuple[float, dict]:
         """The benchmark's row at `budget` of the full tables' bytes: (the base's
         `embedding.budget`, these options). A shared base starts at twice the budget (so the
-        search prunes about half of it, after the CSR's row pointers); full tables at 1."""
+        search prunes about half of it, after the CSR's row pointers); full tables at 1, with
+        their linear part pruned to the budget as well (a shared base cuts its own)."""
         start = 1.0 if base == EmbeddingMethod.FULL.value else min(1.0, 2 * budget)
         options: dict[str, Any] = {"base": base}
         if budget < 1.0:
             options["search_budget"] = budget
+            options["prune_first_order"] = base == EmbeddingMethod.FULL.value
         return start, options
 
 

@@ -239,9 +239,10 @@ def embedding_for(
     For a learned method on `base`: its options class's `at_budget(base, budget)` when it has
     one (DSL, magnitude pruning: a byte budget), else OptEmbed's search budget `budget` (none
     at 1), over the base's full tables or, for a shared base, its tables at 0.95 of the budget.
-    On full tables the linear part's tables are then cut to `budget` too
-    (`first_order_budget`), as every table of the plain rows is: left whole, they alone would
-    be 1/(dim + 1) of the full bytes, half of a 1/16 row's.
+    On full tables the linear part's tables are then cut to `budget` too, as every table of
+    the plain rows is (left whole, they alone would be 1/(dim + 1) of the full bytes, half of
+    a 1/16 row's): by the method itself where its `at_budget` asks to (DNIS's
+    `prune_first_order`), else into one shared table (`first_order_budget`).
     """
     kind = EmbeddingMethod(method)
     at_budget = None if base is None else getattr(_options_class(method, base), "at_budget", None)
@@ -255,7 +256,8 @@ def embedding_for(
             start = 1.0 if full_base or budget >= 1.0 else 0.95 * budget
             options = {"base": base, "search_budget": None if budget >= 1.0 else budget}
         learned = {**to_dict(embedding_for(base, start, dim=dim, chunks=chunks)), "method": method}
-        if base == EmbeddingMethod.FULL.value and budget < 1.0:
+        cut = base == EmbeddingMethod.FULL.value and budget < 1.0
+        if cut and not options.get("prune_first_order"):  # else the method prunes them itself
             learned["first_order_budget"] = budget
         return from_dict(EmbeddingConfig, {**learned, "options": options})
     if kind is EmbeddingMethod.FULL:
@@ -267,7 +269,7 @@ def embedding_for(
     return EmbeddingConfig(method=kind, dim=dim // c, budget=min(1.0, budget * c), chunks=c)
 
 
-_SIZED = ("base", "density", "byte_budget", "search_budget")  # options a budget row sets
+_SIZED = ("base", "density", "byte_budget", "search_budget", "prune_first_order")  # a row sets
 
 
 def _with_configured(
