@@ -96,7 +96,8 @@ class EmbeddingConfig:
     main ones: one shared table of that fraction of their rows (Unified Embedding's layout at
     width 1). By default they are the base's tables at `budget`, so a learned method on full
     tables keeps them whole: at 1/16 of the bytes they would take half of its budget, while the
-    plain methods at the same bytes compress them with their main tables.
+    plain methods at the same bytes compress them with their main tables. A learned method
+    whose options set `prune_first_order` (DNIS) prunes them itself instead.
     """
 
     method: EmbeddingMethod = EmbeddingMethod.FULL
