@@ -294,8 +294,9 @@ def test_a_tiny_benchmark_writes_rows_files_and_nested_mlflow_runs(
         assert row["bytes"] == 4 * row["params"]
         assert row["b2b_examples_per_s"] > 0
     assert rows[0]["params"] > rows[1]["params"] > rows[2]["params"]
-    # 1/16 of the main tables; DeepFM's width-1 first-order tables take 2 chunks' worth
-    assert rows[2]["param_fraction"] == pytest.approx(1 / 16, rel=0.1)
+    # 1/16 of the main tables (16 wide) and of DeepFM's width-1 first-order tables, which take
+    # 2 chunks' worth: (16 + 2) / 16 of 1/16 of the full 17 parameters per id
+    assert rows[2]["param_fraction"] == pytest.approx((16 + 2) / 16 / 17, rel=0.1)
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(rows))
     assert "| unified |  | 1/16 |" in (out / "results.md").read_text()  # no base: a plain method
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
