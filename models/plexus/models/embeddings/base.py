@@ -131,9 +131,7 @@ class EmbeddingConfig:
                 f"embedding.first_order_budget={self.first_order_budget} must be in (0, 1]: the "
                 "fraction of the first-order tables' rows kept (or remove it: the base's tables)"
             )
-        if self.first_order_budget is not None and getattr(
-            self.options, "prune_first_order", False
-        ):
+        if self.first_order_budget is not None and self._prunes_first_order:
             raise ConfigError(
                 "embedding.first_order_budget and embedding.options.prune_first_order both size "
                 "the linear part's tables: keep one"
@@ -190,7 +188,7 @@ class EmbeddingConfig:
         the learned methods' official code (OptEmbed prunes only the field embeddings); with
         `first_order_budget`, one shared table of that fraction of their rows; with a learned
         method's `options.prune_first_order`, that method itself at width 1."""
-        if getattr(self.options, "prune_first_order", False):  # the method's own, at width 1
+        if self._prunes_first_order:  # the method's own tables, at width 1
             return dataclasses.replace(self, dim=1)
         if self.first_order_budget is None:
             return dataclasses.replace(self.base_config(), dim=1, first_order_budget=None)
@@ -200,6 +198,11 @@ class EmbeddingConfig:
             budget=self.first_order_budget,
             pooling=self.pooling,
         )
+
+    @property
+    def _prunes_first_order(self) -> bool:
+        """A learned method whose options ask it to prune the linear part itself."""
+        return bool(getattr(self.options, "prune_first_order", False))
 
     @property
     def pooling_type(self) -> PoolingType:

@@ -247,18 +247,17 @@ def embedding_for(
     kind = EmbeddingMethod(method)
     at_budget = None if base is None else getattr(_options_class(method, base), "at_budget", None)
     if base is not None:
+        full_base = base == EmbeddingMethod.FULL.value
         if at_budget is not None:  # the method sizes its own row
             start, options = at_budget(base, budget)
         else:
             # A shared base starts just under b: its rows are rarely pruned for every feature,
             # so the search must fit b with all of them kept (5% leaves room for the levels).
-            full_base = base == EmbeddingMethod.FULL.value
             start = 1.0 if full_base or budget >= 1.0 else 0.95 * budget
             options = {"base": base, "search_budget": None if budget >= 1.0 else budget}
         learned = {**to_dict(embedding_for(base, start, dim=dim, chunks=chunks)), "method": method}
-        cut = base == EmbeddingMethod.FULL.value and budget < 1.0
-        if cut and not options.get("prune_first_order"):  # else the method prunes them itself
-            learned["first_order_budget"] = budget
+        if full_base and budget < 1.0 and not options.get("prune_first_order"):
+            learned["first_order_budget"] = budget  # else the method prunes them itself
         return from_dict(EmbeddingConfig, {**learned, "options": options})
     if kind is EmbeddingMethod.FULL:
         return EmbeddingConfig(method=kind, dim=dim)
