@@ -324,6 +324,29 @@ def test_the_linear_part_is_searched_and_pruned_with_the_tables(tmp_path) -> Non
     _assert_served_as_masked(model, tmp_path / "linear.onnx")
 
 
+def test_a_kept_linear_part_counts_in_the_budget_and_the_tables_get_the_rest() -> None:
+    spec, head = tiny_spec(), ModelConfig(backbone=Backbone.DEEPFM, hidden=(8,))
+    prune = next(s for s in _tables().stages() if s.name == "prune")
+    torch.manual_seed(0)
+    options = {"keep_first_order": True, "search_budget": 0.8}
+    model = build_ctr_model(head, _config("full", **options), spec)
+    tables, linear = model.embeddings, model.first_order
+    assert isinstance(tables, DNISTables) and not isinstance(linear, DNISTables)
+    _searched(tables, budget=None)  # trained-looking rows; the prune stage then cuts them
+    dense = [p.detach().clone() for p in linear.parameters()]
+    summary = protocol.search(model, prune, lambda candidates: [])
+    full, kept = tables.full_table_bytes(), linear.num_bytes()
+    assert summary["first_order_bytes"] == kept > 0
+    # The tables got what the whole linear part leaves of 0.8 of both, to the value.
+    fits = (0.8 * (full + kept) - kept - tables.fixed_bytes()) // tables.value_bytes()
+    assert summary["kept_values"] == fits
+    assert tables.num_bytes() + kept <= 0.8 * (full + kept)
+    assert summary["model_compact_fraction"] == pytest.approx(
+        (tables.num_bytes() + kept) / (full + kept)
+    )
+    assert all(torch.equal(a, b) for a, b in zip(dense, linear.parameters(), strict=True))
+
+
 def test_stages_and_state_carried_between_them() -> None:
     tables = _tables("unified", search_epochs=3, retrain_init="rewind")
     assert [
@@ -355,6 +378,11 @@ def test_options_are_typed_and_name_their_key() -> None:
         _tables("unified", storage="structured")
     with pytest.raises(ConfigError, match=r"embedding\.options\.blocks"):
         from_dict(EmbeddingConfig, {"method": "dnis", "options": {"blocks": [5, 2]}})
+    with pytest.raises(ConfigError, match=r"prune_first_order and keep_first_order"):
+        from_dict(
+            EmbeddingConfig,
+            {"method": "dnis", "options": {"prune_first_order": True, "keep_first_order": True}},
+        )
     with pytest.raises(ConfigError, match=r"embedding\.options\.search_budget"):
         from_dict(EmbeddingConfig, {"method": "dnis", "options": {"search_budget": 2}})
     with pytest.raises(ValueError, match="only a pruned DNIS model"):

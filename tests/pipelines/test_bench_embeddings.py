@@ -13,6 +13,7 @@ from plexus.pipelines.bench.embeddings import (
     _base_job,
     _command,
     _data_section,
+    _with_configured,
     bench_embeddings,
     budget_label,
     embedding_for,
@@ -102,6 +103,18 @@ def test_plan_runs_full_once_per_seed_and_the_others_at_every_budget() -> None:
     assert not embedding_for(
         "dnis", 1 / 4, dim=8, chunks=2, base="unified"
     ).options.prune_first_order
+    # A job's `keep_first_order` takes the place of the row's pruned linear part: kept whole,
+    # inside the row's budget (no shared first-order table either).
+    keep = from_dict(
+        EmbeddingConfig, {"method": "dnis", "options": {"keep_first_order": True, "l1": 0.001}}
+    )
+    kept = _with_configured(dnis, keep)
+    assert (kept.options.prune_first_order, kept.options.keep_first_order) == (False, True)
+    assert (kept.first_order_budget, kept.options.search_budget, kept.options.l1) == (
+        None,
+        0.25,
+        0.001,
+    )
     own = plan_rows(["optembed:unified@1/16", "hashing"], [1 / 4], seeds=1, chunks=2, dim=16)
     assert [(m, b) for m, b, _, _ in own] == [("hashing", 0.25), ("optembed:unified", 1 / 16)]
     with pytest.raises(ConfigError, match="optembed:unified"):

@@ -279,6 +279,8 @@ def _with_configured(
         return embedding
     kept = {k: v for k, v in to_dict(configured.options).items() if k not in _SIZED}
     options = {**to_dict(embedding.options), **kept}
+    if options.get("keep_first_order"):  # DNIS keeps the linear part inside its own budget
+        options["prune_first_order"] = False
     return from_dict(EmbeddingConfig, {**to_dict(embedding), "options": options})
 
 
