@@ -326,12 +326,12 @@ def test_the_linear_part_is_searched_and_pruned_with_the_tables(tmp_path) -> Non
 
 def test_a_kept_linear_part_counts_in_the_budget_and_the_tables_get_the_rest() -> None:
     spec, head = tiny_spec(), ModelConfig(backbone=Backbone.DEEPFM, hidden=(8,))
-    prune = next(s for s in _tables().stages() if s.name == "prune")
     torch.manual_seed(0)
     options = {"keep_first_order": True, "search_budget": 0.8}
     model = build_ctr_model(head, _config("full", **options), spec)
     tables, linear = model.embeddings, model.first_order
     assert isinstance(tables, DNISTables) and not isinstance(linear, DNISTables)
+    prune = next(s for s in tables.stages() if s.name == "prune")
     _searched(tables, budget=None)  # trained-looking rows; the prune stage then cuts them
     dense = [p.detach().clone() for p in linear.parameters()]
     summary = protocol.search(model, prune, lambda candidates: [])

@@ -298,7 +298,7 @@ class DNISTables(HashedEmbeddingTables):
     def bind(self, model: nn.Module) -> None:
         """With `keep_first_order`, count the model's linear part (`first_order`) in the budget."""
         linear = getattr(model, "first_order", None)
-        if self.options.keep_first_order and linear is not None and linear is not self:
+        if self.options.keep_first_order and linear is not None:  # not DNIS: prune_first_order
             self._kept_bytes = linear.num_bytes()
 
     def parameter_groups(self) -> tuple[ParameterGroup, ...]:
