@@ -23,6 +23,7 @@ def _drain(dataset, into: list[pa.Table]) -> None:  # noqa: ANN001
 
 def test_validation_batches_come_while_every_cpu_is_taken(ray_local, tmp_path: Path) -> None:
     import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
 
     raw = synth_criteo(tmp_path / "criteo.tsv", rows=4_000, seed=3)
     data = ingest(
@@ -31,8 +32,6 @@ def test_validation_batches_come_while_every_cpu_is_taken(ray_local, tmp_path: P
         progress=False,
     )
     datasets = ray_datasets(data)
-    from ray.util.placement_group import placement_group, remove_placement_group
-
     held = placement_group([{"CPU": ray.available_resources().get("CPU", 0.0)}])
     ray.get(held.ready())
     assert ray.available_resources().get("CPU", 0.0) == 0.0
