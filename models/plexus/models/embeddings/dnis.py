@@ -298,7 +298,8 @@ class DNISTables(HashedEmbeddingTables):
     def bind(self, model: nn.Module) -> None:
         """With `keep_first_order`, count the model's linear part (`first_order`) in the budget."""
         linear = getattr(model, "first_order", None)
-        if self.options.keep_first_order and linear is not None:  # not DNIS: prune_first_order
+        # Never a DNIS module itself: keep_first_order excludes prune_first_order.
+        if self.options.keep_first_order and linear is not None:
             self._kept_bytes = linear.num_bytes()
 
     def parameter_groups(self) -> tuple[ParameterGroup, ...]:
