@@ -1,17 +1,19 @@
 """The datasets a Ray training job hands its workers: validation batches come even while every
 CPU is taken (as the training stream's paused read task took the last one on 5M rows, and DNIS's
-search, which draws validation batches mid-epoch, waited forever), in file order every time."""
+search, which draws validation batches mid-epoch, waited forever), in file order every time; and
+the training stream comes in file order too, however its read tasks overlap."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from plexus.pipelines.data.synth import synth_criteo
 from plexus.pipelines.ingest import DataConfig, DataFormat, SplitConfig, ingest
-from plexus.pipelines.train.job import ray_datasets
+from plexus.pipelines.train.job import ray_data_config, ray_datasets
 
 WAIT_SECONDS = 60.0
 
@@ -49,3 +51,28 @@ def test_validation_batches_come_while_every_cpu_is_taken(ray_local, tmp_path: P
     shards = pa.concat_tables([pq.read_table(p) for p in data.shards("valid")])
     assert pa.concat_tables(batches).equals(shards)  # every row, in file order
     assert datasets["train"].count() == data.rows["train"] > 0
+
+
+def test_training_stream_comes_in_file_order_when_a_later_shard_is_read_first(
+    ray_local, tmp_path: Path
+) -> None:
+    """A large first shard and small later ones: two read tasks run at once and the small
+    shards' finish first, so blocks taken as they finish come out of file order."""
+    import ray.data
+
+    sizes, files = [400_000, 50, 50, 50], []
+    for index, rows in enumerate(sizes):
+        start = sum(sizes[:index])
+        path = tmp_path / f"part-{index:05d}.parquet"
+        pq.write_table(pa.table({"row": pa.array(range(start, start + rows), pa.int64())}), path)
+        files.append(str(path))
+    datasets = {"train": ray.data.read_parquet(files)}
+    (worker,) = ray_data_config().configure(
+        datasets, world_size=1, worker_handles=None, worker_node_ids=None
+    )
+    for _ in range(2):  # every epoch
+        rows = [
+            batch["row"]
+            for batch in worker["train"].iter_batches(batch_size=65_536, batch_format="numpy")
+        ]
+        assert np.array_equal(np.concatenate(rows), np.arange(sum(sizes)))
