@@ -43,14 +43,20 @@ def _tables(base: str = "full", **options) -> OptEmbedTables:
     return tables
 
 
-def _searched(tables: OptEmbedTables, shift: float = 0.3) -> OptEmbedTables:
-    """Trained-looking rows, thresholds that prune part of them, a middle width per feature."""
+def _searched(
+    tables: OptEmbedTables, shift: float = 0.3, *, noise: int | None = None
+) -> OptEmbedTables:
+    """Trained-looking rows, thresholds that prune part of them, a middle width per feature;
+    feature `noise`'s threshold above every row (its whole table pruned, as the 5M-row set's
+    supernet pruned the tables of its noise fields)."""
     torch.manual_seed(1)
     with torch.no_grad():
         for p in tables.parameters():
             p.add_(torch.randn_like(p) * shift)
         median = torch.cat([tables._weight(t).abs().sum(1) for t in tables.table_rows]).median()
         tables.threshold.copy_(median + 0.05 * torch.randn(len(tables.feature_names)))
+        if noise is not None:
+            tables.threshold[noise] = 1e6
     tables.freeze_rows()
     tables.apply_candidate(tuple(c[(len(c) - 1) // 2] for c in tables.width_choices))
     return tables.eval()
@@ -232,15 +238,31 @@ def test_a_shared_row_pruned_for_every_feature_leaves_the_compact_table() -> Non
     assert kept_for == [True, True, False, False]
 
 
-@pytest.mark.parametrize("base", ["full", "unified"])
-def test_onnxruntime_serves_the_compact_ctr_model(base: str, tmp_path) -> None:
+@pytest.mark.parametrize("pruned", ["zero", "oov"])
+def test_a_table_with_no_kept_row_stores_nothing_and_serves_pruned_rows(pruned: str) -> None:
+    tables = _searched(_tables("full", pruned=pruned), noise=0)
+    layouts = tables.table_layouts(tables.widths.tolist())
+    noise_table = next(iter(layouts))
+    assert layouts[noise_table].bytes == 0 and layouts[noise_table].rows == 0
+    compact = tables.compact()
+    assert compact.values[noise_table].numel() == 0
+    assert not any(name.endswith("_0") for name, _ in compact.named_buffers())
+    kjt = random_kjt(batch=64, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(compact(kjt).values(), tables(kjt).values(), rtol=0, atol=0)
+    assert compact.num_bytes() == tables.num_bytes()
+    assert compact.num_parameters() == tables.num_parameters()
+
+
+@pytest.mark.parametrize(("base", "noise"), [("full", None), ("unified", None), ("full", 0)])
+def test_onnxruntime_serves_the_compact_ctr_model(base: str, noise: int | None, tmp_path) -> None:
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = build_ctr_model(
         ModelConfig(backbone=Backbone.DEEPFM, hidden=(8,)), _config(base), tiny_spec()
     )
-    _searched(model.embeddings)
+    _searched(model.embeddings, noise=noise)
     served = model.compact()
     batch = batch_from_arrow(planted_table(64, seed=6), tiny_spec())
     ids, lengths = pad_sparse(batch.sparse, SPARSE, max_length=3)

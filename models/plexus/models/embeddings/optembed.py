@@ -402,12 +402,16 @@ class OptEmbedTables(_MaskedTables):
 
     def table_layouts(self, widths: Sequence[int]) -> dict[str, TableLayout]:
         """How each table is stored under `widths`: the smaller of its kept rows with an int32
-        remap (plus levels if shared) and all its rows with a level each (few rows pruned)."""
+        remap (plus levels if shared) and all its rows with a level each (few rows pruned);
+        nothing for a table with no kept row (every lookup of it is a pruned row)."""
         kept, stored = self.kept_rows(widths), self._stored_widths(widths)
         level = _level_dtype(len(self.feature_names)).itemsize
         layouts = {}
         for table, rows in self.table_rows.items():
             n, width = int(kept[table].sum()), stored[table]
+            if n == 0:
+                layouts[table] = TableLayout(False, False, 0, 0, 0)
+                continue
             shared = self._shared(table)
             remapped = 4 * n * width + 4 * rows + (level * n if shared else 0)
             dense = 4 * rows * width + level * rows
@@ -465,6 +469,9 @@ class CompactOptEmbedTables(_MaskedTables):
         self._layouts = list(layouts.values())
         level_dtype = _level_dtype(len(order))
         for k, (table, layout) in enumerate(layouts.items()):
+            if layout.rows == 0:
+                self.values[table] = nn.Parameter(torch.zeros(0, 0), requires_grad=False)
+                continue
             mask = kept[table] if layout.remapped else torch.ones_like(kept[table])
             weight = source._weight(table).detach()
             self.values[table] = nn.Parameter(
@@ -488,6 +495,9 @@ class CompactOptEmbedTables(_MaskedTables):
         self, table_index: int, table: str, rows: torch.Tensor, probe: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         layout = self._layouts[table_index]
+        if layout.rows == 0:  # no kept row (a field the supernet found to be noise): all pruned
+            vectors = self.values[table].new_zeros((*rows.shape, self.config.dim))
+            return vectors, vectors.new_zeros(rows.shape)
         keep = None
         if layout.remapped:
             compact_rows = getattr(self, f"remap_{table_index}")[rows].to(torch.int64)
@@ -519,7 +529,8 @@ class CompactOptEmbedTables(_MaskedTables):
 
 class TableLayout(NamedTuple):
     """The compact storage of one table: `remapped` (kept rows + int32 remap) or all rows;
-    `levels` (a per-row level saying for which features it is kept); stored rows x width."""
+    `levels` (a per-row level saying for which features it is kept); stored rows x width
+    (0 x 0, neither remapped nor levelled: no row kept, nothing stored)."""
 
     remapped: bool
     levels: bool
