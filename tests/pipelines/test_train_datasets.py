@@ -34,8 +34,10 @@ def test_validation_batches_come_while_every_cpu_is_taken(ray_local, tmp_path: P
         progress=False,
     )
     datasets = ray_datasets(data)
-    held = placement_group([{"CPU": ray.available_resources().get("CPU", 0.0)}])
-    ray.get(held.ready())
+    # Every CPU of the cluster, not only those free now: a task another test left winding
+    # down would free its CPU after the group took the rest (seen under `make test`).
+    held = placement_group([{"CPU": ray.cluster_resources()["CPU"]}])
+    ray.get(held.ready(), timeout=WAIT_SECONDS)
     assert ray.available_resources().get("CPU", 0.0) == 0.0
     batches: list[pa.Table] = []
     try:
