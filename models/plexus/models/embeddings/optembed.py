@@ -320,11 +320,11 @@ class OptEmbedTables(_MaskedTables):
     def search(self, stage: Stage, evaluate: Evaluate) -> dict[str, float]:
         self.freeze_rows()
         for table, kept in self.kept_rows().items():
-            if not kept.any():  # (the supernet's thresholds outgrew every row: say what to do)
+            if not kept.any():  # right for a noise field; say what to do if it is not one
                 print(
                     f"[plexus] optembed: the supernet pruned every row of table {table!r} (its "
-                    "rows' L1 norms all fell below their features' thresholds); lower "
-                    "embedding.options.alpha or embedding.options.threshold_lr",
+                    "rows' L1 norms all fell below their features' thresholds); if its features "
+                    "carry signal, lower embedding.options.alpha or embedding.options.threshold_lr",
                     flush=True,
                 )
         full = self.full_table_bytes()
