@@ -44,11 +44,15 @@ def _tables(base: str = "full", **options) -> OptEmbedTables:
 
 
 def _searched(
-    tables: OptEmbedTables, shift: float = 0.3, *, noise: int | None = None
+    tables: OptEmbedTables,
+    shift: float = 0.3,
+    *,
+    noise: int | None = None,
+    dropped: int | None = None,
 ) -> OptEmbedTables:
     """Trained-looking rows, thresholds that prune part of them, a middle width per feature;
     feature `noise`'s threshold above every row (its whole table pruned, as the 5M-row set's
-    supernet pruned the tables of its noise fields)."""
+    supernet pruned the tables of its noise fields), feature `dropped` at width 0."""
     torch.manual_seed(1)
     with torch.no_grad():
         for p in tables.parameters():
@@ -58,7 +62,10 @@ def _searched(
         if noise is not None:
             tables.threshold[noise] = 1e6
     tables.freeze_rows()
-    tables.apply_candidate(tuple(c[(len(c) - 1) // 2] for c in tables.width_choices))
+    widths = [c[(len(c) - 1) // 2] for c in tables.width_choices]
+    if dropped is not None:
+        widths[dropped] = 0
+    tables.apply_candidate(widths)
     return tables.eval()
 
 
@@ -238,6 +245,43 @@ def test_a_shared_row_pruned_for_every_feature_leaves_the_compact_table() -> Non
     assert kept_for == [True, True, False, False]
 
 
+def test_on_a_shared_base_a_feature_may_be_dropped_and_the_rows_only_it_kept_leave() -> None:
+    """Width 0 is a choice on a shared base (where a noise feature's rows are the useful
+    features' rows too, so no threshold can prune them all) and, by default, nowhere else."""
+    for base in ("unified", "multiplexed"):
+        assert all(c[0] == 0 for c in _tables(base).width_choices)
+        assert all(c[0] >= 1 for c in _tables(base, drop_features=False).width_choices)
+    assert all(c[0] >= 1 for c in _tables("full").width_choices)  # the paper's 1..D
+    assert all(c[0] == 0 for c in _tables("full", drop_features=True).width_choices)
+
+    tables = _tables("unified")
+    with torch.no_grad():
+        tables.threshold.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+        weight = tables._weight("shared_0")
+        weight.fill_(0.0)
+        weight[1] = 0.25 / weight.shape[1]  # kept for the first two features only
+        weight[2:4] = 1.0  # kept for all; the other rows for none (a remapped table)
+    tables.freeze_rows()
+    full_width = [c[-1] for c in tables.width_choices]
+    assert bool(tables.kept_rows(full_width)["shared_0"][1])
+    tables.apply_candidate([0, 0, *full_width[2:]])  # the first two features dropped
+    assert not bool(tables.kept_rows()["shared_0"][1])  # so row 1 leaves the compact table
+    tables.eval()
+    compact = tables.compact()
+    assert compact.values["shared_0"].shape[0] == 2 and int(compact.remap_0[1]) == -1
+    kjt = random_kjt(batch=64, seed=5)
+    with torch.no_grad():
+        masked = tables(kjt)
+        torch.testing.assert_close(compact(kjt).values(), masked.values(), rtol=0, atol=0)
+    dropped = masked.to_dict()
+    names = tables.feature_names
+    assert not dropped[names[0]].any() and not dropped[names[1]].any()
+    assert dropped[names[2]].any() and dropped[names[3]].any()
+    assert compact.num_bytes() == tables.num_bytes() < _searched(_tables("unified")).num_bytes()
+    tables.apply_candidate([0] * len(names))  # every feature dropped: nothing stored at all
+    assert tables.num_bytes() == 8 * len(names)
+
+
 @pytest.mark.parametrize("pruned", ["zero", "oov"])
 def test_a_table_with_no_kept_row_stores_nothing_and_serves_pruned_rows(pruned: str) -> None:
     tables = _searched(_tables("full", pruned=pruned), noise=0)
@@ -254,15 +298,20 @@ def test_a_table_with_no_kept_row_stores_nothing_and_serves_pruned_rows(pruned: 
     assert compact.num_parameters() == tables.num_parameters()
 
 
-@pytest.mark.parametrize(("base", "noise"), [("full", None), ("unified", None), ("full", 0)])
-def test_onnxruntime_serves_the_compact_ctr_model(base: str, noise: int | None, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("base", "noise", "dropped"),
+    [("full", None, None), ("unified", None, None), ("full", 0, None), ("unified", None, 0)],
+)
+def test_onnxruntime_serves_the_compact_ctr_model(
+    base: str, noise: int | None, dropped: int | None, tmp_path
+) -> None:
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = build_ctr_model(
         ModelConfig(backbone=Backbone.DEEPFM, hidden=(8,)), _config(base), tiny_spec()
     )
-    _searched(model.embeddings, noise=noise)
+    _searched(model.embeddings, noise=noise, dropped=dropped)
     served = model.compact()
     batch = batch_from_arrow(planted_table(64, seed=6), tiny_spec())
     ids, lengths = pad_sparse(batch.sparse, SPARSE, max_length=3)

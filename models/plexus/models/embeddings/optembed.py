@@ -27,7 +27,8 @@ On a shared base (unified, multiplexed) the mask is per (feature, shared row): t
 pruned for the features whose threshold its norm falls below, and removed from the compact
 table only when it is pruned for every feature still using the table. Widths come in whole
 chunks where a feature concatenates several chunks (Unified Embedding's variable width,
-`feature_chunks`), and in single dimensions otherwise.
+`feature_chunks`), and in single dimensions otherwise; width 0 drops a feature, and with it
+every row only it kept.
 
 `compact()` gives the serving form (`CompactOptEmbedTables`): kept rows only, each table at the
 widest width its features use, an int32 remap from row to compact row (-1: removed), and for a
@@ -37,7 +38,9 @@ shared table a uint8 level per row saying for which features it is kept. `num_pa
 Where this differs from the official code: thresholds are per feature (its `field` mode; the
 per-feature-value mode is not offered); `pruned: oov` mixes `m * e + (1 - m) * oov` so the
 surrogate gradient still reaches the threshold (the official `torch.where` cuts it); the
-first-order (linear) tables of FM/DeepFM are not pruned, as in the official code.
+first-order (linear) tables of FM/DeepFM are not pruned, as in the official code; on a shared
+base width 0 (the feature dropped) is a choice of the supernet's sampling and of the search
+(`drop_features`, see `OptEmbedConfig`), where the paper's choices start at 1.
 """
 
 from __future__ import annotations
@@ -85,6 +88,12 @@ class OptEmbedConfig:
     (measured: thresholds within 4e-6 of 0 after 2 epochs of 160k rows, every row kept). alpha
     1e-3 with threshold lr 1 moves them ~1e-3 per step and pruned 38% of the rows in that run at
     the same AUC; the task gradient still holds back the thresholds of useful rows.
+
+    `drop_features` adds width 0 to every feature's choices, in the supernet's sampling and in
+    the search. The paper's choices are 1..D: on per-field tables a useless field leaves through
+    its rows (the 5M-row synthetic set's supernet pruned every row of its five noise fields), but
+    on a shared base its rows are the useful features' rows too, held above its threshold by
+    them, so only a width of 0 can take it out (there the search kept every noise feature).
     """
 
     base: EmbeddingMethod = EmbeddingMethod.FULL
@@ -95,6 +104,8 @@ class OptEmbedConfig:
     search: EvolutionConfig = EvolutionConfig()
     search_budget: float | None = None  # max compact bytes, as a fraction of the full tables'
     retrain_init: StageInit = StageInit.REWIND  # or "fresh"
+    # Width 0 (the feature dropped) among the choices; None: on a shared base only (see below)
+    drop_features: bool | None = None
 
     def __post_init__(self) -> None:
         coerce_base(self, "OptEmbed")
@@ -149,13 +160,14 @@ class _MaskedTables(HashedEmbeddingTables):
         probes_per_feature = {
             n: sum(p.feature == n for p in self.probes) for n in self.feature_names
         }
-        self.width_choices: tuple[tuple[int, ...], ...] = tuple(
-            tuple(
-                range(dim, self._widths[n] + 1, dim)
-                if self.combine == "concat" and probes_per_feature[n] > 1
-                else range(1, self._widths[n] + 1)
-            )
+        units = [
+            dim if self.combine == "concat" and probes_per_feature[n] > 1 else 1
             for n in self.feature_names
+        ]
+        lowest = 0 if self._drops_features() else 1
+        self.width_choices: tuple[tuple[int, ...], ...] = tuple(
+            tuple(range(lowest * unit, self._widths[n] + 1, unit))
+            for n, unit in zip(self.feature_names, units, strict=True)
         )
         col_feature, col_position = [], []
         for i, n in enumerate(self.feature_names):
@@ -166,9 +178,8 @@ class _MaskedTables(HashedEmbeddingTables):
         self.register_buffer(
             "_choice_counts", torch.tensor([len(c) for c in self.width_choices]), persistent=False
         )
-        self.register_buffer(
-            "_choice_unit", torch.tensor([c[0] for c in self.width_choices]), persistent=False
-        )
+        self.register_buffer("_choice_unit", torch.tensor(units), persistent=False)
+        self._lowest_choice = lowest
         full = [self._widths[n] for n in self.feature_names]
         self.register_buffer("widths", torch.tensor(full, dtype=torch.int64))
 
@@ -180,6 +191,16 @@ class _MaskedTables(HashedEmbeddingTables):
 
     def _sample_widths(self) -> bool:
         return False
+
+    def _drops_features(self) -> bool:
+        """Whether width 0 is a choice: `drop_features`, by default on a shared base only."""
+        option = self.config.options.drop_features
+        if option is not None:
+            return bool(option)
+        features_of: dict[str, set[str]] = {}
+        for p in self.probes:
+            features_of.setdefault(p.table, set()).add(p.feature)
+        return any(len(features) > 1 for features in features_of.values())
 
     def _masked(
         self, vectors: torch.Tensor, keep: torch.Tensor, probe: torch.Tensor
@@ -227,7 +248,7 @@ class _MaskedTables(HashedEmbeddingTables):
         if self._sample_widths():
             draws = torch.rand(batch, len(self.feature_names), device=self.widths.device)
             picks = (draws * self._choice_counts).long().clamp(max=self._choice_counts - 1)
-            widths = (picks + 1) * self._choice_unit  # (B, F)
+            widths = (picks + self._lowest_choice) * self._choice_unit  # (B, F)
             return (self._col_position < widths[:, self._col_feature]).to(dtype)
         return (self._col_position < self.widths[self._col_feature]).to(dtype).unsqueeze(0)
 
@@ -385,9 +406,12 @@ class OptEmbedTables(_MaskedTables):
         out = {}
         for k, table in enumerate(self.table_rows):
             active = [i for i, p in enumerate(self.probes) if p.table == table and cols[i] > 0]
-            lowest = self.frozen_threshold[self._probe_feature[active]].min()
             start = self._table_start[k]
-            out[table] = self.frozen_norm[start : start + self.table_rows[table]] > lowest
+            norms = self.frozen_norm[start : start + self.table_rows[table]]
+            if not active:  # every feature reading the table dropped (width 0)
+                out[table] = torch.zeros_like(norms, dtype=torch.bool)
+                continue
+            out[table] = norms > self.frozen_threshold[self._probe_feature[active]].min()
         return out
 
     def _stored_widths(self, widths: Sequence[int]) -> dict[str, int]:
