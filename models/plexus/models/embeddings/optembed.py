@@ -108,7 +108,7 @@ class OptEmbedConfig:
     search: EvolutionConfig = EvolutionConfig()
     search_budget: float | None = None  # max compact bytes, as a fraction of the full tables'
     retrain_init: StageInit = StageInit.REWIND  # or "fresh"
-    # Width 0 (the feature dropped) among the choices; None: on a shared base only (see below)
+    # Width 0 (the feature dropped) among the search's choices; None: on a shared base only
     drop_features: bool | None = None
 
     def __post_init__(self) -> None:
@@ -199,10 +199,10 @@ class _MaskedTables(HashedEmbeddingTables):
         option = self.config.options.drop_features
         if option is not None:
             return bool(option)
-        features_of: dict[str, set[str]] = {}
-        for p in self.probes:
-            features_of.setdefault(p.table, set()).add(p.feature)
-        return any(len(features) > 1 for features in features_of.values())
+        return any(self._shared(table) for table in {p.table for p in self.probes})
+
+    def _shared(self, table: str) -> bool:
+        return len({p.feature for p in self.probes if p.table == table}) > 1
 
     def _masked(
         self, vectors: torch.Tensor, keep: torch.Tensor, probe: torch.Tensor
@@ -423,9 +423,6 @@ class OptEmbedTables(_MaskedTables):
             t: max(c for c, p in zip(cols, self.probes, strict=True) if p.table == t)
             for t in self.table_rows
         }
-
-    def _shared(self, table: str) -> bool:
-        return len({p.feature for p in self.probes if p.table == table}) > 1
 
     def table_layouts(self, widths: Sequence[int]) -> dict[str, TableLayout]:
         """How each table is stored under `widths`: the smaller of its kept rows with an int32
