@@ -278,7 +278,7 @@ def test_on_a_shared_base_a_feature_may_be_dropped_and_the_rows_only_it_kept_lea
     names = tables.feature_names
     assert not dropped[names[0]].any() and not dropped[names[1]].any()
     assert dropped[names[2]].any() and dropped[names[3]].any()
-    assert compact.num_bytes() == tables.num_bytes() < _searched(_tables("unified")).num_bytes()
+    assert compact.num_bytes() == tables.num_bytes() < tables.bytes_at(full_width)
     tables.apply_candidate([0] * len(names))  # every feature dropped: nothing stored at all
     assert tables.num_bytes() == 8 * len(names)
 
