@@ -6,14 +6,20 @@ import json
 from pathlib import Path
 
 import pytest
-from plexus.models.embeddings import EmbeddingConfig, build_embedding_tables, full_table_parameters
+from plexus.models.embeddings import (
+    EmbeddingConfig,
+    LearnedOptions,
+    build_embedding_tables,
+    full_table_parameters,
+    learned_methods,
+)
 from plexus.pipelines.bench.embeddings import (
+    LEARNED,
     MATCHED,
     ROW_KEYS,
     _base_job,
     _command,
     _data_section,
-    _with_configured,
     bench_embeddings,
     budget_label,
     embedding_for,
@@ -108,7 +114,7 @@ def test_plan_runs_full_once_per_seed_and_the_others_at_every_budget() -> None:
     keep = from_dict(
         EmbeddingConfig, {"method": "dnis", "options": {"keep_first_order": True, "l1": 0.001}}
     )
-    kept = _with_configured(dnis, keep)
+    kept = embedding_for("dnis", 1 / 4, dim=16, chunks=2, base="full", configured=keep)
     assert (kept.options.prune_first_order, kept.options.keep_first_order) == (False, True)
     assert (kept.first_order_budget, kept.options.search_budget, kept.options.l1) == (
         None,
@@ -141,6 +147,22 @@ def test_plan_keeps_the_configs_options_of_its_learned_method() -> None:
     assert (dsl[1.0].density, dsl[0.25].density, dsl[0.25].byte_budget) == (None, None, 0.25)
     optembed = [e.options for m, _, e, _ in plan if m == "optembed:full"]
     assert optembed and all(not hasattr(o, "delta_t") for o in optembed)  # another method's
+
+
+@pytest.mark.parametrize("method", sorted(LEARNED))
+@pytest.mark.parametrize("base", ["full", "unified"])
+def test_every_learned_method_sizes_its_rows_through_its_own_options(method, base) -> None:  # noqa: ANN001
+    """The bench knows no learned method by name: its rows come from the registry, and each
+    method's `at_budget` sets only the keys it declares, so a job's other options survive."""
+    assert set(LEARNED) == {m.value for m in learned_methods()} >= {"optembed", "dnis", "dsl"}
+    options = type(from_dict(EmbeddingConfig, {"method": method, "options": {}}).options)
+    assert issubclass(options, LearnedOptions)
+    for budget in (1.0, 1 / 4, 1 / 16):
+        start, sized = options.at_budget(base, budget, {})
+        assert set(sized) <= {"base", *options.SIZED} and sized["base"] == base
+        assert 0.0 < start <= 1.0
+        row = embedding_for(method, budget, dim=16, chunks=2, base=base)
+        assert (row.method.value, row.base_method.value) == (method, base)
 
 
 def test_budgets_parse_from_fractions_and_label_back() -> None:

@@ -33,11 +33,13 @@ from plexus.models.embeddings.base import (
     EmbeddingConfig,
     EmbeddingMethod,
     EmbeddingTables,
+    LearnedOptions,
     budget_rows,
     full_table_parameters,
 )
 from plexus.models.embeddings.registry import (
     build_embedding_tables,
+    learned_methods,
     register_embedding,
     registered_methods,
 )
@@ -47,8 +49,10 @@ __all__ = [
     "EmbeddingConfig",
     "EmbeddingMethod",
     "EmbeddingTables",
+    "LearnedOptions",
     "budget_rows",
     "build_embedding_tables",
+    "learned_methods",
     "full_table_parameters",
     "register_embedding",
     "registered_methods",

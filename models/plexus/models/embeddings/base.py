@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -65,6 +65,29 @@ def coerce_base(options: Any, method: str) -> None:
             f"embedding.options.base={options.base.value!r}: {method} builds on "
             f"{', '.join(m.value for m in PLAIN_METHODS)}"
         )
+
+
+class LearnedOptions:
+    """The base of a learned method's typed `embedding.options` (a frozen dataclass with a
+    `base` field: the plain tables it builds on). The benchmark sizes a learned row through
+    these alone, so adding a learned method touches its own file and the registry only."""
+
+    SIZED: ClassVar[tuple[str, ...]] = ()  # the option keys a benchmark row's budget sets
+
+    @classmethod
+    def at_budget(
+        cls, base: str, budget: float, configured: Mapping[str, Any]
+    ) -> tuple[float, dict[str, Any]]:
+        """A benchmark row at `budget` of the full tables' bytes on `base`: (the base's
+        `embedding.budget`, the options the budget sets: `base` and `SIZED` keys).
+        `configured`: the job's other options of this method, which the row keeps."""
+        raise NotImplementedError
+
+    @property
+    def sizes_first_order(self) -> bool:
+        """Whether the method sizes FM/DeepFM's linear part itself; if not, a budgeted row on
+        full tables cuts that part into one shared table at its budget."""
+        return False
 
 
 # Typed option classes of the methods that have options of their own (`embedding.options`),

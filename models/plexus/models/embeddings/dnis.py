@@ -62,13 +62,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from plexus.models.embeddings.base import (
     EmbeddingConfig,
     EmbeddingMethod,
+    LearnedOptions,
     coerce_base,
     gather_rows,
     pool_padded,
@@ -102,9 +103,11 @@ class Storage(str, enum.Enum):  # noqa: UP042
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DNISConfig:
+class DNISConfig(LearnedOptions):
     """`embedding.options` of `method: dnis`. Defaults are the official CTR script's
     (`DNIS-ctr.sh`: lr_a 0.01, l1 1e-5, alpha initialised to 1, gradient normalisation on)."""
+
+    SIZED = ("search_budget", "prune_first_order")
 
     base: EmbeddingMethod = EmbeddingMethod.FULL
     num_blocks: int = 6  # frequency blocks per feature (the official Criteo split has 6)
@@ -158,17 +161,26 @@ class DNISConfig:
                 "fraction of the full tables' bytes the pruned model may take"
             )
 
+    @property
+    def sizes_first_order(self) -> bool:
+        """The linear part is DNIS's: pruned with the tables, or kept whole in the budget."""
+        return self.prune_first_order or self.keep_first_order
+
     @classmethod
-    def at_budget(cls, base: str, budget: float) -> tuple[float, dict]:
+    def at_budget(
+        cls, base: str, budget: float, configured: Mapping[str, Any]
+    ) -> tuple[float, dict[str, Any]]:
         """The benchmark's row at `budget` of the full tables' bytes: (the base's
         `embedding.budget`, these options). A shared base starts at twice the budget (so the
         search prunes about half of it, after the CSR's row pointers); full tables at 1, with
-        their linear part pruned to the budget as well (a shared base cuts its own)."""
+        their linear part pruned to the budget as well (a shared base cuts its own), unless
+        the job keeps it whole inside the budget (`keep_first_order`)."""
         start = 1.0 if base == EmbeddingMethod.FULL.value else min(1.0, 2 * budget)
         options: dict[str, Any] = {"base": base}
         if budget < 1.0:
             options["search_budget"] = budget
-            options["prune_first_order"] = base == EmbeddingMethod.FULL.value
+            full_base = base == EmbeddingMethod.FULL.value
+            options["prune_first_order"] = full_base and not configured.get("keep_first_order")
         return start, options
 
 

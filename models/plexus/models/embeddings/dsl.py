@@ -88,11 +88,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from plexus.models.embeddings import protocol
-from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingMethod, coerce_base
+from plexus.models.embeddings.base import (
+    EmbeddingConfig,
+    EmbeddingMethod,
+    LearnedOptions,
+    coerce_base,
+)
 from plexus.models.embeddings.protocol import StepContext
 from plexus.models.embeddings.registry import register_embedding
 from plexus.models.embeddings.sparse_storage import (
@@ -110,8 +116,10 @@ _SCHEDULES = ("cosine", "linear", "constant")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DSLConfig:
+class DSLConfig(LearnedOptions):
     """`embedding.options` of `method: dsl` (see the module docstring)."""
+
+    SIZED = ("density", "byte_budget")
 
     base: EmbeddingMethod = EmbeddingMethod.FULL
     density: float | None = None  # non-zeros per tensor; None: from byte_budget, else 0.5
@@ -160,13 +168,15 @@ class DSLConfig:
                 raise ConfigError(f"embedding.options.{key}={value} must be >= 1 step")
 
     @classmethod
-    def at_budget(cls, base: str, budget: float) -> tuple[float, dict]:
+    def at_budget(
+        cls, base: str, budget: float, configured: Mapping[str, Any]
+    ) -> tuple[float, dict[str, Any]]:
         """The benchmark's row at `budget` of the full tables' bytes: (the base's
         `embedding.budget`, these options). On a shared base the table is twice the bytes
         budget in rows, so about half of it stays (near the official density 0.5)."""
         start = 1.0 if base == EmbeddingMethod.FULL.value else min(1.0, 2 * budget)
         full_bytes = 1.0 if base == EmbeddingMethod.FULL.value else start
-        options = {"base": base}
+        options: dict[str, Any] = {"base": base}
         if budget < 1.0:
             options["byte_budget"] = min(1.0, budget / full_bytes)
         return start, options

@@ -22,13 +22,15 @@ keep more; `table` prunes each table to the same density, like DSL's uniform mas
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from plexus.models.embeddings.base import (
     EmbeddingConfig,
     EmbeddingMethod,
     EmbeddingTables,
+    LearnedOptions,
     coerce_base,
 )
 from plexus.models.embeddings.protocol import Stage
@@ -45,8 +47,10 @@ DEFAULT_DENSITY = 0.5
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MagnitudePruningConfig:
+class MagnitudePruningConfig(LearnedOptions):
     """`embedding.options` of `method: magnitude_pruning`."""
+
+    SIZED = ("density", "byte_budget")
 
     base: EmbeddingMethod = EmbeddingMethod.FULL
     density: float | None = None  # kept weights; None: from byte_budget, else 0.5
@@ -63,10 +67,12 @@ class MagnitudePruningConfig:
             raise ConfigError(f"embedding.options.scope={self.scope!r}: use 'global' or 'table'")
 
     @classmethod
-    def at_budget(cls, base: str, budget: float) -> tuple[float, dict]:
+    def at_budget(
+        cls, base: str, budget: float, configured: Mapping[str, Any]
+    ) -> tuple[float, dict[str, Any]]:
         """The benchmark's row at `budget` of the full tables' bytes (as `DSLConfig.at_budget`)."""
         start = 1.0 if base == EmbeddingMethod.FULL.value else min(1.0, 2 * budget)
-        options = {"base": base}
+        options: dict[str, Any] = {"base": base}
         if budget < 1.0:
             options["byte_budget"] = min(1.0, budget / start)
         return start, options

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -55,6 +55,7 @@ from plexus.models.embeddings.base import (
     EmbeddingConfig,
     EmbeddingMethod,
     EmbeddingTables,
+    LearnedOptions,
     coerce_base,
     gather_rows,
     init_weight,
@@ -78,7 +79,7 @@ from torchrec import KeyedJaggedTensor, KeyedTensor
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class OptEmbedConfig:
+class OptEmbedConfig(LearnedOptions):
     """`embedding.options` of `method: optembed`.
 
     The search defaults are the paper's (30 generations of 10 + 10). The threshold defaults are
@@ -99,6 +100,8 @@ class OptEmbedConfig:
     with the weaker task gradient and kept 1,529 of 32,722 rows on the 5M-row set, not 4,570:
     test AUC 0.0107 below plain Unified Embedding.)
     """
+
+    SIZED = ("search_budget",)
 
     base: EmbeddingMethod = EmbeddingMethod.FULL
     alpha: float = 1e-3  # weight of the threshold regulariser sum_f exp(-t_f)
@@ -128,6 +131,17 @@ class OptEmbedConfig:
                 f"embedding.options.search_budget={self.search_budget} must be in (0, 1]: "
                 "the fraction of the full tables' bytes a searched model may take"
             )
+
+    @classmethod
+    def at_budget(
+        cls, base: str, budget: float, configured: Mapping[str, Any]
+    ) -> tuple[float, dict[str, Any]]:
+        """The benchmark's row at `budget` of the full tables' bytes: the search's budget over
+        the full tables, or over a shared base's tables at 0.95 of it (its rows are rarely
+        pruned for every feature, so the search must fit with all of them kept; 5% leaves
+        room for the levels). None at budget 1."""
+        start = 1.0 if base == EmbeddingMethod.FULL.value or budget >= 1.0 else 0.95 * budget
+        return start, {"base": base, "search_budget": None if budget >= 1.0 else budget}
 
 
 class BinaryStep(torch.autograd.Function):

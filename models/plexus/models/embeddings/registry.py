@@ -9,6 +9,7 @@ from plexus.models.embeddings.base import (
     EmbeddingConfig,
     EmbeddingMethod,
     EmbeddingTables,
+    LearnedOptions,
 )
 from plexus.platform.errors import ConfigError
 from plexus.platform.feature_spec import Feature
@@ -40,6 +41,15 @@ def register_embedding(
 def registered_methods() -> tuple[EmbeddingMethod, ...]:
     """Every method with an implementation, in enum order."""
     return tuple(m for m in EmbeddingMethod if m in _REGISTRY)
+
+
+def learned_methods() -> tuple[EmbeddingMethod, ...]:
+    """Every registered method that builds on a plain base (its options are `LearnedOptions`)."""
+    return tuple(
+        m
+        for m in registered_methods()
+        if issubclass(_METHOD_OPTIONS.get(m, object), LearnedOptions)
+    )
 
 
 def method_class(method: EmbeddingMethod) -> type[EmbeddingTables]:

@@ -42,7 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from plexus.models.backbones import build_ctr_model
-from plexus.models.embeddings import EmbeddingConfig, EmbeddingMethod
+from plexus.models.embeddings import (
+    EmbeddingConfig,
+    EmbeddingMethod,
+    LearnedOptions,
+    learned_methods,
+)
 from plexus.models.threads import restores_cpu_state, use_cpu_threads
 from plexus.pipelines import plots, tracking
 from plexus.pipelines.bench.lookup import add_lookup_latency, lookup_section
@@ -62,11 +67,9 @@ from plexus.platform.config import from_dict, to_dict
 from plexus.platform.errors import ConfigError
 
 METHODS = tuple(m.value for m in EmbeddingMethod)
-LEARNED = {  # method -> its bases here
-    EmbeddingMethod.OPTEMBED.value: ("full", "unified"),
-    EmbeddingMethod.DSL.value: ("full", "unified"),
-    EmbeddingMethod.MAGNITUDE_PRUNING.value: ("full", "unified"),
-    EmbeddingMethod.DNIS.value: ("full", "unified"),
+# Each learned method's rows, on the full tables and on Unified Embedding.
+LEARNED = {
+    m.value: (EmbeddingMethod.FULL.value, EmbeddingMethod.UNIFIED.value) for m in learned_methods()
 }
 MATCHED = ("hashing", "unified")  # trained again at the bytes a learned row reached
 # The methods a learned row can be matched with: neither learned nor the full tables.
@@ -230,35 +233,40 @@ def parse_budget(text: str) -> float:
 
 
 def embedding_for(
-    method: str, budget: float, *, dim: int, chunks: int, base: str | None = None
+    method: str,
+    budget: float,
+    *,
+    dim: int,
+    chunks: int,
+    base: str | None = None,
+    configured: EmbeddingConfig | None = None,
 ) -> EmbeddingConfig:
     """The `embedding:` section of one benchmark row at `budget` of the full `dim`-wide tables.
 
     For `unified`, `c` chunks of `dim / c` (c <= `chunks`, dividing `dim`, with `budget * c <= 1`),
     so the feature width stays `dim` and the rows x chunk width equal `budget` of the full tables.
-    For a learned method on `base`: its options class's `at_budget(base, budget)` when it has
-    one (DSL, magnitude pruning: a byte budget), else OptEmbed's search budget `budget` (none
-    at 1), over the base's full tables or, for a shared base, its tables at 0.95 of the budget.
+    A learned method on `base` sizes its own row (its options' `LearnedOptions.at_budget`:
+    the base's budget and the options the budget sets) and keeps the other options of the job
+    config's embedding (`configured`) when that is the same method (e.g. DSL's `delta_t`).
     On full tables the linear part's tables are then cut to `budget` too, as every table of
     the plain rows is (left whole, they alone would be 1/(dim + 1) of the full bytes, half of
-    a 1/16 row's): by the method itself where its `at_budget` asks to (DNIS's
-    `prune_first_order`), else into one shared table (`first_order_budget`).
+    a 1/16 row's): into one shared table (`first_order_budget`), unless the method sizes that
+    part itself (`sizes_first_order`: DNIS prunes it or keeps it inside its budget).
     """
     kind = EmbeddingMethod(method)
-    at_budget = None if base is None else getattr(_options_class(method, base), "at_budget", None)
     if base is not None:
-        full_base = base == EmbeddingMethod.FULL.value
-        if at_budget is not None:  # the method sizes its own row
-            start, options = at_budget(base, budget)
-        else:
-            # A shared base starts just under b: its rows are rarely pruned for every feature,
-            # so the search must fit b with all of them kept (5% leaves room for the levels).
-            start = 1.0 if full_base or budget >= 1.0 else 0.95 * budget
-            options = {"base": base, "search_budget": None if budget >= 1.0 else budget}
+        options_class = _options_class(method, base)
+        own = {}
+        if configured is not None and configured.method is kind:
+            sized = {"base", *options_class.SIZED}
+            own = {k: v for k, v in to_dict(configured.options).items() if k not in sized}
+        start, options = options_class.at_budget(base, budget, own)
         learned = {**to_dict(embedding_for(base, start, dim=dim, chunks=chunks)), "method": method}
-        if full_base and budget < 1.0 and not options.get("prune_first_order"):
-            learned["first_order_budget"] = budget  # else the method prunes them itself
-        return from_dict(EmbeddingConfig, {**learned, "options": options})
+        embedding = from_dict(EmbeddingConfig, {**learned, "options": {**own, **options}})
+        cut = base == EmbeddingMethod.FULL.value and budget < 1.0
+        if cut and not embedding.options.sizes_first_order:
+            embedding = dataclasses.replace(embedding, first_order_budget=budget)
+        return embedding
     if kind is EmbeddingMethod.FULL:
         return EmbeddingConfig(method=kind, dim=dim)
     if kind is not EmbeddingMethod.UNIFIED:
@@ -268,23 +276,7 @@ def embedding_for(
     return EmbeddingConfig(method=kind, dim=dim // c, budget=min(1.0, budget * c), chunks=c)
 
 
-_SIZED = ("base", "density", "byte_budget", "search_budget", "prune_first_order")  # a row sets
-
-
-def _with_configured(
-    embedding: EmbeddingConfig, configured: EmbeddingConfig | None
-) -> EmbeddingConfig:
-    """`embedding` with the other options of the job config's embedding of the same method."""
-    if configured is None or configured.method != embedding.method or embedding.options is None:
-        return embedding
-    kept = {k: v for k, v in to_dict(configured.options).items() if k not in _SIZED}
-    options = {**to_dict(embedding.options), **kept}
-    if options.get("keep_first_order"):  # DNIS keeps the linear part inside its own budget
-        options["prune_first_order"] = False
-    return from_dict(EmbeddingConfig, {**to_dict(embedding), "options": options})
-
-
-def _options_class(method: str, base: str) -> type:
+def _options_class(method: str, base: str) -> type[LearnedOptions]:
     """The typed `embedding.options` class of a learned method."""
     return type(from_dict(EmbeddingConfig, {"method": method, "options": {"base": base}}).options)
 
@@ -583,7 +575,7 @@ def plan_rows(
 
     When the job config's embedding (`configured`) is a learned method, that method's rows keep
     its `embedding.options` (e.g. DSL's `delta_t`) except the keys the benchmark sizes (`base`
-    and the budget's own: `_SIZED`)."""
+    and the budget's own: the options class's `SIZED`)."""
     labels: dict[str, tuple[float, ...] | None] = {}
     for token in methods:
         name, _, only = token.partition("@")
@@ -614,8 +606,10 @@ def plan_rows(
             else sorted(set(own or budgets), reverse=True)
         )
         for b in at:
-            embedding = embedding_for(method, b, dim=dim, chunks=chunks, base=base or None)
-            configs.append((label, float(b), _with_configured(embedding, configured)))
+            embedding = embedding_for(
+                method, b, dim=dim, chunks=chunks, base=base or None, configured=configured
+            )
+            configs.append((label, float(b), embedding))
     # Seed-major: an interrupted benchmark still has every (method, budget) for its first seeds.
     return [
         (label, budget, embedding, seed)
