@@ -18,6 +18,7 @@ from plexus.models.embeddings import (
     budget_rows,
     build_embedding_tables,
     full_table_parameters,
+    learned_methods,
     registered_methods,
 )
 from plexus.models.embeddings.hashed import HashedEmbeddingTables
@@ -68,12 +69,7 @@ OPTIONS[EmbeddingMethod.DNIS] = [
     {"budget": 0.5, "probes": 2, "pooling": "mean", "options": {"base": "multiplexed"}},
     {"budget": 0.3, "options": {"base": "hashing", "blocks": [2, 5]}},
 ]
-LEARNED = {
-    EmbeddingMethod.OPTEMBED,
-    EmbeddingMethod.DSL,
-    EmbeddingMethod.MAGNITUDE_PRUNING,
-    EmbeddingMethod.DNIS,
-}
+LEARNED = set(learned_methods())  # they default to the full tables as their base
 
 
 def _cases() -> list:
