@@ -301,7 +301,13 @@ def test_a_table_with_no_kept_row_stores_nothing_and_serves_pruned_rows(pruned: 
 
 @pytest.mark.parametrize(
     ("base", "noise", "dropped"),
-    [("full", None, None), ("unified", None, None), ("full", 0, None), ("unified", None, 0)],
+    [
+        ("full", None, None),
+        ("unified", None, None),
+        ("full", 0, None),
+        ("unified", None, 0),
+        ("full", None, 0),
+    ],
 )
 def test_onnxruntime_serves_the_compact_ctr_model(
     base: str, noise: int | None, dropped: int | None, tmp_path
@@ -309,8 +315,9 @@ def test_onnxruntime_serves_the_compact_ctr_model(
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
+    options = {} if dropped is None else {"drop_features": True}
     model = build_ctr_model(
-        ModelConfig(backbone=Backbone.DEEPFM, hidden=(8,)), _config(base), tiny_spec()
+        ModelConfig(backbone=Backbone.DEEPFM, hidden=(8,)), _config(base, **options), tiny_spec()
     )
     _searched(model.embeddings, noise=noise, dropped=dropped)
     served = model.compact()
