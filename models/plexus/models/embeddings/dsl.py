@@ -103,6 +103,7 @@ from plexus.models.embeddings.protocol import StepContext
 from plexus.models.embeddings.registry import register_embedding
 from plexus.models.embeddings.sparse_storage import (
     MaskedTables,
+    byte_budget_row,
     check_fraction,
     mask_with_moments,
 )
@@ -171,15 +172,8 @@ class DSLConfig(LearnedOptions):
     def at_budget(
         cls, base: str, budget: float, configured: Mapping[str, Any]
     ) -> tuple[float, dict[str, Any]]:
-        """The benchmark's row at `budget` of the full tables' bytes: (the base's
-        `embedding.budget`, these options). On a shared base the table is twice the bytes
-        budget in rows, so about half of it stays (near the official density 0.5)."""
-        start = 1.0 if base == EmbeddingMethod.FULL.value else min(1.0, 2 * budget)
-        full_bytes = 1.0 if base == EmbeddingMethod.FULL.value else start
-        options: dict[str, Any] = {"base": base}
-        if budget < 1.0:
-            options["byte_budget"] = min(1.0, budget / full_bytes)
-        return start, options
+        """The benchmark's row at `budget` of the full tables' bytes (`byte_budget_row`)."""
+        return byte_budget_row(base, budget)
 
 
 def zeta(config: DSLConfig, step: int, total: int) -> float:

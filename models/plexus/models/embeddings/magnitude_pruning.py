@@ -37,6 +37,7 @@ from plexus.models.embeddings.protocol import Stage
 from plexus.models.embeddings.registry import register_embedding
 from plexus.models.embeddings.sparse_storage import (
     MaskedTables,
+    byte_budget_row,
     check_fraction,
     sparse_bytes,
 )
@@ -70,12 +71,8 @@ class MagnitudePruningConfig(LearnedOptions):
     def at_budget(
         cls, base: str, budget: float, configured: Mapping[str, Any]
     ) -> tuple[float, dict[str, Any]]:
-        """The benchmark's row at `budget` of the full tables' bytes (as `DSLConfig.at_budget`)."""
-        start = 1.0 if base == EmbeddingMethod.FULL.value else min(1.0, 2 * budget)
-        options: dict[str, Any] = {"base": base}
-        if budget < 1.0:
-            options["byte_budget"] = min(1.0, budget / start)
-        return start, options
+        """The benchmark's row at `budget` of the full tables' bytes (`byte_budget_row`)."""
+        return byte_budget_row(base, budget)
 
 
 @register_embedding(EmbeddingMethod.MAGNITUDE_PRUNING, options=MagnitudePruningConfig)

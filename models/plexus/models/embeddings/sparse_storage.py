@@ -31,9 +31,15 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from plexus.models.embeddings.base import EmbeddingConfig, EmbeddingTables, pool_padded
+from plexus.models.embeddings.base import (
+    EmbeddingConfig,
+    EmbeddingMethod,
+    EmbeddingTables,
+    pool_padded,
+)
 from plexus.models.embeddings.hashed import HashedEmbeddingTables, Plan
 from plexus.models.embeddings.protocol import StepContext
 from plexus.platform.errors import ConfigError
@@ -422,6 +428,18 @@ class CompactSparseTables(HashedEmbeddingTables):
         return sum(t.num_bytes() for t in self.tables)
 
 
+def byte_budget_row(base: str, budget: float) -> tuple[float, dict[str, Any]]:
+    """A benchmark row of a method that masks its base's tables to a byte budget (DSL,
+    magnitude pruning; `LearnedOptions.at_budget`) at `budget` of the full tables' bytes: full
+    tables at 1; a shared base at twice the budget in rows, so about half of it stays (near the
+    official density 0.5)."""
+    start = 1.0 if base == EmbeddingMethod.FULL.value else min(1.0, 2 * budget)
+    options: dict[str, Any] = {"base": base}
+    if budget < 1.0:
+        options["byte_budget"] = min(1.0, budget / start)
+    return start, options
+
+
 def check_fraction(value: float | None, key: str) -> None:
     """A density or byte budget in (0, 1], or a ConfigError naming `key`."""
     if value is not None and not 0.0 < value <= 1.0:
@@ -433,6 +451,7 @@ __all__ = [
     "MaskedTables",
     "SparseTable",
     "block_rows",
+    "byte_budget_row",
     "nonzeros_for_budget",
     "sparse_bytes",
     "storage_form",
