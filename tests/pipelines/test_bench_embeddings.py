@@ -26,6 +26,7 @@ from plexus.pipelines.bench.embeddings import (
     embedding_for,
     learned_comparison,
     parse_budget,
+    parse_seeds,
     plan_matched,
     plan_rows,
     results_markdown,
@@ -128,6 +129,23 @@ def test_plan_runs_full_once_per_seed_and_the_others_at_every_budget() -> None:
         plan_rows(["optembed:dnis"], [1.0], seeds=1, chunks=2, dim=16)
     with pytest.raises(ConfigError, match="budgets"):
         plan_rows(["hashing"], [2.0], seeds=1, chunks=2, dim=16)
+
+
+def test_seeds_are_a_count_a_range_or_a_list() -> None:
+    assert [parse_seeds(t) for t in ("3", "3-4", "3,4", "7-7")] == [3, (3, 4), (3, 4), (7,)]
+    plan = plan_rows(["full", "hashing"], [1 / 4], seeds=parse_seeds("3,5"), chunks=2, dim=16)
+    assert [(m, s) for m, _, _, s in plan] == [
+        ("full", 3), ("hashing", 3), ("full", 5), ("hashing", 5)
+    ]  # fmt: skip
+    # The rows of seed 3 are those a count of 4 plans for it: a folder can be extended either way.
+    counted = plan_rows(["full", "hashing"], [1 / 4], seeds=4, chunks=2, dim=16)
+    assert [r for r in counted if r[3] == 3] == [r for r in plan if r[3] == 3]
+    for bad in ("x", "3,x", "4-"):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(bad)
+    for seeds in (0, (), (1, 1), (-1,)):
+        with pytest.raises(ConfigError, match="--seeds"):
+            plan_rows(["full"], [1.0], seeds=seeds, chunks=2, dim=16)
 
 
 def test_plan_keeps_the_configs_options_of_its_learned_method() -> None:

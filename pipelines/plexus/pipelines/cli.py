@@ -229,7 +229,10 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
         bench_embedding_throughput,
         bench_embeddings,
         parse_budget,
+        parse_seeds,
     )
+
+    seeds = None if args.seeds is None else parse_seeds(args.seeds)
 
     if args.match != MATCH_DEFAULT and (args.task == "retrieval" or args.throughput_only):
         raise ConfigError(
@@ -245,7 +248,7 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
             fmt=args.format,
             methods=args.methods.split(","),
             budgets=[parse_budget(b) for b in args.budgets.split(",")],
-            seeds=1 if args.seeds is None else args.seeds,
+            seeds=1 if seeds is None else seeds,
             chunks=args.chunks,
             config=args.config,
             overrides=args.set or (),
@@ -269,7 +272,7 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
     bench_embeddings(
         *where,
         **common,
-        seeds=3 if args.seeds is None else args.seeds,
+        seeds=3 if seeds is None else seeds,
         tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
         force=args.force,
         throughput_batches=args.throughput_batches,
@@ -531,7 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--budgets", default="1,1/4,1/16,1/64", help="fractions of the full tables' parameters"
     )
-    b.add_argument("--seeds", type=int, help="default: 3 (ctr), 1 (retrieval)")
+    b.add_argument(
+        "--seeds",
+        help="a count (default: 3 for ctr, 1 for retrieval: seeds 0..N-1), a range (3-4) or "
+        "a list (3,4)",
+    )
     b.add_argument("--chunks", type=int, default=2, help="Unified Embedding chunks per feature")
     b.add_argument("--force", action="store_true", help="retrain rows that already finished")
     b.add_argument("--config", help="job config (bundled name or YAML) giving the hyper-parameters")

@@ -96,7 +96,7 @@ def bench_embeddings(
     *,
     methods: Sequence[str] = METHODS,
     budgets: Sequence[float] = BUDGETS,
-    seeds: int = 3,
+    seeds: Seeds = 3,
     chunks: int = 2,
     config: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -230,6 +230,41 @@ def parse_budget(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise ConfigError(f"budget {text!r} must be in (0, 1]: a fraction of the full table")
     return value
+
+
+Seeds = int | Sequence[int]
+"""A benchmark's training seeds: a count N (seeds 0 .. N-1) or the seeds themselves."""
+
+
+def parse_seeds(text: str) -> Seeds:
+    """Seeds from the command line: `3` -> seeds 0, 1, 2; `3,4` or `3-4` -> seeds 3 and 4 (to
+    add seeds to a benchmark whose folder is elsewhere, or to split one over machines)."""
+    try:
+        if "," in text:
+            return tuple(int(t) for t in text.split(",") if t.strip())
+        first, dash, last = text.partition("-")
+        if dash and first:
+            return tuple(range(int(first), int(last) + 1))
+        return int(text)
+    except ValueError:
+        raise ConfigError(
+            f"--seeds {text!r}: give a count (3: seeds 0-2), a range (3-4) or a list (3,4)"
+        ) from None
+
+
+def seed_list(seeds: Seeds) -> tuple[int, ...]:
+    """The seeds `seeds` names, checked: at least one, none negative, none twice."""
+    listed = tuple(range(seeds)) if isinstance(seeds, int) else tuple(seeds)
+    if not listed or min(listed) < 0 or len(set(listed)) != len(listed):
+        raise ConfigError(
+            f"--seeds {seeds_label(seeds)}: name at least one seed, each >= 0 and once"
+        )
+    return listed
+
+
+def seeds_label(seeds: Seeds) -> str:
+    """`seeds` as `--seeds` takes it."""
+    return str(seeds) if isinstance(seeds, int) else ",".join(map(str, seeds))
 
 
 def embedding_for(
@@ -564,7 +599,7 @@ def _data_section(kind: DataFormat, data: Path, template: DataConfig) -> DataCon
 def plan_rows(
     methods: Sequence[str],
     budgets: Sequence[float],
-    seeds: int,
+    seeds: Seeds,
     chunks: int,
     dim: int,
     configured: EmbeddingConfig | None = None,
@@ -591,8 +626,9 @@ def plan_rows(
                 labels.setdefault(label, None)
     if not labels:
         raise ConfigError("--methods: name at least one method")
-    if seeds < 1 or chunks < 1:
-        raise ConfigError(f"--seeds {seeds} and chunks {chunks} must be >= 1")
+    listed = seed_list(seeds)
+    if chunks < 1:
+        raise ConfigError(f"--chunks {chunks} must be >= 1")
     for b in budgets:
         if not 0.0 < b <= 1.0:
             raise ConfigError(f"--budgets: {b} is not in (0, 1]")
@@ -612,9 +648,7 @@ def plan_rows(
             configs.append((label, float(b), embedding))
     # Seed-major: an interrupted benchmark still has every (method, budget) for its first seeds.
     return [
-        (label, budget, embedding, seed)
-        for seed in range(seeds)
-        for label, budget, embedding in configs
+        (label, budget, embedding, seed) for seed in listed for label, budget, embedding in configs
     ]
 
 
@@ -746,11 +780,11 @@ def _progress(row: dict[str, Any]) -> str:
     )
 
 
-def _bench_params(job: JobConfig, plan: Sequence[tuple[Any, ...]], seeds: int) -> dict[str, Any]:
+def _bench_params(job: JobConfig, plan: Sequence[tuple[Any, ...]], seeds: Seeds) -> dict[str, Any]:
     from plexus.platform import config as config_io
 
     params = {k: v for k, v in config_io.flatten(job).items() if not k.startswith("embedding.")}
-    params.update({"bench.rows": len(plan), "bench.seeds": seeds,
+    params.update({"bench.rows": len(plan), "bench.seeds": seeds_label(seeds),
                    "bench.methods": ",".join(dict.fromkeys(p[0] for p in plan)),
                    "bench.budgets": ",".join(budget_label(b) for b in dict.fromkeys(p[1] for p in plan))})  # fmt: skip
     return params
@@ -772,7 +806,7 @@ def _command(
     out: Path,
     method_tokens: Sequence[str],
     budget_list: Sequence[float],
-    seeds: int,
+    seeds: Seeds,
     chunks: int,
     config: str | Path | None,
     overrides: Sequence[str],
@@ -782,7 +816,7 @@ def _command(
     methods = ",".join(dict.fromkeys(method_tokens))
     budgets = ",".join(budget_label(b) for b in sorted(set(budget_list), reverse=True))
     parts = [f"plexus bench embeddings --format {fmt} --data {data} --out {out}",
-             f"--methods {methods} --budgets {budgets} --seeds {seeds}"]  # fmt: skip
+             f"--methods {methods} --budgets {budgets} --seeds {seeds_label(seeds)}"]  # fmt: skip
     if chunks != 2:
         parts.append(f"--chunks {chunks}")
     if tuple(matched) != MATCHED:

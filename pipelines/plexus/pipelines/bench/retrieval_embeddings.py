@@ -54,9 +54,11 @@ from plexus.pipelines.bench.embeddings import (
     BUDGETS,
     LEARNED,
     METHODS,
+    Seeds,
     budget_label,
     pareto_figure,
     plan_rows,
+    seeds_label,
 )
 from plexus.pipelines.bench.report import markdown_table, publish
 from plexus.pipelines.config import TrackingConfig, config_path
@@ -89,7 +91,7 @@ def bench_retrieval_embeddings(
     fmt: str = "lightgcn",
     methods: Sequence[str] = DEFAULT_METHODS,
     budgets: Sequence[float] = BUDGETS,
-    seeds: int = 1,
+    seeds: Seeds = 1,
     chunks: int = 2,
     probes: int = 2,
     epochs: int | None = None,
@@ -123,7 +125,7 @@ def bench_retrieval_embeddings(
         **config_io.flatten(base),
         "bench.methods": ",".join(dict.fromkeys(p[0] for p in plan)),
         "bench.budgets": ",".join(budget_label(b) for b in sorted(set(budgets), reverse=True)),
-        "bench.seeds": seeds,
+        "bench.seeds": seeds_label(seeds),
         "bench.skipped": ",".join(skipped) or "none",
     }
     with tracking.run(experiment, base.name, params=params) as parent:
@@ -441,7 +443,7 @@ def _command(
     out: Path,
     methods: Sequence[str],
     budgets: Sequence[float],
-    seeds: int,
+    seeds: Seeds,
     epochs: int | None,
     dim: int | None,
     config: str | Path | None,
@@ -452,7 +454,7 @@ def _command(
         f"plexus bench embeddings --task retrieval --format {fmt} --data {data} --out {out}",
         f"--methods {','.join(dict.fromkeys(methods))}",
         f"--budgets {','.join(budget_label(b) for b in sorted(set(budgets), reverse=True))}",
-        f"--seeds {seeds}",
+        f"--seeds {seeds_label(seeds)}",
     ]
     if config is not None:
         parts.append(f"--config {config}")
