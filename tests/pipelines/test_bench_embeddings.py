@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from plexus.models.embeddings import (
     EmbeddingConfig,
+    EmbeddingMethod,
     LearnedOptions,
     build_embedding_tables,
     full_table_parameters,
+    learned_options,
     registered_methods,
 )
 from plexus.pipelines.bench.embeddings import (
@@ -185,7 +187,11 @@ def test_every_learned_method_sizes_its_rows_through_its_own_options(method, bas
     declares, so a job's other options survive."""
     assert set(LEARNED) == set(BUILDS_ON_A_BASE) >= {"optembed", "dnis", "dsl"}
     options = type(from_dict(EmbeddingConfig, {"method": method, "options": {}}).options)
-    assert issubclass(options, LearnedOptions)
+    assert (
+        issubclass(options, LearnedOptions) and learned_options(EmbeddingMethod(method)) is options
+    )
+    with pytest.raises(ConfigError, match="'unified' is not a learned method"):
+        learned_options(EmbeddingMethod.UNIFIED)
     for budget in (1.0, 1 / 4, 1 / 16):
         start, sized = options.at_budget(base, budget, {})
         assert set(sized) <= {"base", *options.SIZED} and sized["base"] == base

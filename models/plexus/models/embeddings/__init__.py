@@ -40,6 +40,7 @@ from plexus.models.embeddings.base import (
 from plexus.models.embeddings.registry import (
     build_embedding_tables,
     learned_methods,
+    learned_options,
     register_embedding,
     registered_methods,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "budget_rows",
     "build_embedding_tables",
     "learned_methods",
+    "learned_options",
     "full_table_parameters",
     "register_embedding",
     "registered_methods",

@@ -52,6 +52,18 @@ def learned_methods() -> tuple[EmbeddingMethod, ...]:
     )
 
 
+def learned_options(method: EmbeddingMethod) -> type[LearnedOptions]:
+    """The options dataclass of a learned method: what it reads from `embedding.options` and
+    how it sizes a benchmark row (`LearnedOptions.at_budget`)."""
+    options = _METHOD_OPTIONS.get(method, object)
+    if not issubclass(options, LearnedOptions):
+        learned = ", ".join(m.value for m in learned_methods())
+        raise ConfigError(
+            f"embedding method {method.value!r} is not a learned method (one of: {learned})"
+        )
+    return options
+
+
 def method_class(method: EmbeddingMethod) -> type[EmbeddingTables]:
     """The class registered as `method` (e.g. a learned method building on a base's plan)."""
     if method not in _REGISTRY:

@@ -45,8 +45,8 @@ from plexus.models.backbones import build_ctr_model
 from plexus.models.embeddings import (
     EmbeddingConfig,
     EmbeddingMethod,
-    LearnedOptions,
     learned_methods,
+    learned_options,
 )
 from plexus.models.threads import restores_cpu_state, use_cpu_threads
 from plexus.pipelines import plots, tracking
@@ -290,7 +290,7 @@ def embedding_for(
     """
     kind = EmbeddingMethod(method)
     if base is not None:
-        options_class = _options_class(method, base)
+        options_class = learned_options(kind)
         own = {}
         if configured is not None and configured.method is kind:
             sized = {"base", *options_class.SIZED}
@@ -309,11 +309,6 @@ def embedding_for(
     fitting = [c for c in range(chunks, 0, -1) if dim % c == 0 and budget * c <= 1.0 + 1e-12]
     c = fitting[0]
     return EmbeddingConfig(method=kind, dim=dim // c, budget=min(1.0, budget * c), chunks=c)
-
-
-def _options_class(method: str, base: str) -> type[LearnedOptions]:
-    """The typed `embedding.options` class of a learned method."""
-    return type(from_dict(EmbeddingConfig, {"method": method, "options": {"base": base}}).options)
 
 
 def _threads(job: JobConfig) -> int:
