@@ -5,7 +5,8 @@ diversity in a shared space"): each item's genres, not the model's own clusters 
 model's own k-means clusters and embedding space, so they compare settings of one model but
 not two models: a model that places items by genre also clusters by genre. Here every list is
 scored by its items' genre sets: `genre_ild` (mean pairwise 1 - cosine of the genre multi-hot
-vectors) and `genres` (distinct genres among the top K), beside recall.
+vectors) and `genres` (distinct genres among the top K), beside recall and the model's own
+`distinct_clusters` (to compare settings of one model).
 
 usage: PLEXUS_DATA=../shared/data .venv/bin/python docs/bench/movielens_genre_diversity.py \
            SMOOTHING/POWER[,SMOOTHING/POWER...] [key=value ...]
@@ -71,7 +72,7 @@ def main() -> None:
         )
         for power, per_allocation in zip(powers, rows, strict=True):
             for row in per_allocation:
-                keep = ("method", "k", "recall", "genre_ild", "genres")
+                keep = ("method", "k", "recall", "distinct_clusters", "genre_ild", "genres")
                 print(
                     json.dumps(
                         {"smoothing": smoothing, "power": power, **{c: row[c] for c in keep}}
