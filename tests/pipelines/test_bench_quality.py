@@ -18,6 +18,13 @@ def test_bundled_tuned_configs_load_and_name_their_backbone() -> None:
     job = load_job_config(path)
     assert job.model.backbone.value == "lr" and job.train.lr > 0.001
     assert tuned_config("movielens", "no-such-backbone") is None
+    # The random split has its own LR recipe (chosen on its own validation rows), the time
+    # split's other backbones none: they fall back to the dataset's bundled config.
+    random_split = DATASETS["movielens_random"]
+    assert tuned_config(random_split.tuned_name, "lr") != path
+    assert load_job_config(tuned_config(random_split.tuned_name, "lr")).data.split.by == "random"
+    assert tuned_config(random_split.tuned_name, "deepfm") is None
+    assert DATASETS["movielens"].tuned_name == "movielens"
 
 
 def test_every_tuned_config_is_its_files_backbone_and_reads_the_data_root(

@@ -34,18 +34,28 @@ BASELINES = ("sklearn_lr", "item_popularity", "user_mean")
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A benchmark dataset: a bundled config, overrides (the split) and default seeds."""
+    """A benchmark dataset: a bundled config, overrides (the split), default seeds, and the name
+    its tuned configs go by (`configs/tuned/<tuned>-<backbone>.yaml`; default: `config`'s, so
+    another split of the same data can have recipes chosen on its own validation rows)."""
 
     config: str
     overrides: tuple[str, ...] = ()
     seeds: int = 1
     title: str = ""
+    tuned: str = ""
+
+    @property
+    def tuned_name(self) -> str:
+        return self.tuned or self.config
 
 
 DATASETS = {
     "movielens": Dataset("movielens", title="MovieLens-100K, time split"),
     "movielens_random": Dataset(
-        "movielens", ("data.split.by=random",), title="MovieLens-100K, random split"
+        "movielens",
+        ("data.split.by=random",),
+        title="MovieLens-100K, random split",
+        tuned="movielens_random",
     ),
     "movielens_1m": Dataset("movielens_1m", title="MovieLens-1M CTR, random split"),
     "criteo": Dataset("criteo", seeds=3, title="Criteo sample (7,200 train rows)"),
@@ -90,7 +100,7 @@ def bench_quality(
         if with_baselines:
             rows += _baseline_rows(where, data, base.embedding.pooling)
         for backbone in backbones:
-            tuned = tuned_config(dataset.config, backbone)
+            tuned = tuned_config(dataset.tuned_name, backbone)
             for seed in range(seeds or (1 if folds else dataset.seeds)):
                 job = load_job_config(
                     tuned or bundled_config(dataset.config),
