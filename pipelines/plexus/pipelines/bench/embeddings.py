@@ -75,6 +75,7 @@ MATCHED = ("hashing", "unified")  # trained again at the bytes a learned row rea
 # The methods a learned row can be matched with: neither learned nor the full tables.
 PLAIN = tuple(m for m in METHODS if m not in LEARNED and m != EmbeddingMethod.FULL.value)
 BUDGETS = (1.0, 1 / 4, 1 / 16, 1 / 64)
+Seeds = int | Sequence[int]  # a count N (seeds 0 .. N-1) or the seeds themselves
 ROW_KEYS = (
     "method",
     "budget",
@@ -230,10 +231,6 @@ def parse_budget(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise ConfigError(f"budget {text!r} must be in (0, 1]: a fraction of the full table")
     return value
-
-
-Seeds = int | Sequence[int]
-"""A benchmark's training seeds: a count N (seeds 0 .. N-1) or the seeds themselves."""
 
 
 def parse_seeds(text: str) -> Seeds:
