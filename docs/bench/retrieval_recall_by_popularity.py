@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from plexus.pipelines.bench.retrieval_embeddings import _base_job
 from plexus.pipelines.config import config_path
 from plexus.pipelines.retrieval.config import load_retrieval_config
 from plexus.pipelines.retrieval.evaluate import csr_rows, exact_topk, test_users
@@ -53,12 +52,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    source = load_retrieval_config(config_path(args.config))
-    data_path = args.data or Path(source.data.path)
-    fmt = source.data.format.value  # lightgcn or movielens
-    out = Path("runs/recall-by-popularity")
-    base, _ = _base_job(fmt, data_path, out, args.config, ["use_ray=false"], None, None, None)
-    data = load_data(base)
+    overrides = ["output=runs/recall-by-popularity"]
+    overrides += [f"data.path={args.data.resolve()}"] if args.data else []
+    # The ingest is deterministic: the same log gives the ids and split the models trained on.
+    data = load_data(load_retrieval_config(config_path(args.config), overrides))
     users = test_users(data)
     pos, items = csr_rows(data.test_indptr, data.test_items, users)
     item_bucket, item_edges = buckets(data.item_popularity()[items], 10)
