@@ -45,23 +45,22 @@ def registered_methods() -> tuple[EmbeddingMethod, ...]:
 
 def learned_methods() -> tuple[EmbeddingMethod, ...]:
     """Every registered method that builds on a plain base (its options are `LearnedOptions`)."""
-    return tuple(
-        m
-        for m in registered_methods()
-        if issubclass(_METHOD_OPTIONS.get(m, object), LearnedOptions)
-    )
+    return tuple(m for m in registered_methods() if _is_learned(m))
+
+
+def _is_learned(method: EmbeddingMethod) -> bool:
+    return issubclass(_METHOD_OPTIONS.get(method, object), LearnedOptions)
 
 
 def learned_options(method: EmbeddingMethod) -> type[LearnedOptions]:
     """The options dataclass of a learned method: what it reads from `embedding.options` and
     how it sizes a benchmark row (`LearnedOptions.at_budget`)."""
-    options = _METHOD_OPTIONS.get(method, object)
-    if not issubclass(options, LearnedOptions):
+    if not _is_learned(method):
         learned = ", ".join(m.value for m in learned_methods())
         raise ConfigError(
             f"embedding method {method.value!r} is not a learned method (one of: {learned})"
         )
-    return options
+    return _METHOD_OPTIONS[method]
 
 
 def method_class(method: EmbeddingMethod) -> type[EmbeddingTables]:
