@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from plexus.models.retrieval.knn_embed import user_table
 from plexus.pipelines.config import config_path
 from plexus.pipelines.retrieval.config import load_retrieval_config
 from plexus.pipelines.retrieval.evaluate import csr_rows, exact_topk, test_users
@@ -30,14 +31,12 @@ def buckets(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
 def pair_hits(folder: Path, data, users: np.ndarray, pos: np.ndarray, items: np.ndarray, k: int):
     """Whether each test pair (pos = its user's index in `users`) is in the model's top k."""
     model, _ = load_model(folder, data)
-    histories = torch.from_numpy(data.model_histories(model.config))
+    user_vectors = user_table(model, torch.from_numpy(data.model_histories(model.config)))
     item_vectors = model.all_item_vectors()
     hits = np.zeros(items.size, bool)
     for lo in range(0, users.size, 1024):
         chunk = users[lo : lo + 1024]
-        u = torch.from_numpy(chunk)
-        h = histories[u]
-        top = exact_topk(model.user_vectors(u, h, (h > 0).float()), item_vectors, data, chunk, k)
+        top = exact_topk(user_vectors[torch.from_numpy(chunk)], item_vectors, data, chunk, k)
         inside = (pos >= lo) & (pos < lo + chunk.size)
         hits[inside] = (top[pos[inside] - lo] == items[inside][:, None]).any(1)
     return hits
