@@ -66,8 +66,8 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check platform models pipelines serving tests
-	$(BIN)/ruff format --check platform models pipelines serving tests
+	$(BIN)/ruff check platform models pipelines serving tests docs
+	$(BIN)/ruff format --check platform models pipelines serving tests docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy platform/plexus serving/plexus --explicit-package-bases

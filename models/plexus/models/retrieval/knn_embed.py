@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from plexus.models.retrieval.config import KnnEmbedConfig, QueryVariant
@@ -36,15 +37,24 @@ class KnnEmbedState:
 
 
 @torch.no_grad()
-def user_table(model: TwoTower, histories: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
-    """Unit vectors of all training users from their stored histories (U + 1, L) -> (U + 1, D)."""
+def user_table(
+    model: TwoTower,
+    histories: torch.Tensor,
+    users: np.ndarray | None = None,
+    *,
+    batch_size: int = 4096,
+) -> torch.Tensor:
+    """Unit vectors of training users from their stored histories (U + 1, L): of every user,
+    (U + 1, D) with the padding row 0 zeroed, or of the given user ids in their order."""
+    ids = torch.arange(histories.shape[0]) if users is None else torch.from_numpy(users)
     rows = []
-    for start in range(0, histories.shape[0], batch_size):
-        hist = histories[start : start + batch_size]
-        users = torch.arange(start, start + hist.shape[0])
-        rows.append(model.user_vectors(users, hist, (hist > 0).float()))
-    table = torch.cat(rows)
-    table[0] = 0.0
+    for start in range(0, ids.shape[0], batch_size):
+        chunk = ids[start : start + batch_size]
+        hist = histories[chunk]
+        rows.append(model.user_vectors(chunk, hist, (hist > 0).float()))
+    table = torch.cat(rows) if rows else torch.zeros(0, model.config.dim)
+    if users is None:
+        table[0] = 0.0
     return table
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from plexus.models.retrieval import TwoTower
+from plexus.models.retrieval.knn_embed import user_table
 from plexus.pipelines.retrieval.data import Interactions
 from plexus.serving.index import popularity_prior
 
@@ -124,13 +125,11 @@ def evaluate_tower(
     histories = torch.from_numpy(data.model_histories(model.config))
     items = model.all_item_vectors()
     users = test_users(data)
+    vectors = user_table(model, histories, users)
     sums: dict[str, float] = {}
     for lo in range(0, users.size, batch_size):
         chunk = users[lo : lo + batch_size]
-        u = torch.from_numpy(chunk)
-        hist = histories[u]
-        vecs = model.user_vectors(u, hist, (hist > 0).float())
-        top = exact_topk(vecs, items, data, chunk, max(ks))
+        top = exact_topk(vectors[lo : lo + batch_size], items, data, chunk, max(ks))
         for key, values in ranking_metrics(top, data, chunk, ks).items():
             sums[key] = sums.get(key, 0.0) + float(values.sum())
     return {key: value / max(users.size, 1) for key, value in sums.items()}

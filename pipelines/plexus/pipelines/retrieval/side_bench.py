@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from plexus.models.retrieval.knn_embed import user_table
 from plexus.pipelines.retrieval.config import RetrievalJobConfig, load_retrieval_config
 from plexus.pipelines.retrieval.data import Interactions, _csr, ingest_interactions
 from plexus.pipelines.retrieval.evaluate import csr_rows, evaluate_tower
@@ -71,8 +72,7 @@ def cold_item_metrics(model: Any, task: Interactions, held: np.ndarray) -> dict[
     out = evaluate_tower(model, task, ks=(20,))
     users = np.nonzero(np.diff(task.test_indptr) > 0)[0]
     items = model.all_item_vectors()
-    hist = torch.from_numpy(task.model_histories(model.config))[torch.from_numpy(users)]
-    query = model.user_vectors(torch.from_numpy(users), hist, (hist > 0).float())
+    query = user_table(model, torch.from_numpy(task.model_histories(model.config)), users)
     scores = (query @ items.T).numpy()
     scores[:, 0] = -np.inf
     scores[csr_rows(task.train_indptr, task.train_items, users)] = -np.inf
