@@ -135,21 +135,27 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(tmp_path: Path)
     assert [h["epoch"] for h in metrics["history"]] == [1.0, 2.0, 3.0]
 
 
-def test_a_plateau_cuts_the_learning_rate_and_returns_to_the_best_weights(tmp_path: Path) -> None:
-    """FuxiCTR's reduce_lr_on_plateau: after an epoch without a better validation AUC the
-    learning rates are cut by the factor and training goes on from the best weights."""
+@pytest.mark.parametrize("wait", [1, 2])
+def test_a_plateau_cuts_the_learning_rate_and_returns_to_the_best_weights(
+    tmp_path: Path, wait: int
+) -> None:
+    """FuxiCTR's reduce_lr_on_plateau: after `reduce_lr_patience` epochs without a better
+    validation AUC the learning rates are cut by the factor and training goes on from the best
+    weights; the count restarts after each cut."""
     raw = synth_criteo(tmp_path / "criteo.tsv", rows=4_000, seed=5)
-    config = _config(tmp_path, raw, epochs=5)
+    config = _config(tmp_path, raw, epochs=8)
     done = plexus("run", str(config), "train.lr=0.05", "train.reduce_lr_on_plateau=0.1",
-                  "train.patience=4", "use_ray=false", cwd=tmp_path)  # fmt: skip
+                  f"train.reduce_lr_patience={wait}", "train.patience=7", "use_ray=false",
+                  cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     history = json.loads(Path(done.stdout.strip().splitlines()[-1]).read_text())["history"]
-    best, cuts = float("-inf"), 0
+    best, bad, cuts = float("-inf"), 0, 0
     for before, after in zip(history, history[1:], strict=False):
+        bad = bad + 1 if before["valid_auc"] <= best else 0
         best = max(best, before["valid_auc"])
-        plateau = before["valid_auc"] < best
-        assert after["lr"] == pytest.approx(before["lr"] * (0.1 if plateau else 1.0))
-        cuts += plateau
+        cut = bad > 0 and bad % wait == 0
+        assert after["lr"] == pytest.approx(before["lr"] * (0.1 if cut else 1.0))
+        cuts += cut
     assert history[0]["lr"] == pytest.approx(0.05) and cuts >= 1  # lr 0.05 overshoots early
     assert (
         done.stdout.count("back to the best weights")

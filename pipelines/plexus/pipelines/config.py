@@ -38,6 +38,9 @@ class TrainConfig:
     # (at least MIN_LR) and the model back to its best weights, as FuxiCTR's
     # reduce_lr_on_plateau (factor 0.1) does for the BARS benchmarks. 0: off.
     reduce_lr_on_plateau: float = 0.0
+    # Epochs without a better validation AUC before each cut (Keras's ReduceLROnPlateau
+    # patience; FuxiCTR cuts after every such epoch: 1). The count restarts after a cut.
+    reduce_lr_patience: int = 1
     seed: int = 0
     workers: int = 1  # Ray Train workers: tables sharded (TorchRec), dense part data parallel
     threads_per_worker: int = 0  # torch intra-op threads; 0 = cores / workers
@@ -59,6 +62,11 @@ class TrainConfig:
             raise ConfigError(
                 "train.reduce_lr_on_plateau must be in [0, 1) (a factor, e.g. 0.1; 0 is off), "
                 f"got {self.reduce_lr_on_plateau}"
+            )
+        if self.reduce_lr_patience < 1:
+            raise ConfigError(
+                "train.reduce_lr_patience must be >= 1 (epochs without a better validation AUC "
+                f"before each cut of the learning rate), got {self.reduce_lr_patience}"
             )
         for key in ("patience", "threads_per_worker", "max_failures", "search_workers"):
             if getattr(self, key) < 0:

@@ -181,7 +181,8 @@ def train_loop(loop_config: dict[str, Any], session: LoopSession | None = None) 
         else:
             state.bad_epochs += 1
             factor = train_cfg.reduce_lr_on_plateau
-            if factor and state.bad_epochs <= train_cfg.patience and epoch < epochs:
+            due = state.bad_epochs % train_cfg.reduce_lr_patience == 0
+            if factor and due and state.bad_epochs <= train_cfg.patience and epoch < epochs:
                 lr = _reduce_lr(optimizers, factor)
                 _restore(module, model if sharded else None, best_model, best_pieces)
                 if rank == 0:
