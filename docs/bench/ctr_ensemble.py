@@ -18,14 +18,19 @@ from plexus.platform.errors import PlexusError
 from plexus.platform.feature_spec import FeatureSpec
 
 
-def logits(model_folder, data, spec, split):
+def split_logits(model_folder, data, spec):
+    """Labels and the model's logits on the validation and test rows."""
     model, job = load_model(model_folder)
     if FeatureSpec.load(model_folder).fingerprint != spec.fingerprint:
         raise PlexusError(f"{model_folder} was trained on another ingest than {data}")
-    shards = sorted((data / split).glob("*.parquet"))
-    labels, probabilities = predict(model, iter_batches(shards, spec, job.train.eval_batch_size))
-    p = np.clip(probabilities.astype(np.float64), 1e-7, 1 - 1e-7)
-    return labels, np.log(p / (1 - p))
+    out = {}
+    for split in ("valid", "test"):
+        shards = sorted((data / split).glob("*.parquet"))
+        batches = iter_batches(shards, spec, job.train.eval_batch_size)
+        labels, probabilities = predict(model, batches)
+        p = np.clip(probabilities.astype(np.float64), 1e-7, 1 - 1e-7)
+        out[split] = labels, np.log(p / (1 - p))
+    return out
 
 
 def main():
@@ -33,17 +38,15 @@ def main():
         raise SystemExit(__doc__)
     data = Path(sys.argv[1])
     spec = FeatureSpec.load(data)
-    models = sys.argv[2:]
+    scored = {folder: split_logits(folder, data, spec) for folder in sys.argv[2:]}
     result = {}
+    for folder, splits in scored.items():
+        result[folder] = {f"{split}_auc": auc(*splits[split]) for split in splits}
+    result["mean of the models"] = {}
     for split in ("valid", "test"):
-        scores = []
-        for folder in models:
-            labels, score = logits(folder, data, spec, split)
-            scores.append(score)
-            result.setdefault(folder, {})[f"{split}_auc"] = auc(labels, score)
-        result.setdefault("mean of the models", {})[f"{split}_auc"] = auc(
-            labels, np.mean(scores, 0)
-        )
+        labels = next(iter(scored.values()))[split][0]
+        mean = np.mean([splits[split][1] for splits in scored.values()], axis=0)
+        result["mean of the models"][f"{split}_auc"] = auc(labels, mean)
     print(json.dumps(result, indent=1))
 
 
