@@ -78,3 +78,18 @@ def test_training_stream_comes_in_file_order_when_a_later_shard_is_read_first(
             for batch in worker["train"].iter_batches(batch_size=65_536, batch_format="numpy")
         ]
         assert np.array_equal(np.concatenate(rows), np.arange(sum(sizes)))
+
+
+def test_local_ray_workers_keep_ray_trains_noise_down(ray_local) -> None:
+    """`runtime.quiet_ray_worker` ran in the local Ray's workers: the placement-group cleaner
+    and the autoscaling client (no autoscaler on a local Ray) log errors only."""
+    import logging
+
+    import ray
+
+    names = (
+        "ray.train.v2._internal.execution.controller.placement_group_cleaner",
+        "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",
+    )
+    levels = ray.remote(num_cpus=0)(lambda: [logging.getLogger(n).level for n in names])
+    assert ray.get(levels.remote()) == [logging.ERROR, logging.ERROR]

@@ -73,6 +73,15 @@ def quiet_ray_worker() -> None:
 
     for module in (context, storage, v1_storage):
         module.logger.setLevel(logging.WARNING)
+    # A local Ray has no autoscaler, so Ray Train's resource requests to the autoscaling
+    # coordinator change nothing here; while other jobs held the cores their 5 s timeout
+    # printed "Failed to send resource request" with a traceback (Ray: safe to ignore when
+    # transient). Errors still show.
+    from ray.train.v2._internal.execution.scaling_policy import (
+        autoscaling_coordinator_client as autoscaling,
+    )
+
+    autoscaling.logger.setLevel(logging.ERROR)
 
 
 def ensure_ray(*, num_cpus: int | None = None, address: str | None = None) -> None:
