@@ -29,9 +29,12 @@ def test_a_missing_bundle_folder_ends_the_service_naming_it(tmp_path: Path) -> N
 
 
 @pytest.mark.reliability("fault", "service start with an unknown alias, model or version: exit 2")
-@pytest.mark.parametrize("model", ["retr@no-such-alias", "retr/99"])
+@pytest.mark.parametrize("model", ["startup@no-such-alias", "startup/99"])
 def test_an_unknown_alias_model_or_version_ends_the_service(registry, bundle_dirs, model) -> None:
-    registry.register("retr", bundle_dirs["v1"])
+    # A model of its own: registering `retr` again would move `retr@champion`, which the
+    # session's service (conftest) serves and test_app expects at version 1, when pytest-xdist
+    # runs both files on one worker.
+    registry.register("startup", bundle_dirs["v1"])
     done = _serve("--model", model, "--tracking-uri", registry.uri)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "nothing to serve" in done.stderr and model.split("@")[0].split("/")[0] in done.stderr
