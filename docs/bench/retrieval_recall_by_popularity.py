@@ -31,12 +31,13 @@ def buckets(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
 def pair_hits(folder: Path, data, users: np.ndarray, pos: np.ndarray, items: np.ndarray, k: int):
     """Whether each test pair (pos = its user's index in `users`) is in the model's top k."""
     model, _ = load_model(folder, data)
-    user_vectors = user_table(model, torch.from_numpy(data.model_histories(model.config)))
+    histories = torch.from_numpy(data.model_histories(model.config))
+    user_vectors = user_table(model, histories, users)  # the test users' only, in their order
     item_vectors = model.all_item_vectors()
     hits = np.zeros(items.size, bool)
     for lo in range(0, users.size, 1024):
         chunk = users[lo : lo + 1024]
-        top = exact_topk(user_vectors[torch.from_numpy(chunk)], item_vectors, data, chunk, k)
+        top = exact_topk(user_vectors[lo : lo + 1024], item_vectors, data, chunk, k)
         inside = (pos >= lo) & (pos < lo + chunk.size)
         hits[inside] = (top[pos[inside] - lo] == items[inside][:, None]).any(1)
     return hits
